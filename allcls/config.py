@@ -1,0 +1,58 @@
+"""Config helpers: OmegaConf resolvers, dict groups into lists, and what Hydra knows of the job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+
+def register_resolvers() -> None:
+    """`${gt:a,b}`: a > b, for settings that depend on another number (see conf/trainer/ddp.yaml)."""
+    if not OmegaConf.has_resolver("gt"):
+        OmegaConf.register_new_resolver("gt", lambda a, b: float(a) > float(b))
+
+
+register_resolvers()
+
+
+def instantiate_dict(group: DictConfig | None) -> list:
+    """A dict of `_target_` configs (callbacks) -> list of objects; a null entry switches one off."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """Where this job sits: its sweep (shared by all jobs of one `-m` launch), number, overrides."""
+
+    sweep_id: str
+    job_num: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)
+
+
+def job_info(output_dir: str) -> JobInfo:
+    """The sweep id is the sweep folder (relative to the launch folder when inside it), so all
+    jobs of one `-m` launch share it; a single run is a sweep of one, named after its folder."""
+    if not HydraConfig.initialized():
+        return JobInfo(sweep_id=Path(output_dir).name)
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    folder = Path(hydra_cfg.sweep.dir if multirun else hydra_cfg.runtime.output_dir).absolute()
+    try:
+        sweep_id = folder.relative_to(Path(hydra_cfg.runtime.cwd).absolute()).as_posix()
+    except ValueError:
+        sweep_id = folder.as_posix()
+    choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    return JobInfo(sweep_id=sweep_id, job_num=hydra_cfg.job.num if multirun else None,
+                   overrides=list(hydra_cfg.overrides.task), choices=choices)
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

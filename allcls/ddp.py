@@ -1,0 +1,36 @@
+"""Distributed data parallel (DDP) under Hydra: which process is rank zero, and how the DDP
+children of a multirun job re-create exactly that job."""
+
+from __future__ import annotations
+
+import sys
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import read_write
+
+
+def is_rank_zero() -> bool:
+    """True in the main process. Valid before the Trainer exists: Lightning sets the rank of a DDP
+    child process from the environment (LOCAL_RANK, RANK, SLURM_PROCID) at import."""
+    return rank_zero_only.rank == 0
+
+
+def rerun_this_job_in_ddp_children() -> None:
+    """Make Lightning's DDP launcher start children that re-run THIS job, not the whole sweep.
+
+    Lightning starts each DDP child by re-running sys.argv with `hydra.run.dir=<run dir>`. In a
+    multirun, sys.argv still holds `-m` and the sweep's comma lists, so each child would launch the
+    whole sweep again (lightning-hydra-template documents this as an open problem). Here sys.argv
+    becomes this job's own overrides and the run dir becomes this job's output folder, so each child
+    composes the same config as its parent and writes beside it.
+    """
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir

@@ -1,0 +1,72 @@
+"""The backbone factory: any timm model (or our `custom_cnn`) by name, with ImageNet weights from
+timm's hub or from a local file, and the input size and normalisation that the backbone expects."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+
+import timm
+from torch import nn
+
+import allcls.models.custom_cnn  # noqa: F401  (registers custom_cnn with timm)
+from allcls.data.transforms import InputSpec
+from allcls.errors import AllclsError
+from allcls.models.weights import load_weights_file
+
+log = logging.getLogger(__name__)
+
+
+def check_backbone_name(name: str) -> str:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        raise AllclsError(
+            f"Unknown backbone {name!r}: it is not a timm model name. "
+            + (f"Did you mean {' or '.join(close)}? " if close else "")
+            + "Pick a config in conf/backbone/ (backbone=mobilenetv2) or a name from timm.list_models().")
+    return name
+
+
+def create_backbone(name: str, num_classes: int, pretrained: bool = False, weights: str | None = None,
+                    drop_rate: float = 0.0, **_input_settings) -> nn.Module:
+    """A timm model with a `num_classes` head.
+
+    `pretrained=True` loads ImageNet weights: from the local file `weights` when given (offline
+    machines; it must use timm's key names, see `python -m allcls.models.weights`), else from
+    timm's hub. The classifier is always new. Input settings (input_size, mean, std) belong to
+    the data side and are ignored here.
+    """
+    check_backbone_name(name)
+    from_hub = pretrained and not weights
+    if not from_hub:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+        if pretrained:
+            load_weights_file(model, weights)
+        return model
+    cfg = timm.get_pretrained_cfg(name)
+    if not (cfg and (cfg.url or cfg.hf_hub_id)):
+        raise AllclsError(f"{name} has no ImageNet weights to download: set backbone.pretrained=false "
+                          "or give a weights file in backbone.weights.")
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
+    except Exception as error:  # hub and network failures come in many types
+        raise AllclsError(
+            f"Could not fetch ImageNet weights for {name} from timm's hub ({type(error).__name__}: {error}). "
+            "On an offline machine set backbone.weights=/path/to/weights.pth (timm key names; "
+            "`python -m allcls.models.weights` converts other layouts) or backbone.pretrained=false."
+        ) from None
+
+
+def input_spec(name: str, input_size: int | None = None, mean=None, std=None, **_model_settings) -> InputSpec:
+    """What the backbone expects as input (timm's pretrained config), with config overrides."""
+    check_backbone_name(name)
+    cfg = timm.get_pretrained_cfg(name)
+    default_size = cfg.input_size[-1] if cfg else 224
+    size = int(input_size or default_size)
+    if size < 16:
+        raise AllclsError(f"backbone.input_size={size} is too small: use 16 pixels or more.")
+    return InputSpec(
+        size=size,
+        mean=tuple(float(v) for v in (mean or (cfg.mean if cfg else timm.data.IMAGENET_DEFAULT_MEAN))),
+        std=tuple(float(v) for v in (std or (cfg.std if cfg else timm.data.IMAGENET_DEFAULT_STD))),
+    )

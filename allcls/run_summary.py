@@ -1,0 +1,63 @@
+"""A Hydra callback that ends every launch with what was tracked and how to look at it."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from allcls.config import job_info
+from allcls.ddp import is_rank_zero
+from allcls.tracking import Tracker, is_local_store
+
+log = logging.getLogger(__name__)
+
+TEST_COLUMNS = ("test/f1_weighted", "test/balanced_accuracy", "test/auroc", "test/kappa")
+
+
+class RunSummary(Callback):
+    """Prints the MLflow runs of this launch (a single run or a whole `-m` sweep) with their key
+    metrics, then the command that opens the MLflow UI on the same store."""
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        self._summarise(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self._summarise(config)
+
+    def _summarise(self, config: DictConfig) -> None:
+        if not is_rank_zero():  # a DDP child process: its parent reports
+            return
+        try:
+            # Hydra has already cleared its global config when these hooks run; `config` still has it.
+            HydraConfig.instance().set_config(config)
+            sweep_id = job_info(config.hydra.runtime.output_dir).sweep_id
+            tracker = Tracker(config.logger.tracking_uri, config.experiment_name)
+            runs = tracker.sweep_runs(sweep_id)
+        except Exception as error:  # a summary must never hide the real outcome of the launch
+            log.warning("No run summary: %s", error)
+            return
+        print(summary_text(tracker, runs, sweep_id, f"{config.monitor}_best"), flush=True)
+
+
+def summary_text(tracker: Tracker, runs: list, sweep_id: str, best_column: str) -> str:
+    """A table of the runs (best validation score, then test metrics) and how to browse them."""
+    lines = [f"\n{len(runs)} MLflow run(s) in experiment {tracker.experiment_name!r}, sweep_id {sweep_id!r}:"]
+    columns = (best_column, *TEST_COLUMNS)
+    header = ["run", "status", *columns]
+    rows = [[run.info.run_name or run.info.run_id[:8], run.info.status,
+             *(f"{run.data.metrics[c]:.3f}" if c in run.data.metrics else "-" for c in columns)] for run in runs]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    uri = tracker.tracking_uri
+    command = f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+    if uri.startswith("sqlite:///"):
+        command += f" --default-artifact-root {shlex.quote(str(Path(uri.removeprefix('sqlite:///')).parent / 'artifacts'))}"
+    lines.append("Browse them: " + (command if is_local_store(uri) else uri))
+    lines.append(f"Filter for this sweep in the UI search box: tags.sweep_id = \"{sweep_id}\"")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""Everything that talks to MLflow: the run's lifecycle, tags, params, config, artifacts, lookup.
+
+The tracking URI comes from the config (`logger.tracking_uri`), which defaults to
+$MLFLOW_TRACKING_URI or else a SQLite store at <project>/mlruns/mlflow.db with artifacts beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pandas as pd
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from allcls.errors import AllclsError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def is_local_store(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("sqlite:", "file:", "/"))
+
+
+class Tracker:
+    """One MLflow experiment in one tracking store."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        # A local store keeps artifacts beside the database; a server decides where they go.
+        self.artifact_location = artifact_location if is_local_store(tracking_uri) else None
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri)
+
+    def experiment_id(self) -> str:
+        try:
+            experiment = self.client.get_experiment_by_name(self.experiment_name)
+        except MlflowException as error:
+            raise AllclsError(f"Cannot reach the MLflow store {self.tracking_uri} ({error.message}). "
+                              "Check logger.tracking_uri / $MLFLOW_TRACKING_URI.") from None
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise AllclsError(
+                f"MLflow experiment {self.experiment_name!r} is deleted: restore it in the MLflow UI "
+                "(or `mlflow experiments restore`) or pick another experiment_name.")
+        if experiment is not None:
+            return experiment.experiment_id
+        location = Path(self.artifact_location).resolve().as_uri() if self.artifact_location else None
+        try:
+            return self.client.create_experiment(self.experiment_name, artifact_location=location)
+        except MlflowException:  # another job of the sweep created it first
+            return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    @contextmanager
+    def run(self, run_name: str, tags: Mapping[str, str], description: str = "") -> Iterator[str]:
+        """A new run, marked FINISHED when the block ends, FAILED (or KILLED) when it raises."""
+        all_tags = {"mlflow.runName": run_name, **tags}
+        if description:
+            all_tags["mlflow.note.content"] = description
+        run_id = self.client.create_run(self.experiment_id(), tags=all_tags, run_name=run_name).info.run_id
+        log.info("MLflow run %s (%s) in experiment %r", run_id, run_name, self.experiment_name)
+        try:
+            yield run_id
+        except BaseException as error:
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            self.client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:4000])
+            self.client.set_terminated(run_id, status)
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+
+    # --- logging --------------------------------------------------------------------------
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(key, str(value)[:6000]) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start:start + 500])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_dir)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_table(self, run_id: str, table: pd.DataFrame, artifact_file: str) -> None:
+        """A DataFrame as a parquet (or .csv) artifact at `artifact_file`."""
+        artifact = Path(artifact_file)
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / artifact.name
+            if artifact.suffix == ".csv":
+                table.to_csv(local)
+            else:
+                table.to_parquet(local, index=False)
+            self.client.log_artifact(run_id, str(local), artifact.parent.as_posix() if artifact.parent.parts else None)
+
+    def metrics_logger(self, run_id: str | None) -> "RunMetricsLogger":
+        return RunMetricsLogger(run_id=run_id, tracking_uri=self.tracking_uri, experiment_name=self.experiment_name)
+
+    # --- lookup ---------------------------------------------------------------------------
+
+    def sweep_runs(self, sweep_id: str) -> list:
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return []
+        return self.client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{sweep_id}'",
+                                       order_by=["attributes.start_time ASC"])
+
+
+class RunMetricsLogger(MLFlowLogger):
+    """Lightning's MLflow logger, writing metrics into a run that `Tracker.run` owns.
+
+    The run's status, params and artifacts are the Tracker's business: Lightning would otherwise
+    mark the run FINISHED as soon as `fit` returns, before the test predictions are logged, and
+    log every constructor argument as a param.
+    """
+
+    def log_hyperparams(self, params) -> None:
+        pass  # a small curated set is logged by the training task
+
+    def finalize(self, status: str = "success") -> None:
+        pass  # the Tracker ends the run
+
+
+def git_commit() -> str:
+    """The commit of the allcls code that ran, with '-dirty' if it has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_DIR,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def run_status(client: MlflowClient, run_id: str) -> str:
+    return RunStatus.to_string(RunStatus.from_string(client.get_run(run_id).info.status))

@@ -1,0 +1,116 @@
+"""Every value of every config group composes, and the objects it describes can be built."""
+
+from pathlib import Path
+
+import albumentations as A
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from allcls.config import instantiate_dict
+from allcls.models.backbones import create_backbone, input_spec
+
+from conftest import CONF_DIR
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_options():
+    for group in ("dataset", "backbone", "augmentation", "trainer", "logger", "experiment", "hparams_search"):
+        assert options(group), group
+
+
+@pytest.mark.parametrize("dataset", options("dataset"))
+def test_dataset_configs_compose_and_build_their_reader(train_cfg, dataset, tmp_path):
+    cfg = train_cfg(f"dataset={dataset}", f"dataset.root={tmp_path}")
+    reader = hydra.utils.instantiate(cfg.dataset.reader)
+    assert reader.name.startswith(cfg.dataset.name.split("-")[0])
+    assert set(cfg.dataset.split) == {"hints", "val_fraction", "test_fraction", "seed", "manifest"}
+
+
+@pytest.mark.parametrize("backbone", options("backbone"))
+def test_backbone_configs_build_a_model_that_classifies(train_cfg, backbone):
+    cfg = train_cfg(f"backbone={backbone}", fast=False)
+    settings = OmegaConf.to_container(cfg.backbone)
+    spec = input_spec(**settings)
+    model = create_backbone(**settings, num_classes=3).eval()
+    side = max(96, spec.size // 3)  # inception needs >= 75 px; full size is slow for a smoke test
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, side, side)).shape == (1, 3)
+
+
+def test_backbone_input_size_follows_the_backbone_unless_overridden(train_cfg):
+    assert input_spec(**train_cfg("backbone=xception", fast=False).backbone).size == 299
+    assert input_spec(**train_cfg("backbone=mobilenetv2", fast=False).backbone).size == 224
+    xception = input_spec(**train_cfg("backbone=xception", "backbone.input_size=128", fast=False).backbone)
+    assert xception.size == 128 and xception.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("augmentation", options("augmentation"))
+def test_augmentation_configs_build_albumentations_pipelines(train_cfg, augmentation):
+    cfg = train_cfg(f"augmentation={augmentation}")
+    transforms = hydra.utils.instantiate(cfg.augmentation.transforms, _convert_="all")
+    pipeline = A.Compose(transforms)
+    image = (torch.rand(40, 40, 3) * 255).byte().numpy()
+    assert pipeline(image=image)["image"].shape == (40, 40, 3)
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainer_configs_compose(train_cfg, trainer):
+    cfg = train_cfg(f"trainer={trainer}")
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    OmegaConf.to_container(cfg.trainer, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
+def test_cpu_trainers_instantiate_with_the_callbacks(train_cfg, trainer):
+    cfg = train_cfg(f"trainer={trainer}")
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_dict(cfg.callbacks), logger=False)
+    assert trainer.max_epochs == 1
+
+
+def test_ddp_accepts_unused_parameters_only_for_two_phase_training(train_cfg):
+    assert train_cfg("trainer=ddp_cpu").trainer.strategy.find_unused_parameters is False
+    two_phase = train_cfg("trainer=ddp_cpu", "model.freeze_backbone_epochs=2")
+    assert two_phase.trainer.strategy.find_unused_parameters is True
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_logger_configs_name_a_tracking_uri(train_cfg, logger, tmp_path):
+    cfg = train_cfg(f"logger={logger}")
+    assert cfg.logger.tracking_uri.startswith(("sqlite:///", "http://"))
+
+
+def test_local_store_lives_in_the_launch_folder(train_cfg, tmp_path):
+    cfg = train_cfg()
+    assert cfg.logger.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert Path(cfg.logger.artifact_location) == tmp_path / "mlruns" / "artifacts"
+
+
+def test_tracking_uri_comes_from_the_environment_when_set(train_cfg, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert train_cfg().logger.tracking_uri == "http://127.0.0.1:5999"
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiment_configs_compose(train_cfg, experiment):
+    cfg = train_cfg(f"experiment={experiment}", fast=False)
+    OmegaConf.to_container(cfg, resolve=False)
+
+
+def test_hparams_search_optuna_composes_with_the_sweeper(train_cfg):
+    cfg = train_cfg("hparams_search=optuna")
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert "model.optimizer.lr" in cfg.hydra.sweeper.params
+
+
+def test_optimizer_and_scheduler_are_partial_factories(train_cfg):
+    cfg = train_cfg()
+    factory = hydra.utils.instantiate(cfg.model.optimizer)
+    optimizer = factory(params=[torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == cfg.model.optimizer.lr
+    scheduler = hydra.utils.instantiate(cfg.model.scheduler)(optimizer=optimizer)
+    assert scheduler.T_max == cfg.trainer.max_epochs
