@@ -7,8 +7,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from allcls.errors import AllclsError
 
 
 def register_resolvers() -> None:
@@ -20,11 +23,22 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
+def build(node, /, **kwargs):
+    """hydra.utils.instantiate, except that a user error raised while building (a bad value in the
+    config) comes out as itself rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, AllclsError):
+            raise error.__cause__ from None
+        raise
+
+
 def instantiate_dict(group: DictConfig | None) -> list:
     """A dict of `_target_` configs (callbacks) -> list of objects; a null entry switches one off."""
     if not group:
         return []
-    return [hydra.utils.instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+    return [build(node) for node in group.values() if node is not None and "_target_" in node]
 
 
 @dataclass(frozen=True)
@@ -55,4 +69,5 @@ def job_info(output_dir: str) -> JobInfo:
 
 
 def resolved_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    """The job's config with every interpolation resolved (Hydra's own settings left out)."""
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from allcls import __version__
-from allcls.config import JobInfo, instantiate_dict, job_info, resolved_yaml
+from allcls.config import JobInfo, build, instantiate_dict, job_info, resolved_yaml
 from allcls.data.datamodule import CellDataModule
 from allcls.ddp import is_rank_zero, rerun_this_job_in_ddp_children
 from allcls.errors import AllclsError
@@ -79,9 +79,9 @@ def check_monitor(cfg: DictConfig, class_names: list[str]) -> None:
 
 
 def build_datamodule(cfg: DictConfig) -> CellDataModule:
-    reader = hydra.utils.instantiate(cfg.dataset.reader)
-    augmentations = hydra.utils.instantiate(cfg.augmentation.transforms, _convert_="all")
-    return hydra.utils.instantiate(
+    reader = build(cfg.dataset.reader)
+    augmentations = build(cfg.augmentation.transforms, _convert_="all")
+    return build(
         cfg.data,
         reader=reader,
         input_spec=input_spec(**cfg.backbone),
@@ -93,7 +93,7 @@ def build_datamodule(cfg: DictConfig) -> CellDataModule:
 
 
 def build_model(cfg: DictConfig, datamodule: CellDataModule) -> LitClassifier:
-    return hydra.utils.instantiate(
+    return build(
         cfg.model,
         backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
         class_names=datamodule.classes,
@@ -105,9 +105,12 @@ def build_model(cfg: DictConfig, datamodule: CellDataModule) -> LitClassifier:
 def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logger: RunMetricsLogger) -> L.Trainer:
     callbacks = instantiate_dict(cfg.callbacks)
     try:
-        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    except MisconfigurationException as error:
-        raise AllclsError(f"The trainer config cannot run here: {error} Pick another one, e.g. trainer=cpu.") from None
+        trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=logger)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, MisconfigurationException):
+            raise AllclsError(f"The trainer config cannot run on this machine: {error.__cause__} "
+                              "Pick one that can, e.g. trainer=cpu.") from None
+        raise
     rerun_this_job_in_ddp_children()
     trainer.fit(model, datamodule=datamodule)
     return trainer

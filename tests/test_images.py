@@ -1,0 +1,126 @@
+"""Odd and broken image files: decoded to RGB where possible, reported by path where not."""
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from allcls.data.datamodule import CellDataModule
+from allcls.data.images import ImageReadError, check_image, read_image
+from allcls.data.readers import CNMCReader
+from allcls.data.transforms import InputSpec
+from allcls.errors import AllclsError
+
+SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+CNMC_SPLIT = {"hints": {"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"}}
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path):
+    path = tmp_path / "gray.png"
+    cv2.imwrite(str(path), np.arange(64, dtype=np.uint8).reshape(8, 8))
+    image = read_image(path)
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+    assert (image[..., 0] == image[..., 2]).all() and image[0, 1, 0] == 1
+
+
+def test_rgba_is_composited_onto_black_and_keeps_rgb_order(tmp_path):
+    path = tmp_path / "rgba.png"
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200  # red
+    rgba[:2, :, 3] = 255  # top half opaque, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(path)
+    image = read_image(path)
+    assert image.shape == (4, 4, 3)
+    assert tuple(image[0, 0]) == (200, 0, 0) and tuple(image[3, 0]) == (0, 0, 0)
+
+
+def test_sixteen_bit_images_are_scaled_to_eight_bits(tmp_path):
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.full((4, 4), 65535, np.uint16))
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.max() == 255
+
+
+def test_palette_gif_decodes_through_the_fallback(tmp_path):
+    path = tmp_path / "palette.gif"
+    Image.new("P", (5, 3), color=7).save(path)
+    assert read_image(path).shape == (3, 5, 3)
+
+
+@pytest.mark.parametrize("side", [1, 3000])
+def test_tiny_and_large_images_read_and_resize(tmp_path, side):
+    path = tmp_path / f"{side}.jpg"
+    cv2.imwrite(str(path), np.full((side, side, 3), 90, np.uint8))
+    assert read_image(path).shape == (side, side, 3)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty"),
+    (b"this is not an image" * 10, "not an image"),
+])
+def test_unreadable_files_name_the_path_and_the_problem(tmp_path, content, reason):
+    path = tmp_path / "broken.bmp"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=f"{path}.*{reason}.*skip_unreadable_images"):
+        read_image(path)
+
+
+def test_truncated_image_is_reported(tmp_path, cnmc_root):
+    source = next((cnmc_root / "training_data").rglob("*.bmp"))
+    path = tmp_path / "truncated.bmp"
+    path.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    check = check_image(path)
+    assert check.sha1 is None and "truncated" in check.problem
+
+
+def test_check_image_hashes_the_bytes(cnmc_root, tmp_path):
+    source = next((cnmc_root / "training_data").rglob("*.bmp"))
+    twin = tmp_path / "twin.bmp"
+    shutil.copyfile(source, twin)
+    assert check_image(source).sha1 == check_image(twin).sha1 is not None
+
+
+# --- in the datamodule: found before training, listed by path, never counted as a class -------
+
+@pytest.fixture
+def cnmc_with_broken_images(cnmc_root, tmp_path):
+    root = tmp_path / "cnmc"
+    shutil.copytree(cnmc_root, root)
+    broken = sorted((root / "training_data" / "fold_0" / "all").glob("*.bmp"))[:2]
+    broken[0].write_bytes(b"")
+    broken[1].write_bytes(broken[1].read_bytes()[:100])
+    return root, broken
+
+
+def test_datamodule_refuses_unreadable_images_listing_them(cnmc_with_broken_images):
+    root, broken = cnmc_with_broken_images
+    module = CellDataModule(CNMCReader(root), SPEC, CNMC_SPLIT, num_workers=0)
+    with pytest.raises(AllclsError, match="2 image\\(s\\) cannot be read") as error:
+        module.prepare()
+    assert all(str(path) in str(error.value) for path in broken)
+
+
+def test_datamodule_can_leave_unreadable_images_out(cnmc_with_broken_images):
+    root, broken = cnmc_with_broken_images
+    module = CellDataModule(CNMCReader(root), SPEC, CNMC_SPLIT, num_workers=0, skip_unreadable_images=True)
+    module.prepare()
+    assert sorted(path for path, _ in module.unreadable) == sorted(map(str, broken))
+    kept = set(module.manifest["sample_id"])
+    assert not any(Path(p).relative_to(root).as_posix() in kept for p in broken)
+    module.setup()
+    assert len(module.datasets["train"]) + len(module.datasets["val"]) + len(module.datasets["test"]) == len(kept)
+
+
+def test_image_broken_after_the_check_stops_the_epoch_naming_it(cnmc_root, tmp_path):
+    root = tmp_path / "cnmc"
+    shutil.copytree(cnmc_root, root)
+    module = CellDataModule(CNMCReader(root), SPEC, CNMC_SPLIT, num_workers=0)
+    module.setup()
+    victim = Path(module.datasets["train"].paths[0])
+    victim.write_bytes(b"\x00" * 10)
+    with pytest.raises(ImageReadError, match=str(victim)):
+        for _ in module.train_dataloader():
+            pass

@@ -1,0 +1,70 @@
+"""Class imbalance options: class-weighted loss, weighted sampler, random oversampling."""
+
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+
+from allcls.data import imbalance
+from allcls.data.datamodule import CellDataModule
+from allcls.data.readers import FolderReader
+from allcls.data.transforms import InputSpec
+from allcls.errors import AllclsError
+
+
+def test_loss_weights_are_inverse_frequency_averaging_to_one():
+    labels = [0] * 30 + [1] * 10
+    weights = imbalance.loss_weights(labels, 2)
+    assert weights == pytest.approx([40 / (2 * 30), 40 / (2 * 10)])
+    assert np.mean([weights[y] for y in labels]) == pytest.approx(1.0)
+
+
+def test_oversampling_balances_every_class_to_the_largest():
+    labels = [0] * 30 + [1] * 10 + [2] * 5
+    indices = imbalance.oversample(labels, seed=0)
+    assert Counter(labels[i] for i in indices) == {0: 30, 1: 30, 2: 30}
+    assert set(range(45)) <= set(indices)  # every original sample is kept
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(AllclsError, match="data.imbalance='smote'"):
+        imbalance.check_strategy("smote")
+
+
+@pytest.fixture
+def skewed(tmp_path):
+    """A class-folder tree with four times more 'major' than 'minor' images."""
+    for index in range(100):
+        label = "major" if index < 80 else "minor"
+        path = tmp_path / label / f"{index}.png"
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), np.full((8, 8, 3), index, np.uint8))
+    return FolderReader(tmp_path, ["major", "minor"])
+
+
+def module(reader, strategy):
+    spec = InputSpec(8, (0.5,) * 3, (0.5,) * 3)
+    dm = CellDataModule(reader, spec, {"hints": {}, "val_fraction": 0.2, "test_fraction": 0.2},
+                        num_workers=0, batch_size=8, imbalance=strategy)
+    dm.setup()
+    return dm
+
+
+def test_weighted_sampler_draws_classes_evenly(skewed):
+    dm = module(skewed, "weighted_sampler")
+    drawn = Counter(int(y) for _ in range(10) for _, labels in dm.train_dataloader() for y in labels)
+    assert drawn[1] / sum(drawn.values()) == pytest.approx(0.5, abs=0.08)
+
+
+def test_oversample_repeats_minority_training_images(skewed):
+    plain, balanced = module(skewed, "none"), module(skewed, "oversample")
+    assert Counter(balanced.datasets["train"].labels)[1] == Counter(balanced.datasets["train"].labels)[0]
+    assert len(balanced.datasets["train"]) > len(plain.datasets["train"])
+    assert len(balanced.datasets["val"]) == len(plain.datasets["val"])  # evaluation data untouched
+
+
+def test_class_weights_only_when_asked(skewed):
+    assert module(skewed, "none").loss_weights() is None
+    weights = module(skewed, "class_weights").loss_weights()
+    assert weights[1] > 1 > weights[0]

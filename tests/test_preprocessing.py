@@ -1,0 +1,70 @@
+"""Region-of-interest crop, resize to the backbone's size, normalisation, train-time augmentation."""
+
+import numpy as np
+import torch
+
+from allcls.data.datamodule import CellDataModule
+from allcls.data.readers import CNMCReader
+from allcls.data.transforms import InputSpec, build_transform, crop_to_foreground
+
+SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def test_roi_crop_keeps_the_cell_and_drops_the_black_border():
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[30:50, 40:80] = 200  # a 20 x 40 cell off-centre
+    crop = crop_to_foreground(image, margin=0.0)
+    assert crop.shape == (40, 40, 3)  # its bounding box, padded to a square
+    assert (crop > 0).any(axis=2).sum() == 20 * 40
+
+
+def test_roi_crop_leaves_an_all_black_image_alone():
+    image = np.zeros((10, 12, 3), np.uint8)
+    assert crop_to_foreground(image) is image
+
+
+def test_pipeline_resizes_and_normalises_to_the_backbone_spec():
+    image = np.full((450, 450, 3), 191, np.uint8)  # C-NMC-sized
+    tensor = build_transform(SPEC, roi_crop=False)(image=image)["image"]
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32
+    assert torch.allclose(tensor, torch.full_like(tensor, (191 / 255 - 0.5) / 0.25), atol=1e-5)
+
+
+def test_roi_crop_makes_the_cell_fill_the_input(cnmc_root):
+    module = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, roi_crop=True, num_workers=0)
+    module.setup()
+    cropped = module.datasets["train"][0][0]
+    plain = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, roi_crop=False, num_workers=0)
+    plain.setup()
+    uncropped = plain.datasets["train"][0][0]
+    background = (0 - 0.5) / 0.25
+    assert (cropped > background + 0.1).float().mean() > (uncropped > background + 0.1).float().mean() + 0.15
+
+
+def test_augmentations_apply_to_train_only(cnmc_root):
+    import albumentations as A
+
+    flip = A.HorizontalFlip(p=1.0)
+    module = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, augmentations=[flip], num_workers=0)
+    module.setup()
+    train, val = module.datasets["train"], module.datasets["val"]
+    reference = build_transform(SPEC, roi_crop=False)
+    from allcls.data.images import read_image
+
+    train_plain = reference(image=read_image(train.paths[0]))["image"]
+    assert torch.allclose(train[0][0], train_plain.flip(-1), atol=1e-5)
+    val_plain = reference(image=read_image(val.paths[0]))["image"]
+    assert torch.allclose(val[0][0], val_plain, atol=1e-5)
+
+
+def test_decoded_image_cache_serves_the_same_tensors(cnmc_root, tmp_path):
+    plain = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, roi_crop=True, num_workers=0)
+    cached = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, roi_crop=True, num_workers=0,
+                            cache_dir=str(tmp_path / "cache"))
+    plain.setup()
+    cached.setup()
+    first = cached.datasets["val"][0][0]
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+    second = cached.datasets["val"][0][0]  # now from the cache
+    assert torch.equal(first, second)
+    assert torch.allclose(first, plain.datasets["val"][0][0], atol=1e-5)

@@ -1,0 +1,146 @@
+"""Subject-grouped splits: no subject or duplicate group on two sides, a manifest and its hash."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from allcls.data.datamodule import CellDataModule
+from allcls.data.readers import ARIAReader, CNMCReader, Sample
+from allcls.data.splits import (assign_splits, build_manifest, check_no_leakage, group_ids, manifest_hash,
+                                read_manifest)
+from allcls.data.transforms import InputSpec
+from allcls.errors import AllclsError
+
+SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+CNMC_HINTS = {"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"}
+
+
+def split_config(**overrides):
+    return {"hints": {}, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "manifest": None, **overrides}
+
+
+def samples(n_subjects=10, per_subject=4, classes=("a", "b")):
+    return [Sample(f"/x/{s}_{i}.png", f"{s}_{i}.png", classes[s % len(classes)], f"S{s}")
+            for s in range(n_subjects) for i in range(per_subject)]
+
+
+def test_groups_join_subjects_and_identical_images():
+    items = [Sample("/a", "a", "x", "S1"), Sample("/b", "b", "x", "S2"), Sample("/c", "c", "x", None),
+             Sample("/d", "d", "x", None), Sample("/e", "e", "x", None)]
+    # b is byte-identical to c; d and e are identical to each other; a is alone.
+    groups = group_ids(items, ["h1", "h2", "h2", "h3", "h3"])
+    assert groups[1] == groups[2] == "S2"
+    assert groups[3] == groups[4] != groups[0]
+    assert groups[0] == "S1"
+
+
+def test_random_split_never_puts_a_subject_on_two_sides():
+    items = samples(n_subjects=20)
+    groups = group_ids(items, [None] * len(items))
+    splits = assign_splits(items, groups, {}, 0.2, 0.2, seed=3)
+    manifest = build_manifest(items, groups, splits)
+    check_no_leakage(manifest)
+    assert manifest.groupby("subject")["split"].nunique().max() == 1
+    counts = manifest["split"].value_counts()
+    assert counts["val"] == pytest.approx(16, abs=4) and counts["test"] == pytest.approx(16, abs=4)
+    # stratified: every class is in every split
+    assert (manifest.groupby("split")["label"].nunique() == 2).all()
+
+
+def test_leakage_check_refuses_a_subject_in_two_splits():
+    manifest = pd.DataFrame({"sample_id": ["a", "b", "c"], "subject": ["S1", "S1", "S2"],
+                             "group": ["S1", "S1", "S2"], "split": ["train", "test", "val"], "label": ["x"] * 3})
+    with pytest.raises(AllclsError, match="1 subject\\(s\\) have images in more than one split.*S1"):
+        check_no_leakage(manifest)
+
+
+def test_leakage_check_refuses_identical_images_in_two_splits():
+    manifest = pd.DataFrame({"sample_id": ["a", "b"], "subject": [None, None], "group": ["content:1", "content:1"],
+                             "split": ["train", "val"], "label": ["x", "x"]})
+    with pytest.raises(AllclsError, match="group"):
+        check_no_leakage(manifest)
+
+
+def test_split_hash_is_stable_and_changes_with_the_split():
+    items = samples()
+    groups = group_ids(items, [None] * len(items))
+    first = build_manifest(items, groups, assign_splits(items, groups, {}, 0.2, 0.2, seed=0))
+    again = build_manifest(items, groups, assign_splits(items, groups, {}, 0.2, 0.2, seed=0))
+    other = build_manifest(items, groups, assign_splits(items, groups, {}, 0.2, 0.2, seed=1))
+    assert manifest_hash(first) == manifest_hash(again) != manifest_hash(other)
+
+
+def test_unknown_split_in_hints_is_refused():
+    items = samples()
+    with pytest.raises(AllclsError, match="unknown splits"):
+        assign_splits(items, group_ids(items, [None] * len(items)), {"fold_0": "holdout"}, 0.2, 0.2, 0)
+
+
+def test_cnmc_split_uses_folds_and_the_preliminary_test_set(cnmc_root):
+    module = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
+    module.prepare()
+    by_id = {s.sample_id: s for s in module.samples}
+    for sample_id, split in zip(module.manifest["sample_id"], module.manifest["split"]):
+        hint = by_id[sample_id].split_hint
+        assert split == CNMC_HINTS[hint]
+
+
+def test_cnmc_without_preliminary_test_draws_test_subjects_from_train(cnmc_root, tmp_path):
+    root = tmp_path / "cnmc"
+    shutil.copytree(cnmc_root, root)
+    shutil.rmtree(root / "validation_data")
+    module = CellDataModule(CNMCReader(root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
+    module.prepare()
+    manifest = module.manifest
+    test_ids = set(manifest.query("split == 'test'")["sample_id"])
+    assert test_ids and all(i.startswith(("training_data/fold_0", "training_data/fold_1")) for i in test_ids)
+    assert set(manifest.query("split == 'val'")["sample_id"]) == {
+        s.sample_id for s in module.samples if s.split_hint == "fold_2"}
+
+
+def test_aria_duplicates_stay_in_one_split(aria_root):
+    module = CellDataModule(ARIAReader(aria_root), SPEC, split_config(), num_workers=0)
+    module.prepare()
+    duplicated = module.manifest[module.manifest["group"].str.startswith("content:")]
+    pairs = duplicated.groupby("group")["split"]
+    assert (pairs.size() == 2).sum() == 2  # the generator writes 2 duplicate pairs into Pro
+    assert (pairs.nunique() == 1).all()
+
+
+def test_a_hint_map_that_leaks_is_refused(cnmc_root, tmp_path):
+    root = tmp_path / "cnmc"
+    shutil.copytree(cnmc_root, root)
+    # Move one image of a fold-2 subject into fold 0: that subject now sits in train and val.
+    image = next((root / "training_data" / "fold_2" / "all").glob("*.bmp"))
+    image.rename(root / "training_data" / "fold_0" / "all" / image.name)
+    module = CellDataModule(CNMCReader(root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
+    with pytest.raises(AllclsError, match="The split leaks"):
+        module.prepare()
+
+
+def test_empty_split_is_refused(cnmc_root):
+    hints = {"fold_0": "train", "fold_1": "train", "fold_2": "train", "prelim_test": "test"}
+    module = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints=hints, val_fraction=0), num_workers=0)
+    with pytest.raises(AllclsError, match="The val split is empty"):
+        module.prepare()
+
+
+def test_manifest_is_written_and_reused_exactly(cnmc_root, tmp_path):
+    first = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
+    first.prepare()
+    path = first.write_manifest(tmp_path / "manifest.csv")
+    # A different hint map, but the manifest decides.
+    reused = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints={}, manifest=str(path)), num_workers=0)
+    reused.prepare()
+    assert reused.split_hash == first.split_hash
+    assert read_manifest(path, first.samples)["split"].tolist() == first.manifest["split"].tolist()
+
+
+def test_manifest_of_other_data_is_refused(cnmc_root, aria_root, tmp_path):
+    first = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
+    first.prepare()
+    path = first.write_manifest(tmp_path / "manifest.csv")
+    other = CellDataModule(ARIAReader(aria_root), SPEC, split_config(manifest=str(path)), num_workers=0)
+    with pytest.raises(AllclsError, match="does not match the dataset"):
+        other.prepare()

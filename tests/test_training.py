@@ -1,0 +1,156 @@
+"""The training task end to end on synthetic data: what it logs to MLflow, that it learns, how it fails."""
+
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+
+from allcls.data.datamodule import CellDataModule
+from allcls.data.readers import CNMCReader
+from allcls.data.transforms import InputSpec
+from allcls.errors import AllclsError
+from allcls.models.lit_classifier import LitClassifier
+from allcls.predictions import read_table
+from allcls.training import train
+
+
+def only_run(client, experiment="synthetic-cnmc"):
+    experiment = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def artifacts(client, run_id, path=None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_one_epoch_run_leaves_everything_later_stages_need(train_cfg, mlflow_client, tmp_path):
+    cfg = train_cfg()
+    score = train(cfg)
+    run = only_run(mlflow_client)
+    assert run.info.status == "FINISHED"
+    assert score == pytest.approx(run.data.metrics["val/f1_weighted_best"])
+
+    tags = run.data.tags
+    assert tags["dataset"] == "synthetic-cnmc" and tags["classes"] == "hem,all" and tags["backbone"] == "custom_cnn"
+    assert len(tags["split_hash"]) == 16 and tags["sweep_id"] and tags["git_commit"]
+    params = run.data.params
+    assert params["backbone"] == "custom_cnn" and params["input_size"] == "32" and params["optimizer"] == "AdamW"
+    assert int(params["n_train"]) > 0 and params["augmentation"] == "basic"
+    for metric in ("train/loss_epoch", "val/f1_weighted", "val/kappa", "val/auroc", "val/recall_hem",
+                   "test/f1_weighted", "test/balanced_accuracy", "test/precision_all"):
+        assert metric in run.data.metrics, metric
+
+    found = artifacts(mlflow_client, run.info.run_id)
+    for name in ("config/config.yaml", "config/overrides.yaml", "data/split_manifest.csv", "checkpoints/best.ckpt",
+                 "predictions/val.parquet", "predictions/test.parquet", "confusion_matrix/test.csv"):
+        assert name in found, name
+
+    local = Path(mlflow_client.download_artifacts(run.info.run_id, "", str(tmp_path / "download")))
+    manifest = pd.read_csv(local / "data" / "split_manifest.csv")
+    for split in ("val", "test"):
+        table = read_table(local / "predictions" / f"{split}.parquet", ["hem", "all"])  # validates the schema
+        assert list(table.columns) == ["sample_id", "subject", "label", "prob_hem", "prob_all"]
+        expected = manifest.query("split == @split")
+        assert sorted(table["sample_id"]) == sorted(expected["sample_id"])  # every sample, exactly once
+        assert (table[["prob_hem", "prob_all"]].sum(axis=1) - 1).abs().max() < 1e-6
+        labels = expected.set_index("sample_id")["label"].map({"hem": 0, "all": 1})
+        assert (table.set_index("sample_id")["label"] == labels.loc[table["sample_id"]]).all()
+        assert table["subject"].notna().all()
+    # The checkpoint holds only data: it loads with weights_only=True and rebuilds the model.
+    model = LitClassifier.from_checkpoint(local / "checkpoints" / "best.ckpt")
+    assert model.class_names == ["hem", "all"]
+
+
+def test_short_training_learns_far_better_than_chance(train_cfg, mlflow_client):
+    """A pipeline that learns nothing (labels shuffled, inputs broken, wrong checkpoint) fails here."""
+    train(train_cfg("trainer.max_epochs=10", "callbacks.early_stopping=null"))
+    metrics = only_run(mlflow_client).data.metrics
+    assert metrics["test/auroc"] > 0.85
+    assert metrics["test/balanced_accuracy"] > 0.70
+
+
+def test_runs_of_the_same_split_share_its_hash(train_cfg, mlflow_client):
+    train(train_cfg("seed=1"))
+    train(train_cfg("seed=2"))
+    experiment = mlflow_client.get_experiment_by_name("synthetic-cnmc")
+    hashes = {r.data.tags["split_hash"] for r in mlflow_client.search_runs([experiment.experiment_id])}
+    assert len(hashes) == 1
+
+
+def test_a_job_that_fails_marks_its_run_failed(train_cfg, mlflow_client):
+    # StepLR needs a step_size: the scheduler fails inside fit, after the run was created.
+    cfg = train_cfg("model.scheduler._target_=torch.optim.lr_scheduler.StepLR", "~model.scheduler.T_max")
+    with pytest.raises(TypeError):
+        train(cfg)
+    run = only_run(mlflow_client)
+    assert run.info.status == "FAILED"
+    assert "step_size" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset=cnmc"], "dataset.root is not set"),
+    (["dataset=cnmc", "dataset.root=/no/such/place"], "does not exist"),
+    (["backbone.name=mobilenetv9"], "Unknown backbone 'mobilenetv9'.*Did you mean"),
+    (["monitor=val/f2"], "monitor='val/f2' is not a validation metric"),
+    (["data.imbalance=smote"], "data.imbalance='smote'"),
+    (["dataset.classes=[normal,blast]"], "no folder for class"),
+])
+def test_bad_input_stops_with_a_clear_message_before_any_run(train_cfg, mlflow_client, overrides, message):
+    with pytest.raises(AllclsError, match=message):
+        train(train_cfg(*overrides))
+    experiment = mlflow_client.get_experiment_by_name("synthetic-cnmc")
+    assert experiment is None or not mlflow_client.search_runs([experiment.experiment_id])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_without_a_gpu_fails_clearly_and_marks_the_run(train_cfg, mlflow_client):
+    with pytest.raises(AllclsError, match="cannot run on this machine.*trainer=cpu"):
+        train(train_cfg("trainer=gpu"))
+    assert only_run(mlflow_client).info.status == "FAILED"
+
+
+def test_wrong_layout_for_the_dataset_is_refused(train_cfg, cnmc_root):
+    with pytest.raises(AllclsError, match="not an ALL image dataset root"):
+        train(train_cfg("dataset=aria", f"dataset.root={cnmc_root}"))
+
+
+def test_real_dataset_configs_train_on_their_layouts(train_cfg, mlflow_client, cnmc_root, aria_root):
+    train(train_cfg("dataset=cnmc", f"dataset.root={cnmc_root}"))
+    assert only_run(mlflow_client, "cnmc").data.tags["classes"] == "hem,all"
+    train(train_cfg("dataset=aria", f"dataset.root={aria_root}", "dataset.variant=Segmented"))
+    assert only_run(mlflow_client, "aria").data.tags["classes"] == "Benign,Early,Pre,Pro"
+
+
+def test_two_phase_transfer_learning_freezes_then_unfreezes_at_a_lower_rate(cnmc_root, tmp_path):
+    """Epoch 0 trains only the head; from epoch 1 every layer trains, at lr x unfreeze_lr_factor."""
+    module = CellDataModule(CNMCReader(cnmc_root), InputSpec(32, (0.5,) * 3, (0.5,) * 3),
+                            {"hints": {"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"}},
+                            num_workers=0, batch_size=16)
+    module.prepare()
+    optimizer = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
+    model = LitClassifier({"name": "custom_cnn"}, module.classes, optimizer=optimizer,
+                          freeze_backbone_epochs=1, unfreeze_lr_factor=0.1)
+    snapshots = []
+
+    class Snapshot(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            snapshots.append({k: v.clone() for k, v in pl_module.model.state_dict().items()})
+            snapshots[-1]["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[Snapshot()], default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=module)
+    conv, bn_mean, head = "features.0.weight", "features.1.running_mean", "classifier.weight"
+    assert torch.equal(snapshots[0][conv], before[conv])          # frozen backbone in epoch 0...
+    assert torch.equal(snapshots[0][bn_mean], before[bn_mean])    # ...batch-norm statistics too
+    assert not torch.equal(snapshots[0][head], before[head])      # the head learns
+    assert not torch.equal(snapshots[1][conv], snapshots[0][conv])  # epoch 1: everything learns
+    assert snapshots[0]["lr"] == pytest.approx(0.1) and snapshots[1]["lr"] == pytest.approx(0.01)
