@@ -51,20 +51,28 @@ class JobInfo:
     choices: dict[str, str] = field(default_factory=dict)
 
 
-def job_info(output_dir: str) -> JobInfo:
-    """The sweep id is the sweep folder (relative to the launch folder when inside it), so all
-    jobs of one `-m` launch share it; a single run is a sweep of one, named after its folder."""
+def sweep_id(output_dir: str = "") -> str:
+    """The sweep folder (relative to the launch folder when inside it): all jobs of one `-m` launch
+    share it, and a single run is a sweep of one, named after its own folder. Outside Hydra (the
+    task called from Python) it is the name of `output_dir`."""
     if not HydraConfig.initialized():
-        return JobInfo(sweep_id=Path(output_dir).name)
+        return Path(output_dir).name
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     folder = Path(hydra_cfg.sweep.dir if multirun else hydra_cfg.runtime.output_dir).absolute()
     try:
-        sweep_id = folder.relative_to(Path(hydra_cfg.runtime.cwd).absolute()).as_posix()
+        return folder.relative_to(Path(hydra_cfg.runtime.cwd).absolute()).as_posix()
     except ValueError:
-        sweep_id = folder.as_posix()
+        return folder.as_posix()
+
+
+def job_info(output_dir: str = "") -> JobInfo:
+    """What Hydra knows of the running job (see `sweep_id` for the sweep id)."""
+    if not HydraConfig.initialized():
+        return JobInfo(sweep_id=sweep_id(output_dir))
+    hydra_cfg = HydraConfig.get()
     choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v is not None}
-    return JobInfo(sweep_id=sweep_id, job_num=hydra_cfg.job.num if multirun else None,
+    return JobInfo(sweep_id=sweep_id(), job_num=hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None,
                    overrides=list(hydra_cfg.overrides.task), choices=choices)
 
 

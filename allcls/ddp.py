@@ -3,12 +3,19 @@ children of a multirun job re-create exactly that job."""
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import read_write
+
+# What Lightning's subprocess launcher sets in the main process's environment.
+LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def is_rank_zero() -> bool:
@@ -34,3 +41,25 @@ def rerun_this_job_in_ddp_children() -> None:
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
     with read_write(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+@contextmanager
+def distributed_job() -> Iterator[None]:
+    """Leave the process as it was before this job's DDP: the next job of a multirun runs in this
+    same process and must start its own process group and its own children.
+
+    Lightning's launcher writes LOCAL_RANK and friends into the main process's environment, and a
+    set LOCAL_RANK tells the next Trainer that processes are created externally: it would wait for
+    children that never come. The old group's peers have exited, so the group must go too.
+    """
+    saved = {name: os.environ.get(name) for name in LAUNCHER_VARIABLES}
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

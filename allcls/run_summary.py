@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from allcls.config import job_info
+from allcls.config import sweep_id as current_sweep_id
 from allcls.ddp import is_rank_zero
 from allcls.tracking import Tracker, is_local_store
 
@@ -35,7 +35,7 @@ class RunSummary(Callback):
         try:
             # Hydra has already cleared its global config when these hooks run; `config` still has it.
             HydraConfig.instance().set_config(config)
-            sweep_id = job_info(config.hydra.runtime.output_dir).sweep_id
+            sweep_id = current_sweep_id()
             tracker = Tracker(config.logger.tracking_uri, config.experiment_name)
             runs = tracker.sweep_runs(sweep_id)
         except Exception as error:  # a summary must never hide the real outcome of the launch

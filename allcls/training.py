@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from allcls import __version__
 from allcls.config import JobInfo, build, instantiate_dict, job_info, resolved_yaml
 from allcls.data.datamodule import CellDataModule
-from allcls.ddp import is_rank_zero, rerun_this_job_in_ddp_children
+from allcls.ddp import distributed_job, is_rank_zero, rerun_this_job_in_ddp_children
 from allcls.errors import AllclsError
 from allcls.models.backbones import check_backbone_name, input_spec
 from allcls.models.inference import predict_probabilities
@@ -35,6 +35,11 @@ HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "auroc", "ka
 
 def train(cfg: DictConfig) -> float:
     """Train one model as configured; return the best value of the monitored metric (for sweepers)."""
+    with distributed_job():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> float:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)

@@ -14,17 +14,20 @@ from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, Mu
                                          MulticlassRecall)
 
 
-def classification_metrics(num_classes: int) -> MetricCollection:
-    """Scalar metrics, plus per-class precision and recall (vectors, flattened by `flatten`)."""
+def classification_metrics(num_classes: int, sync: bool = True) -> MetricCollection:
+    """Scalar metrics, plus per-class precision and recall (vectors, flattened by `flatten`).
+    `sync=False` for metrics of one process's own data (a whole prediction table): they must not
+    wait for the other DDP processes."""
+    options = {"sync_on_compute": sync}
     return MetricCollection({
-        "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-        "balanced_accuracy": MulticlassRecall(num_classes, average="macro"),
-        "f1_weighted": MulticlassF1Score(num_classes, average="weighted"),
-        "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-        "auroc": MulticlassAUROC(num_classes, average="macro"),
-        "kappa": MulticlassCohenKappa(num_classes),
-        "precision": MulticlassPrecision(num_classes, average=None),
-        "recall": MulticlassRecall(num_classes, average=None),
+        "accuracy": MulticlassAccuracy(num_classes, average="micro", **options),
+        "balanced_accuracy": MulticlassRecall(num_classes, average="macro", **options),
+        "f1_weighted": MulticlassF1Score(num_classes, average="weighted", **options),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro", **options),
+        "auroc": MulticlassAUROC(num_classes, average="macro", **options),
+        "kappa": MulticlassCohenKappa(num_classes, **options),
+        "precision": MulticlassPrecision(num_classes, average=None, **options),
+        "recall": MulticlassRecall(num_classes, average=None, **options),
     })
 
 
@@ -63,14 +66,14 @@ def flatten(results: dict[str, torch.Tensor], class_names: Sequence[str], prefix
 def score_probabilities(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                         prefix: str = "") -> dict[str, float]:
     """The same metrics as training logs, computed once over a whole prediction table."""
-    metrics = classification_metrics(len(class_names))
+    metrics = classification_metrics(len(class_names), sync=False)
     metrics.update(torch.as_tensor(probabilities, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long))
     return flatten(metrics.compute(), class_names, prefix)
 
 
 def confusion_table(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
     """Counts, true class in rows and predicted class in columns."""
-    matrix = MulticlassConfusionMatrix(len(class_names))(
+    matrix = MulticlassConfusionMatrix(len(class_names), sync_on_compute=False)(
         torch.as_tensor(probabilities, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long))
     index = pd.Index([f"true_{c}" for c in class_names], name="")
     return pd.DataFrame(matrix.numpy(), index=index, columns=[f"pred_{c}" for c in class_names])
