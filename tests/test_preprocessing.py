@@ -5,7 +5,9 @@ import torch
 
 from allcls.data.datamodule import CellDataModule
 from allcls.data.readers import CNMCReader
-from allcls.data.transforms import InputSpec, build_transform, crop_to_foreground
+import pytest
+
+from allcls.data.transforms import InputSpec, build_transform, crop_to_foreground, resize_antialiased
 
 SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -21,6 +23,19 @@ def test_roi_crop_keeps_the_cell_and_drops_the_black_border():
 def test_roi_crop_leaves_an_all_black_image_alone():
     image = np.zeros((10, 12, 3), np.uint8)
     assert crop_to_foreground(image) is image
+
+
+@pytest.mark.parametrize("height, width", [(450, 450), (451, 603), (600, 600), (100, 100), (7, 3), (224, 224)])
+def test_resize_gives_the_input_size_from_any_size(height, width):
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    assert resize_antialiased(image, 224).shape == (224, 224, 3)
+
+
+def test_shrinking_does_not_alias_a_fine_pattern():
+    stripes = np.zeros((450, 450, 3), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: a correct shrink gives flat grey, aliasing gives bands
+    small = resize_antialiased(stripes, 224).astype(float)
+    assert abs(small.mean() - 127.5) < 3 and small.std() < 12
 
 
 def test_pipeline_resizes_and_normalises_to_the_backbone_spec():

@@ -41,13 +41,13 @@ def test_cnmc_reads_folds_and_the_preliminary_test_set(cnmc_root, caplog):
         samples = CNMCReader(cnmc_root).read()
     training = [s for s in samples if s.split_hint.startswith("fold_")]
     prelim = [s for s in samples if s.split_hint == "prelim_test"]
-    # 6 subjects per class x 12 cells in training; 2 per class in the preliminary test set.
-    assert len(training) == 2 * 6 * 12 and len(prelim) == 2 * 2 * 12
+    # 9 subjects per class x 8 cells in training; 3 per class in the preliminary test set.
+    assert len(training) == 2 * 9 * 8 and len(prelim) == 2 * 3 * 8
     assert Counter(s.label for s in prelim) == {"hem": 24, "all": 24}
     assert {s.split_hint for s in training} == {"fold_0", "fold_1", "fold_2"}
     # Subjects come from the file names (training) and from Patient_ID (preliminary test).
     assert all(s.subject for s in samples)
-    assert {s.subject for s in training if s.label == "hem"} == {f"H{k}" for k in range(1, 7)}
+    assert {s.subject for s in training if s.label == "hem"} == {f"H{k}" for k in range(1, 10)}
     assert not {s.subject for s in training} & {s.subject for s in prelim}
     # The labels file lists two images that are not there: skipped, with one warning that counts them.
     assert "2 of 50 rows" in caplog.text
@@ -119,7 +119,7 @@ def test_cnmc_class_order_follows_the_config(cnmc_root):
 @pytest.mark.parametrize("variant", ["Original", "Segmented"])
 def test_aria_reads_both_variants_with_the_same_file_names(aria_root, variant):
     samples = ARIAReader(aria_root, variant=variant).read()
-    assert Counter(s.label for s in samples) == {c: 8 * 6 for c in ("Benign", "Early", "Pre", "Pro")}
+    assert Counter(s.label for s in samples) == {c: 12 * 6 for c in ("Benign", "Early", "Pre", "Pro")}
     assert all(s.subject is None and s.split_hint is None for s in samples)
     assert all(s.sample_id.startswith(f"{variant}/") for s in samples)
     other = "Segmented" if variant == "Original" else "Original"

@@ -1,0 +1,63 @@
+"""Metrics agree with scikit-learn; the prediction table refuses anything but its contract."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as sk
+
+from allcls.errors import AllclsError
+from allcls.models.metrics import confusion_table, metric_names, score_probabilities
+from allcls.predictions import make_table, read_table, validate_table, write_table
+
+CLASSES = ["Benign", "Early", "Pre", "Pro"]
+
+
+@pytest.fixture
+def predictions():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    logits = rng.normal(size=(300, 4)) + 1.5 * np.eye(4)[labels]
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probabilities, labels
+
+
+def test_metrics_match_scikit_learn(predictions):
+    probabilities, labels = predictions
+    predicted = probabilities.argmax(axis=1)
+    scores = score_probabilities(probabilities, labels, CLASSES, "test/")
+    assert scores["test/accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted), abs=1e-6)
+    assert scores["test/balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(labels, predicted), abs=1e-6)
+    assert scores["test/f1_weighted"] == pytest.approx(sk.f1_score(labels, predicted, average="weighted"), abs=1e-6)
+    assert scores["test/f1_macro"] == pytest.approx(sk.f1_score(labels, predicted, average="macro"), abs=1e-6)
+    assert scores["test/kappa"] == pytest.approx(sk.cohen_kappa_score(labels, predicted), abs=1e-6)
+    assert scores["test/auroc"] == pytest.approx(sk.roc_auc_score(labels, probabilities, multi_class="ovr"), abs=1e-4)
+    recall = sk.recall_score(labels, predicted, average=None)
+    assert [scores[f"test/recall_{c}"] for c in CLASSES] == pytest.approx(recall, abs=1e-6)
+    assert sorted(scores) == sorted(metric_names(CLASSES, "test/"))
+    matrix = confusion_table(probabilities, labels, CLASSES)
+    assert (matrix.to_numpy() == sk.confusion_matrix(labels, predicted)).all()
+
+
+def table(n=4):
+    probabilities = np.full((n, 2), 0.5)
+    return make_table([f"img{i}.bmp" for i in range(n)], ["S1"] * n, [0, 1] * (n // 2), probabilities, ["hem", "all"])
+
+
+def test_table_round_trips_through_parquet(tmp_path):
+    path = write_table(table(), tmp_path / "predictions" / "val.parquet")
+    back = read_table(path, ["hem", "all"])
+    assert list(back.columns) == ["sample_id", "subject", "label", "prob_hem", "prob_all"]
+    assert back["label"].tolist() == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda t: t.drop(columns="subject"), "no column"),
+    (lambda t: t.assign(prob_all=np.nan), "NaN"),
+    (lambda t: t.assign(prob_all=0.9), "do not sum to 1"),
+    (lambda t: pd.concat([t, t.iloc[:1]]), "more than once"),
+    (lambda t: t.assign(label=5), "labels outside"),
+    (lambda t: t.rename(columns={"prob_hem": "prob_normal"}), "classes"),
+])
+def test_table_refuses_what_breaks_the_contract(spoil, message):
+    with pytest.raises(AllclsError, match=message):
+        validate_table(spoil(table()), ["hem", "all"])

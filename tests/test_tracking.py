@@ -1,0 +1,106 @@
+"""MLflow tracking: local SQLite store, a real `mlflow server` on 127.0.0.1, and the run summary."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from allcls.errors import AllclsError
+from allcls.predictions import read_table
+from allcls.run_summary import summary_text
+from allcls.tracking import Tracker
+from allcls.training import train
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real tracking server with proxied artifacts, stopped by PID (its whole process group)."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"]
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text())
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.slow
+def test_training_logs_to_a_remote_tracking_server(train_cfg, mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    cfg = train_cfg("logger=mlflow_server")
+    assert cfg.logger.tracking_uri == mlflow_server
+    train(cfg)
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("synthetic-cnmc")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server decides
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and "test/f1_weighted" in run.data.metrics
+    local = client.download_artifacts(run.info.run_id, "predictions/test.parquet", str(tmp_path))
+    assert len(read_table(local)) > 0
+    assert not (tmp_path / "mlruns").exists()  # nothing went to a local store by the side
+
+
+def test_new_experiments_keep_artifacts_beside_the_local_database(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "exp", str(tmp_path / "mlruns" / "artifacts"))
+    experiment = tracker.client.get_experiment(tracker.experiment_id())
+    assert experiment.artifact_location == (tmp_path / "mlruns" / "artifacts").as_uri()
+    assert tracker.experiment_id() == experiment.experiment_id  # found again, not created twice
+
+
+def test_a_deleted_experiment_is_reported_not_silently_recreated(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "gone", str(tmp_path / "artifacts"))
+    tracker.client.delete_experiment(tracker.experiment_id())
+    with pytest.raises(AllclsError, match="experiment 'gone' is deleted: restore it"):
+        tracker.experiment_id()
+
+
+def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", str(tmp_path / "artifacts"))
+    with pytest.raises(ValueError):
+        with tracker.run("doomed", {"stage": "train"}) as run_id:
+            raise ValueError("boom")
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: boom"
+
+
+def test_summary_lists_runs_and_the_command_to_browse_them(train_cfg, tmp_path):
+    cfg = train_cfg()
+    train(cfg)
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name)
+    sweep = "output"  # outside Hydra's launcher the sweep id is the output folder's name
+    text = summary_text(tracker, tracker.sweep_runs(sweep), sweep, "val/f1_weighted_best")
+    assert "1 MLflow run(s) in experiment 'synthetic-cnmc'" in text
+    assert "custom_cnn-basic-s0" in text and "FINISHED" in text
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db" in text
+    assert 'tags.sweep_id = "output"' in text
