@@ -46,6 +46,7 @@ class JobInfo:
     """Where this job sits: its sweep (shared by all jobs of one `-m` launch), number, overrides."""
 
     sweep_id: str
+    name: str = "train"  # Hydra's job name: its log file is <output_dir>/<name>.log
     job_num: int | None = None
     overrides: list[str] = field(default_factory=list)
     choices: dict[str, str] = field(default_factory=dict)
@@ -72,7 +73,8 @@ def job_info(output_dir: str = "") -> JobInfo:
         return JobInfo(sweep_id=sweep_id(output_dir))
     hydra_cfg = HydraConfig.get()
     choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v is not None}
-    return JobInfo(sweep_id=sweep_id(), job_num=hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None,
+    return JobInfo(sweep_id=sweep_id(), name=hydra_cfg.job.name,
+                   job_num=hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None,
                    overrides=list(hydra_cfg.overrides.task), choices=choices)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pandas as pd
 from lightning.pytorch.loggers import MLFlowLogger
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -85,8 +86,6 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start:start + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        import time
-
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         for start in range(0, len(items), 500):
@@ -151,7 +150,3 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
-
-
-def run_status(client: MlflowClient, run_id: str) -> str:
-    return RunStatus.to_string(RunStatus.from_string(client.get_run(run_id).info.status))

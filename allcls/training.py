@@ -61,7 +61,7 @@ def _train(cfg: DictConfig) -> float:
             trainer = fit(cfg, model, datamodule, tracker.metrics_logger(run_id))
             return evaluate_best_checkpoint(tracker, run_id, trainer, model, datamodule, output_dir)
         finally:
-            job_log = output_dir / f"{job_name()}.log"
+            job_log = output_dir / f"{job.name}.log"
             if job_log.is_file():
                 tracker.log_file(run_id, job_log, "logs")
 
@@ -123,12 +123,6 @@ def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logge
 
 # --- tracking ---------------------------------------------------------------------------------
 
-def job_name() -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().job.name if HydraConfig.initialized() else "train"
-
-
 def run_name(cfg: DictConfig, job: JobInfo) -> str:
     backbone = job.choices.get("backbone", cfg.backbone.name)
     augmentation = job.choices.get("augmentation", "")
@@ -157,6 +151,13 @@ def short_target(node: DictConfig | None) -> str:
     return str(node["_target_"]).rsplit(".", 1)[-1] if node else "none"
 
 
+def strategy_name(strategy: str | DictConfig | None) -> str:
+    """'ddp' for a strategy given by name, 'DDPStrategy' for one given as a config."""
+    if not strategy:
+        return "auto"
+    return strategy if isinstance(strategy, str) else short_target(strategy)
+
+
 def run_params(cfg: DictConfig, datamodule: CellDataModule, job: JobInfo) -> dict[str, object]:
     """A small flat set of the settings people compare runs by; the whole config is an artifact."""
     counts = datamodule.manifest["split"].value_counts()
@@ -178,8 +179,7 @@ def run_params(cfg: DictConfig, datamodule: CellDataModule, job: JobInfo) -> dic
         "precision": trainer.get("precision"),
         "accelerator": trainer.get("accelerator"),
         "devices": trainer.get("devices"),
-        "strategy": strategy if isinstance(strategy := trainer.get("strategy") or "auto", str)
-        else short_target(strategy),
+        "strategy": strategy_name(trainer.get("strategy")),
         "seed": cfg.seed,
         "split_seed": cfg.dataset.split.seed,
         "n_train": int(counts.get("train", 0)),

@@ -90,3 +90,11 @@ def test_pretrained_without_weights_file_offline_says_what_to_do(monkeypatch):
 def test_custom_cnn_has_no_weights_to_download():
     with pytest.raises(AllclsError, match="no ImageNet weights"):
         create_backbone("custom_cnn", num_classes=2, pretrained=True)
+
+
+def test_a_new_head_on_pretrained_features_starts_at_nn_linear_scale(converted):
+    """timm's EfficientNet-family head init is ~20x larger than nn.Linear's; it cost accuracy."""
+    torch.manual_seed(0)
+    model = create_backbone("mobilenetv2_100", num_classes=4, pretrained=True, weights=str(converted))
+    bound = 1 / np.sqrt(model.get_classifier().in_features)
+    assert model.get_classifier().weight.abs().max() <= bound

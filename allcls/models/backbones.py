@@ -33,16 +33,37 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = False, weigh
 
     `pretrained=True` loads ImageNet weights: from the local file `weights` when given (offline
     machines; it must use timm's key names, see `python -m allcls.models.weights`), else from
-    timm's hub. The classifier is always new. Input settings (input_size, mean, std) belong to
-    the data side and are ignored here.
+    timm's hub. The classifier is new unless it has ImageNet's 1000 classes. Input settings
+    (input_size, mean, std) belong to the data side and are ignored here.
     """
     check_backbone_name(name)
-    from_hub = pretrained and not weights
-    if not from_hub:
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    if weights:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
-        if pretrained:
-            load_weights_file(model, weights)
-        return model
+        head_loaded = load_weights_file(model, weights)
+    else:
+        model = _from_hub(name, num_classes, drop_rate)
+        head_loaded = num_classes == timm.get_pretrained_cfg(name).num_classes
+    if not head_loaded:
+        reset_classifier(model)
+    return model
+
+
+def reset_classifier(model: nn.Module) -> None:
+    """Give the new head PyTorch's default initialisation.
+
+    timm initialises the EfficientNet family's head (MobileNetV2, EfficientNet-B3, ...) with weights
+    of range 1/sqrt(num_classes): for 4 classes that is ~20x larger than a fresh nn.Linear. On
+    pretrained features this made fine-tuning noisier and cost accuracy against a plain
+    torchvision script (benchmarks/aria_transfer.py); a fresh nn.Linear's scale does not.
+    """
+    for module in model.get_classifier().modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+def _from_hub(name: str, num_classes: int, drop_rate: float) -> nn.Module:
     cfg = timm.get_pretrained_cfg(name)
     if not (cfg and (cfg.url or cfg.hf_hub_id)):
         raise AllclsError(f"{name} has no ImageNet weights to download: set backbone.pretrained=false "

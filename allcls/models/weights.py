@@ -56,8 +56,9 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names)
 
 
-def load_weights_file(model: nn.Module, path: str | Path) -> None:
-    """Load ImageNet weights into `model`, all of them but the classifier, or raise AllclsError."""
+def load_weights_file(model: nn.Module, path: str | Path) -> bool:
+    """Load ImageNet weights into `model`, all of them but the classifier, or raise AllclsError.
+    Returns whether the classifier was loaded too (it fits when the class counts are equal)."""
     state = read_state_dict(path)
     own = model.state_dict()
     heads = classifier_prefixes(model)
@@ -76,6 +77,7 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
             f"python -m allcls.models.weights {path} {architecture} OUT.pth"
         )
     model.load_state_dict(state, strict=False)
+    return all(k in state for k in own if k.startswith(heads))
 
 
 def convert_state_dict(source: "OrderedDict[str, torch.Tensor]", target: dict[str, torch.Tensor]
