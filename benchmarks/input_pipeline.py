@@ -10,6 +10,7 @@ Prints a Markdown table (images/second per epoch) and the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import random
 import shutil
@@ -79,13 +80,11 @@ def epochs_per_second(data: DataLoader, epochs: int) -> list[float]:
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # not Linux: keep platform's answer
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     return f"{cpu}, {default_num_workers()} usable core(s), torch {torch.__version__}, Python {platform.python_version()}"
 
 

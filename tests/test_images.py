@@ -122,5 +122,4 @@ def test_image_broken_after_the_check_stops_the_epoch_naming_it(cnmc_root, tmp_p
     victim = Path(module.datasets["train"].paths[0])
     victim.write_bytes(b"\x00" * 10)
     with pytest.raises(ImageReadError, match=str(victim)):
-        for _ in module.train_dataloader():
-            pass
+        list(module.train_dataloader())
