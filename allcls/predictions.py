@@ -86,3 +86,35 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
 
 def read_table(path: str | Path, class_names: Sequence[str] | None = None) -> pd.DataFrame:
     return validate_table(pd.read_parquet(path), class_names, where=str(path))
+
+
+def align(tables: Sequence[pd.DataFrame], names: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Line up the tables of several models for one split by sample_id.
+
+    Returns the shared key columns (sample_id, subject, label; sorted by sample_id) and the
+    probabilities as one array (models x samples x classes). Every table must list the same
+    samples with the same labels and classes; the error names the first difference.
+    """
+    reference, reference_name = tables[0].set_index("sample_id").sort_index(), names[0]
+    classes = class_names_of(tables[0])
+    stacked = []
+    for table, name in zip(tables, names):
+        if class_names_of(table) != classes:
+            raise AllclsError(f"{name} has classes {class_names_of(table)} but {reference_name} has {classes}: "
+                              "an ensemble needs one class order.")
+        indexed = table.set_index("sample_id")
+        missing = reference.index.difference(indexed.index)
+        extra = indexed.index.difference(reference.index)
+        if len(missing) or len(extra):
+            raise AllclsError(
+                f"{name} and {reference_name} predict different samples: "
+                + (f"{len(missing)} missing from {name} (e.g. {missing[0]!r}) " if len(missing) else "")
+                + (f"{len(extra)} only in {name} (e.g. {extra[0]!r}) " if len(extra) else "")
+                + "- they were not trained on the same split.")
+        indexed = indexed.loc[reference.index]
+        wrong = reference.index[(indexed["label"] != reference["label"]).to_numpy()]
+        if len(wrong):
+            raise AllclsError(f"{name} and {reference_name} disagree on the label of {wrong[0]!r}.")
+        stacked.append(probabilities_of(indexed))
+    keys = reference.reset_index()[KEY_COLUMNS]
+    return keys, np.stack(stacked)

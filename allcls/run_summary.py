@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
-from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -12,7 +10,7 @@ from omegaconf import DictConfig
 
 from allcls.config import sweep_id as current_sweep_id
 from allcls.ddp import is_rank_zero
-from allcls.tracking import Tracker, is_local_store
+from allcls.tracking import Tracker, browse_command
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +52,6 @@ def summary_text(tracker: Tracker, runs: list, sweep_id: str, best_column: str) 
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
-    uri = tracker.tracking_uri
-    command = f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
-    if uri.startswith("sqlite:///"):
-        command += f" --default-artifact-root {shlex.quote(str(Path(uri.removeprefix('sqlite:///')).parent / 'artifacts'))}"
-    lines.append("Browse them: " + (command if is_local_store(uri) else uri))
+    lines.append("Browse them: " + browse_command(tracker.tracking_uri))
     lines.append(f"Filter for this sweep in the UI search box: tags.sweep_id = \"{sweep_id}\"")
     return "\n".join(lines)

@@ -7,6 +7,8 @@ $MLFLOW_TRACKING_URI or else a SQLite store at <project>/mlruns/mlflow.db with a
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import subprocess
 import tempfile
 import time
@@ -25,6 +27,8 @@ from allcls.errors import AllclsError
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# MLflow draws a progress bar for every artifact download; the ensemble downloads many small tables.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def is_local_store(tracking_uri: str) -> bool:
@@ -78,6 +82,16 @@ class Tracker:
             raise
         self.client.set_terminated(run_id, "FINISHED")
 
+    def child_run(self, parent_id: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any],
+                  metrics: Mapping[str, float]) -> str:
+        """A finished run nested under `parent_id` (the MLflow UI shows it inside the parent)."""
+        run_id = self.client.create_run(self.experiment_id(), run_name=name,
+                                        tags={"mlflow.parentRunId": parent_id, **tags}).info.run_id
+        self.log_params(run_id, params)
+        self.log_metrics(run_id, metrics)
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
     # --- logging --------------------------------------------------------------------------
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -117,6 +131,39 @@ class Tracker:
 
     # --- lookup ---------------------------------------------------------------------------
 
+    def find_runs(self, filter_string: str = "", run_ids: list[str] | None = None) -> list:
+        """Finished training runs of the experiment that match an MLflow filter string, or the runs
+        with these ids (from any experiment of the store)."""
+        if run_ids:
+            runs = []
+            for run_id in run_ids:
+                try:
+                    runs.append(self.client.get_run(run_id))
+                except MlflowException:
+                    raise AllclsError(f"No MLflow run {run_id!r} in {self.tracking_uri}: check run_ids.") from None
+            return runs
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            names = [e.name for e in self.client.search_experiments()]
+            raise AllclsError(f"No MLflow experiment {self.experiment_name!r} in {self.tracking_uri} "
+                              f"(there are {names}): set experiment_name.")
+        clauses = ["attributes.status = 'FINISHED'", "tags.stage = 'train'"] + ([filter_string] if filter_string else [])
+        try:
+            return self.client.search_runs([experiment.experiment_id], " and ".join(clauses),
+                                           order_by=["attributes.start_time ASC"], max_results=1000)
+        except MlflowException as error:
+            raise AllclsError(f"MLflow cannot read the filter {filter_string!r}: {error.message}") from None
+
+    def latest_sweep_id(self) -> str:
+        """The sweep id of the most recent finished training run of the experiment."""
+        runs = self.find_runs()
+        if not runs:
+            raise AllclsError(f"No finished training runs in experiment {self.experiment_name!r}: nothing to ensemble.")
+        return runs[-1].data.tags["sweep_id"]
+
+    def download(self, run_id: str, artifact_path: str, destination: str | Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(destination)))
+
     def sweep_runs(self, sweep_id: str) -> list:
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
@@ -138,6 +185,17 @@ class RunMetricsLogger(MLFlowLogger):
 
     def finalize(self, status: str = "success") -> None:
         pass  # the Tracker ends the run
+
+
+def browse_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this store (or the server's address)."""
+    if not is_local_store(tracking_uri):
+        return tracking_uri
+    command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+    if tracking_uri.startswith("sqlite:///"):
+        artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+        command += f" --default-artifact-root {shlex.quote(str(artifacts))}"
+    return command
 
 
 def git_commit() -> str:

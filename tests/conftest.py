@@ -33,20 +33,25 @@ FAST = [
 ]
 
 
-def compose_train(tmp_path: Path, overrides=(), fast: bool = True) -> DictConfig:
-    """conf/train.yaml composed as `python train.py <overrides>` would, writing under tmp_path."""
+def compose_config(name: str, root: Path, overrides=(), output_dir: Path | None = None) -> DictConfig:
+    """conf/<name>.yaml composed as `python <name>.py <overrides>` would, launched from `root`."""
     GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.cwd = str(root)
+        cfg.hydra.runtime.output_dir = str(output_dir or root / "output")
+        cfg.hydra.job.name = name
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def compose_train(tmp_path: Path, overrides=(), fast: bool = True, output_dir: Path | None = None) -> DictConfig:
+    """conf/train.yaml composed as `python train.py <overrides>` would, writing under tmp_path."""
     fast_overrides = list(FAST) if fast else []
     if fast and not any(o.startswith("dataset=") and o != "dataset=synthetic" for o in overrides):
         fast_overrides.append("dataset.reader.image_size=32")
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*fast_overrides, *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.cwd = str(tmp_path)
-        cfg.hydra.runtime.output_dir = str(tmp_path / "output")
-        cfg.hydra.job.name = "train"
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config("train", tmp_path, [*fast_overrides, *overrides], output_dir)
 
 
 @pytest.fixture

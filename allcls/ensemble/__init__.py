@@ -1,0 +1,1 @@
+"""Ensembles of trained runs: members, weighting schemes, vectorised scoring, selection, report."""

@@ -1,0 +1,112 @@
+"""Honest selection: weights tuned on validation overfit it, so every scheme is also scored by
+cross-validation inside the validation set (weights fitted on k-1 folds, scored on the held-out
+fold, folds grouped by subject), with a bootstrap 95% confidence interval resampled by subject.
+Schemes are ranked by that cross-validated score; the test split is used once, to report the
+top schemes and the best single model side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from allcls.ensemble.members import Members, SplitPredictions
+from allcls.ensemble.schemes import Scheme, best_single
+from allcls.ensemble.scoring import HIGHER_IS_BETTER, METRICS, combine, scores
+from allcls.errors import AllclsError
+
+REPORTED = ("f1_weighted", "balanced_accuracy", "auroc", "kappa", "accuracy", "log_loss")
+
+
+@dataclass
+class SchemeResult:
+    name: str
+    family: str
+    rule: str
+    weights: np.ndarray  # fitted on the whole validation set
+    val: dict[str, float]  # in-sample: optimistic for schemes that search
+    cv: float  # cross-validated selection metric
+    cv_interval: tuple[float, float]
+    test: dict[str, float] = field(default_factory=dict)
+    test_interval: tuple[float, float] | None = None
+    rank: int = 0
+
+
+def fold_indices(val: SplitPredictions, folds: int, seed: int) -> list[np.ndarray]:
+    """Held-out indices of each fold: stratified by class, grouped by subject."""
+    groups = val.groups()
+    if len(set(groups)) < folds:
+        raise AllclsError(f"cv_folds={folds} needs at least {folds} subjects (or samples) in the validation "
+                          f"split; it has {len(set(groups))}. Lower cv_folds.")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [held_out for _, held_out in splitter.split(np.zeros(len(groups)), val.labels, groups)]
+
+
+def out_of_fold(scheme: Scheme, val: SplitPredictions, folds: list[np.ndarray]) -> np.ndarray:
+    """Each validation sample predicted by weights fitted without its fold (samples, classes)."""
+    combined = np.zeros(val.probs.shape[1:])
+    everything = np.arange(len(val.labels))
+    for held_out in folds:
+        fitting = val.subset(np.setdiff1d(everything, held_out))
+        weights = scheme.fit(fitting.probs, fitting.labels)
+        combined[held_out] = combine(val.probs[:, held_out], weights, scheme.rule)
+    return combined
+
+
+def bootstrap_multiplicities(groups: np.ndarray, replicates: int, seed: int) -> np.ndarray:
+    """(replicates, samples): how often each sample is drawn when whole groups (subjects) are
+    resampled with replacement. Cells of one patient are correlated; resampling them together
+    gives honest intervals."""
+    unique, inverse = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(unique), np.full(len(unique), 1.0 / len(unique)), size=replicates)
+    return draws[:, inverse].astype(np.float64)
+
+
+def interval(combined: np.ndarray, labels: np.ndarray, metric: str, multiplicities: np.ndarray) -> tuple[float, float]:
+    if len(multiplicities) == 0:
+        return (float("nan"), float("nan"))
+    replicated = scores(combined[None], labels, (metric,), sample_weight=multiplicities)[metric]
+    low, high = np.nanpercentile(replicated, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def metrics_of(combined: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {name: float(value[0]) for name, value in scores(combined[None], labels, REPORTED).items()}
+
+
+def evaluate_schemes(schemes: list[Scheme], members: Members, metric: str, cv_folds: int, bootstrap: int,
+                     seed: int, report_top: int) -> tuple[list[SchemeResult], SchemeResult]:
+    """Fit, cross-validate and rank every scheme on validation; score the top `report_top` and the
+    best single member on test. Returns (ranked results, best single member)."""
+    if metric not in METRICS or metric == "log_loss":
+        raise AllclsError(f"metric={metric!r} cannot rank schemes: use one of {[m for m in METRICS if m != 'log_loss']}.")
+    val, test = members.val, members.test
+    folds = fold_indices(val, cv_folds, seed)
+    val_draws = bootstrap_multiplicities(val.groups(), bootstrap, seed)
+    results = []
+    for scheme in schemes:
+        weights = scheme.fit(val.probs, val.labels)
+        oof = out_of_fold(scheme, val, folds)
+        cv_score = metrics_of(oof, val.labels)[metric]
+        results.append(SchemeResult(scheme.name, scheme.family, scheme.rule, weights,
+                                    metrics_of(combine(val.probs, weights, scheme.rule), val.labels),
+                                    cv_score, interval(oof, val.labels, metric, val_draws)))
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    results.sort(key=lambda r: (-sign * r.cv, -sign * r.val[metric]))
+    for rank, result in enumerate(results, start=1):
+        result.rank = rank
+
+    chooser = Scheme("best single member", best_single(metric), "arithmetic", "member")
+    single_weights = chooser.fit(val.probs, val.labels)
+    single_oof = out_of_fold(chooser, val, folds)  # picking the best member is a choice made on validation too
+    single = SchemeResult(f"best single member: {members.names[int(single_weights.argmax())]}", "member",
+                          "arithmetic", single_weights, metrics_of(combine(val.probs, single_weights), val.labels),
+                          metrics_of(single_oof, val.labels)[metric], interval(single_oof, val.labels, metric, val_draws))
+    test_draws = bootstrap_multiplicities(test.groups(), bootstrap, seed + 1)
+    for result in [*results[:report_top], single]:
+        combined = combine(test.probs, result.weights, result.rule)
+        result.test = metrics_of(combined, test.labels)
+        result.test_interval = interval(combined, test.labels, metric, test_draws)
+    return results, single

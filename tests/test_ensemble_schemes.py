@@ -1,0 +1,205 @@
+"""Weighting schemes and their vectorised scoring, on hand-built predictions with known answers."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from allcls.ensemble import scoring
+from allcls.ensemble.members import SplitPredictions
+from allcls.ensemble.schemes import (best_single, build_schemes, equal, greedy, min_log_loss, proportional,
+                                     simplex_grid, simplex_grid_points, top_k)
+from allcls.ensemble.selection import bootstrap_multiplicities, fold_indices, interval, out_of_fold
+from allcls.ensemble.schemes import Scheme
+from allcls.errors import AllclsError
+
+
+def noisy_members(models=4, samples=300, classes=3, seed=0, skill=(0.5, 1.0, 1.5, 2.0)):
+    """Members of increasing skill: logits are noise plus skill x the true class."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, samples)
+    logits = rng.normal(size=(models, samples, classes)) + np.asarray(skill)[:models, None, None] * np.eye(classes)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    return probs, labels
+
+
+# --- vectorised scoring equals scikit-learn --------------------------------------------------------
+
+def test_batched_metrics_equal_scikit_learn_for_every_weighting():
+    probs, labels = noisy_members()
+    weightings = np.random.default_rng(1).dirichlet(np.ones(4), size=7)
+    combined = scoring.combine(probs, weightings)
+    batch = scoring.scores(combined, labels)
+    for k in range(len(weightings)):
+        predicted = combined[k].argmax(axis=1)
+        assert batch["accuracy"][k] == pytest.approx(sk.accuracy_score(labels, predicted))
+        assert batch["balanced_accuracy"][k] == pytest.approx(sk.balanced_accuracy_score(labels, predicted))
+        assert batch["f1_weighted"][k] == pytest.approx(sk.f1_score(labels, predicted, average="weighted"))
+        assert batch["f1_macro"][k] == pytest.approx(sk.f1_score(labels, predicted, average="macro"))
+        assert batch["kappa"][k] == pytest.approx(sk.cohen_kappa_score(labels, predicted))
+        assert batch["auroc"][k] == pytest.approx(sk.roc_auc_score(labels, combined[k], multi_class="ovr"))
+        assert batch["log_loss"][k] == pytest.approx(sk.log_loss(labels, combined[k]))
+
+
+def test_sample_weights_give_the_weighted_scores_of_scikit_learn():
+    probs, labels = noisy_members(classes=2)
+    combined = scoring.combine(probs, equal(probs, labels))
+    weights = np.random.default_rng(2).integers(0, 3, size=(5, len(labels))).astype(float)
+    batch = scoring.scores(combined[None], labels, sample_weight=weights)
+    predicted = combined.argmax(axis=1)
+    for b in range(5):
+        w = weights[b]
+        assert batch["f1_weighted"][b] == pytest.approx(sk.f1_score(labels, predicted, average="weighted", sample_weight=w))
+        assert batch["kappa"][b] == pytest.approx(sk.cohen_kappa_score(labels, predicted, sample_weight=w))
+        assert batch["auroc"][b] == pytest.approx(sk.roc_auc_score(labels, combined[:, 1], sample_weight=w))
+
+
+def test_auroc_counts_ties_half():
+    labels = np.array([0, 1, 0, 1])
+    tied = np.array([[[0.5, 0.5]] * 4])
+    assert scoring.auroc(tied, labels)[0] == pytest.approx(0.5)
+
+
+def test_combine_rules():
+    probs = np.array([[[0.9, 0.1], [0.4, 0.6]], [[0.6, 0.4], [0.2, 0.8]]])
+    weights = np.array([0.25, 0.75])
+    assert scoring.combine(probs, weights) == pytest.approx(0.25 * probs[0] + 0.75 * probs[1])
+    geometric = np.exp(0.25 * np.log(probs[0]) + 0.75 * np.log(probs[1]))
+    assert scoring.combine(probs, weights, "geometric") == pytest.approx(geometric / geometric.sum(axis=1, keepdims=True))
+    votes = scoring.combine(probs, np.array([0.5, 0.5]), "vote")
+    assert votes.argmax(axis=1).tolist() == [0, 1] and votes.sum(axis=1) == pytest.approx([1, 1])
+
+
+# --- schemes with known answers ---------------------------------------------------------------------
+
+def test_proportional_weights_are_the_normalised_member_metrics():
+    probs, labels = noisy_members()
+    accuracy = np.array([sk.accuracy_score(labels, p.argmax(axis=1)) for p in probs])
+    assert proportional("accuracy")(probs, labels) == pytest.approx(accuracy / accuracy.sum())
+    kappa = np.array([sk.cohen_kappa_score(labels, p.argmax(axis=1)) for p in probs])
+    assert proportional("kappa", power=2)(probs, labels) == pytest.approx(kappa**2 / (kappa**2).sum())
+
+
+def test_negative_kappa_gets_no_weight():
+    probs, labels = noisy_members(models=3, skill=(1.5, 2.0, -2.0))
+    weights = proportional("kappa")(probs, labels)
+    assert weights[2] == 0 and weights.sum() == pytest.approx(1)
+
+
+def test_greedy_gives_all_weight_to_a_member_that_is_always_right():
+    probs, labels = noisy_members(models=4, skill=(0.5, 0.7, 0.6, 0.4))
+    probs[2] = np.eye(3)[labels] * 0.9 + 0.1 / 3  # member 2 is always right
+    weights = greedy("f1_weighted", "arithmetic", iterations=10, bags=10, bag_fraction=0.75, seed=0)(probs, labels)
+    # in every bag that contains member 2 it takes all the weight; bags without it share the rest
+    assert weights.argmax() == 2
+    unbagged = greedy("f1_weighted", "arithmetic", iterations=10, bags=1, bag_fraction=1.0, seed=0)(probs, labels)
+    assert unbagged == pytest.approx([0, 0, 1, 0])
+
+
+def test_simplex_grid_has_every_weighting_of_the_step():
+    grid = simplex_grid_points(5, 0.05)
+    assert len(grid) == 10_626 == math.comb(24, 4)
+    assert np.allclose(grid.sum(axis=1), 1) and (grid >= 0).all()
+    assert len(np.unique(np.round(grid, 6), axis=0)) == len(grid)
+    assert any(np.allclose(row, [0.1, 0.2, 0.3, 0.4, 0.0]) for row in grid)
+
+
+def test_simplex_grid_finds_the_best_weighting_a_plain_loop_finds():
+    probs, labels = noisy_members(models=3, skill=(1.0, 1.2, 0.8), samples=200)
+    found = simplex_grid("f1_weighted", 0.1, "arithmetic", 10_000)(probs, labels)
+    brute = max(
+        ((sk.f1_score(labels, np.tensordot(w, probs, 1).argmax(axis=1), average="weighted"), tuple(w))
+         for w in simplex_grid_points(3, 0.1)), key=lambda item: item[0])
+    chosen = np.tensordot(found, probs, 1).argmax(axis=1)
+    assert sk.f1_score(labels, chosen, average="weighted") == pytest.approx(brute[0])
+
+
+def test_simplex_grid_refuses_an_explosion():
+    probs, labels = noisy_members(models=4)
+    with pytest.raises(AllclsError, match="simplex_grid.max_weightings"):
+        simplex_grid("f1_weighted", 0.01, "arithmetic", 1000)(probs, labels)
+    with pytest.raises(AllclsError, match="must divide 1"):
+        simplex_grid_points(3, 0.3)
+
+
+def test_min_log_loss_beats_equal_weights_and_every_member():
+    probs, labels = noisy_members()
+    for rule in ("arithmetic", "geometric"):
+        weights = min_log_loss(rule)(probs, labels)
+        assert weights.sum() == pytest.approx(1) and (weights >= 0).all()
+        loss = lambda w: scoring.scores(scoring.combine(probs, w[None], rule), labels, ("log_loss",))["log_loss"][0]  # noqa: E731
+        assert loss(weights) <= loss(equal(probs, labels)) + 1e-9
+        assert all(loss(weights) <= loss(np.eye(4)[m]) + 1e-9 for m in range(4))
+
+
+def test_best_single_and_top_k_pick_the_best_members():
+    probs, labels = noisy_members()  # skill increases with the index
+    assert best_single("accuracy")(probs, labels) == pytest.approx([0, 0, 0, 1])
+    assert top_k("accuracy", 2)(probs, labels) == pytest.approx([0, 0, 0.5, 0.5])
+
+
+def test_schemes_are_built_from_the_config_and_can_be_switched_off():
+    config = {"equal": {}, "proportional": {"metrics": ["kappa"], "powers": [1, 3]}, "majority_vote": None,
+              "top_k": {"k": [2, 5]}, "simplex_grid": None}
+    names = [s.name for s in build_schemes(config, "f1_weighted", "arithmetic", 0, members=4)]
+    assert names == ["equal", "proportional:kappa", "proportional:kappa^3", "top_2:f1_weighted"]
+    with pytest.raises(AllclsError, match="Unknown ensemble scheme"):
+        build_schemes({"stacking": {}}, "f1_weighted", "arithmetic", 0, members=4)
+    with pytest.raises(AllclsError, match="switched off"):
+        build_schemes({"equal": None}, "f1_weighted", "arithmetic", 0, members=4)
+
+
+# --- honest selection ------------------------------------------------------------------------------
+
+def split_with_subjects(probs, labels, per_subject=5):
+    subjects = np.array([f"S{i // per_subject}" for i in range(len(labels))], dtype=object)
+    ids = np.array([f"img{i}" for i in range(len(labels))], dtype=object)
+    return SplitPredictions(ids, subjects, labels, probs)
+
+
+def test_cv_folds_keep_each_subject_in_one_fold():
+    probs, labels = noisy_members()
+    val = split_with_subjects(probs, labels)
+    folds = fold_indices(val, 5, seed=0)
+    assert sorted(np.concatenate(folds)) == list(range(len(labels)))
+    for a, b in itertools.combinations(folds, 2):
+        assert not set(val.subjects[a]) & set(val.subjects[b])
+
+
+def test_out_of_fold_predictions_never_see_their_own_fold():
+    probs, labels = noisy_members(models=2, skill=(1.0, 1.0))
+    val = split_with_subjects(probs, labels)
+    folds = fold_indices(val, 3, seed=0)
+    seen = []
+
+    def spy(p, y):
+        seen.append(len(y))
+        return equal(p, y)
+
+    out_of_fold(Scheme("spy", spy), val, folds)
+    assert seen == [len(labels) - len(f) for f in folds]
+
+
+def test_bootstrap_resamples_whole_subjects_and_the_interval_brackets_the_score():
+    probs, labels = noisy_members()
+    val = split_with_subjects(probs, labels)
+    draws = bootstrap_multiplicities(val.groups(), 500, seed=0)
+    assert (draws.sum(axis=1) == len(labels)).all()
+    assert all(len(set(row[val.subjects == s])) == 1 for row in draws[:20] for s in set(val.subjects))
+    combined = scoring.combine(probs, equal(probs, labels))
+    point = scoring.scores(combined[None], labels, ("f1_weighted",))["f1_weighted"][0]
+    low, high = interval(combined, labels, "f1_weighted", draws)
+    assert low < point < high and high - low < 0.3
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("rule", ["arithmetic", "geometric", "vote"])
+def test_fast_predicted_classes_agree_with_the_combined_probabilities(classes, rule):
+    probs, labels = noisy_members(classes=classes)
+    weightings = simplex_grid_points(4, 0.25)
+    fast = scoring.predicted_classes(probs, weightings, rule)
+    assert (fast == scoring.combine(probs, weightings, rule).argmax(axis=2)).all()
+    assert scoring.score_weightings(probs, labels, weightings, "kappa", rule) == pytest.approx(
+        scoring.scores(scoring.combine(probs, weightings, rule), labels, ("kappa",))["kappa"])
