@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
@@ -33,8 +34,10 @@ FAST = [
 ]
 
 
-def compose_config(name: str, root: Path, overrides=(), output_dir: Path | None = None) -> DictConfig:
-    """conf/<name>.yaml composed as `python <name>.py <overrides>` would, launched from `root`."""
+def compose_config(name: str, root: Path, overrides=(), output_dir: Path | None = None,
+                   sweep_job: int | None = None) -> DictConfig:
+    """conf/<name>.yaml composed as `python <name>.py <overrides>` would, launched from `root`;
+    with `sweep_job`, as job number `sweep_job` of a `-m` sweep in root/multirun."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
@@ -42,16 +45,21 @@ def compose_config(name: str, root: Path, overrides=(), output_dir: Path | None 
         cfg.hydra.runtime.cwd = str(root)
         cfg.hydra.runtime.output_dir = str(output_dir or root / "output")
         cfg.hydra.job.name = name
+        if sweep_job is not None:
+            cfg.hydra.mode = RunMode.MULTIRUN
+            cfg.hydra.sweep.dir = str(root / "multirun")
+            cfg.hydra.job.num = sweep_job
     HydraConfig.instance().set_config(cfg)
     return cfg
 
 
-def compose_train(tmp_path: Path, overrides=(), fast: bool = True, output_dir: Path | None = None) -> DictConfig:
+def compose_train(tmp_path: Path, overrides=(), fast: bool = True, output_dir: Path | None = None,
+                  sweep_job: int | None = None) -> DictConfig:
     """conf/train.yaml composed as `python train.py <overrides>` would, writing under tmp_path."""
     fast_overrides = list(FAST) if fast else []
     if fast and not any(o.startswith("dataset=") and o != "dataset=synthetic" for o in overrides):
         fast_overrides.append("dataset.reader.image_size=32")
-    return compose_config("train", tmp_path, [*fast_overrides, *overrides], output_dir)
+    return compose_config("train", tmp_path, [*fast_overrides, *overrides], output_dir, sweep_job)
 
 
 @pytest.fixture

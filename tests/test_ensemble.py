@@ -1,0 +1,159 @@
+"""ensemble.py against real MLflow runs from short trainings on synthetic data."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from allcls.ensemble.search import run_ensemble
+from allcls.errors import AllclsError
+from allcls.predictions import read_table
+from allcls.training import train
+from conftest import compose_config, compose_train, run_script
+
+EXPERIMENT = "synthetic-cnmc"
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """Three comparable training runs, jobs of the sweep 'multirun', trained after one run on another split."""
+    root = tmp_path_factory.mktemp("store")
+    other_split = ["dataset.split.hints.fold_1=val", "dataset.split.hints.fold_2=train"]
+    train(compose_train(root, other_split, output_dir=root / "odd" / "output_other_split"))
+    for seed in (0, 1, 2):
+        train(compose_train(root, [f"seed={seed}", "trainer.max_epochs=2"], output_dir=root / "multirun" / str(seed),
+                            sweep_job=seed))
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'", order_by=["attributes.start_time ASC"])
+    odd, members = runs[0], runs[1:]
+    assert odd.data.tags["split_hash"] != members[0].data.tags["split_hash"]
+    return {"root": root, "client": client, "experiment_id": experiment.experiment_id,
+            "members": [r.info.run_id for r in members], "odd": odd.info.run_id,
+            "split_hash": members[0].data.tags["split_hash"]}
+
+
+def ensemble_cfg(store, tmp_path, *overrides):
+    return compose_config("ensemble", store["root"], ["bootstrap=100", *overrides], output_dir=tmp_path / "out")
+
+
+def ensemble_runs(store):
+    return store["client"].search_runs([store["experiment_id"]], "tags.stage = 'ensemble'")
+
+
+def test_ensemble_of_a_sweep_logs_the_comparison_and_a_child_run_per_scheme(store, tmp_path, capsys):
+    before = len(ensemble_runs(store))
+    score = run_ensemble(ensemble_cfg(store, tmp_path, "sweep_id=multirun"))
+    runs = ensemble_runs(store)
+    assert len(runs) == before + 1
+    parent = max(runs, key=lambda r: r.info.start_time)
+    client = store["client"]
+    tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
+    assert parent.info.status == "FINISHED"
+    assert sorted(tags["member_run_ids"].split(",")) == sorted(store["members"])
+    assert tags["split_hash"] == store["split_hash"] and tags["classes"] == "hem,all"
+    weights = [float(v) for k, v in params.items() if k.startswith("weight/")]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1, abs=1e-3)
+    assert metrics["cv/f1_weighted"] == pytest.approx(score)
+    assert metrics["cv/f1_weighted_ci_low"] <= score <= metrics["cv/f1_weighted_ci_high"]
+    for name in ("test/f1_weighted", "test/balanced_accuracy", "test/auroc", "test/kappa", "val/f1_weighted",
+                 "best_single/test/f1_weighted"):
+        assert name in metrics, name
+
+    local = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "download")))
+    for name in ("comparison.csv", "comparison.md", "comparison.html", "scores.png", "weights.png"):
+        assert (local / "comparison" / name).stat().st_size > 0, name
+    table = pd.read_csv(local / "comparison" / "comparison.csv")
+    assert table["rank"].dropna().tolist() == list(range(1, len(table)))  # ranked schemes, then the best member
+    assert table["scheme"].iloc[-1].startswith("best single member")
+    reported = table.dropna(subset=["test_f1_weighted"])
+    assert len(reported) == 3 + 1  # report_top schemes and the best single member, on test
+    member_val = read_table(client.download_artifacts(store["members"][0], "predictions/val.parquet", str(tmp_path / "m")))
+    ensemble_val = read_table(local / "predictions" / "val.parquet", ["hem", "all"])
+    assert sorted(ensemble_val["sample_id"]) == sorted(member_val["sample_id"])
+    manifest = json.loads((local / "ensemble" / "members.json").read_text())
+    assert [m["weight"] for m in manifest["members"]] == pytest.approx(weights, abs=1e-3)
+
+    children = client.search_runs([store["experiment_id"]], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == len(table) - 1
+    assert all("cv/f1_weighted" in child.data.metrics for child in children)
+    printed = capsys.readouterr().out
+    assert "cv f1_weighted [95% CI]" in printed and "mlflow ui --backend-store-uri" in printed
+
+
+def test_latest_sweep_is_the_newest_training_sweep(store, tmp_path):
+    run_ensemble(ensemble_cfg(store, tmp_path, "sweep_id=latest", "~schemes.simplex_grid", "~schemes.greedy"))
+    parent = max(ensemble_runs(store), key=lambda r: r.info.start_time)
+    assert sorted(parent.data.tags["member_run_ids"].split(",")) == sorted(store["members"])
+
+
+def fake_run(store, tmp_path, spoil=None, tags=None):
+    """A finished 'training' run whose prediction tables are a member's, spoiled by `spoil`."""
+    client = store["client"]
+    source = client.get_run(store["members"][0])
+    run_tags = {k: source.data.tags[k] for k in ("dataset", "classes", "split_hash")}
+    run = client.create_run(store["experiment_id"], tags={**run_tags, "stage": "train", **(tags or {})})
+    if spoil is not None:
+        for split in ("val", "test"):
+            table = pd.read_parquet(client.download_artifacts(source.info.run_id, f"predictions/{split}.parquet",
+                                                              str(tmp_path / run.info.run_id / "in")))
+            path = tmp_path / run.info.run_id / "out" / f"{split}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            spoil(table).to_parquet(path, index=False)
+            client.log_artifact(run.info.run_id, str(path), "predictions")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def with_nan(table):
+    table.loc[0, "prob_all"] = np.nan
+    return table
+
+
+def swapped_classes(table):
+    return table[["sample_id", "subject", "label", "prob_all", "prob_hem"]]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_match", "No finished training runs match"),
+    ("single", "Only one run matches"),
+    ("other_split", "do not share one split_hash"),
+    ("no_tables", "has no predictions/val.parquet"),
+    ("nan", "NaN"),
+    ("class_order", r"classes \['all', 'hem'\], expected \['hem', 'all'\]"),
+    ("bad_combine", "combine='median'"),
+    ("bad_metric", "metric='log_loss' cannot rank schemes"),
+    ("too_many_folds", "cv_folds=50 needs at least 50"),
+])
+def test_refusals_are_clear_and_log_nothing(store, tmp_path, case, message):
+    members = store["members"]
+    overrides = {
+        "no_match": ["filter=\"tags.backbone = 'nope'\""],
+        "single": [f"run_ids=[{members[0]}]"],
+        "other_split": [f"run_ids=[{members[0]},{store['odd']}]"],
+        "bad_combine": ["sweep_id=multirun", "combine=median"],
+        "bad_metric": ["sweep_id=multirun", "metric=log_loss"],
+        "too_many_folds": ["sweep_id=multirun", "cv_folds=50"],
+    }.get(case)
+    if overrides is None:
+        spoil = {"no_tables": None, "nan": with_nan, "class_order": swapped_classes}[case]
+        overrides = [f"run_ids=[{members[0]},{fake_run(store, tmp_path, spoil)}]"]
+    before = len(ensemble_runs(store))
+    with pytest.raises(AllclsError, match=message):
+        run_ensemble(ensemble_cfg(store, tmp_path, *overrides))
+    assert len(ensemble_runs(store)) == before
+
+
+@pytest.mark.slow
+def test_multirun_over_ensemble_settings_gives_one_ensemble_run_each(store, tmp_path):
+    before = len(ensemble_runs(store))
+    result = run_script("ensemble.py", "-m", "sweep_id=multirun", "combine=arithmetic,geometric", "bootstrap=100",
+                        "~schemes.simplex_grid", cwd=store["root"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = ensemble_runs(store)
+    assert len(runs) == before + 2
+    newest = sorted(runs, key=lambda r: r.info.start_time)[-2:]
+    assert {r.data.params["combine"] for r in newest} == {"arithmetic", "geometric"}
