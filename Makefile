@@ -35,5 +35,7 @@ demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficie
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
+# Speed benchmarks (their figures are in the README); the real-data one needs ../shared/data/aria.
 benchmarks: $(INSTALLED)
 	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/ensemble_search.py
