@@ -7,7 +7,7 @@ from sklearn import metrics as sk
 
 from allcls.errors import AllclsError
 from allcls.models.metrics import confusion_table, metric_names, score_probabilities
-from allcls.predictions import make_table, read_table, validate_table, write_table
+from allcls.predictions import align, make_table, read_table, validate_table, write_table
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 
@@ -61,3 +61,21 @@ def test_table_round_trips_through_parquet(tmp_path):
 def test_table_refuses_what_breaks_the_contract(spoil, message):
     with pytest.raises(AllclsError, match=message):
         validate_table(spoil(table()), ["hem", "all"])
+
+
+def test_align_lines_tables_up_by_sample_id():
+    first = table()
+    second = table().iloc[::-1].assign(prob_hem=0.2, prob_all=0.8)  # same samples, other order
+    keys, probs = align([first, second], ["a", "b"])
+    assert keys["sample_id"].tolist() == sorted(first["sample_id"])
+    assert probs.shape == (2, 4, 2) and probs[1, :, 1] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda t: t.iloc[1:], r"1 missing from b \(e.g. 'img0.bmp'\)"),
+    (lambda t: pd.concat([t, table(6).iloc[4:5]]), r"1 only in b \(e.g. 'img4.bmp'\)"),
+    (lambda t: t.assign(label=1 - t["label"]), "disagree on the label of 'img0.bmp'"),
+])
+def test_align_names_the_sample_that_does_not_match(spoil, message):
+    with pytest.raises(AllclsError, match=message):
+        align([table(), spoil(table())], ["a", "b"])
