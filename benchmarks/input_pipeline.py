@@ -27,7 +27,6 @@ import torch  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
 from torch.utils.data import ConcatDataset, DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
-from torchvision.transforms import functional as TF  # noqa: E402
 
 from allcls.data.datamodule import CellDataset, DecodedImageCache, default_num_workers  # noqa: E402
 from allcls.data.readers import CNMCReader  # noqa: E402

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from allcls.errors import AllclsError
 import pandas as pd
 
+from allcls.errors import AllclsError
 from allcls.predictions import align, validate_table
 from allcls.tracking import Tracker
 
