@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from allcls.ensemble import scoring
+from allcls import scoring
 from allcls.ensemble.members import SplitPredictions
 from allcls.ensemble.schemes import (best_single, build_schemes, equal, greedy, min_log_loss, proportional,
                                      simplex_grid, simplex_grid_points, top_k)
-from allcls.ensemble.selection import bootstrap_multiplicities, fold_indices, interval, out_of_fold
+from allcls.ensemble.selection import fold_indices, out_of_fold
+from allcls.scoring import bootstrap_multiplicities, interval
 from allcls.ensemble.schemes import Scheme
 from allcls.errors import AllclsError
 

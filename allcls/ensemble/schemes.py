@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from scipy.optimize import minimize
 
-from allcls.ensemble.scoring import best_weighting, better, combine, scores
+from allcls.scoring import best_weighting, better, combine, scores
 from allcls.errors import AllclsError
 
 Fit = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -19,7 +19,7 @@ from allcls.config import job_info, resolved_yaml
 from allcls.ensemble.members import Members, load_members
 from allcls.ensemble.report import comparison_table, html, markdown, score_chart, terminal_text, weight_heatmap
 from allcls.ensemble.schemes import build_schemes
-from allcls.ensemble.scoring import combine
+from allcls.scoring import combine
 from allcls.ensemble.selection import SchemeResult, evaluate_schemes
 from allcls.errors import AllclsError
 from allcls.models.metrics import metric_safe

@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from allcls.ensemble.members import Members, SplitPredictions
 from allcls.ensemble.schemes import Scheme, best_single
-from allcls.ensemble.scoring import HIGHER_IS_BETTER, METRICS, combine, scores
+from allcls.scoring import HIGHER_IS_BETTER, METRICS, bootstrap_multiplicities, combine, interval, scores
 from allcls.errors import AllclsError
 
 REPORTED = ("f1_weighted", "balanced_accuracy", "auroc", "kappa", "accuracy", "log_loss")
@@ -54,24 +54,6 @@ def out_of_fold(scheme: Scheme, val: SplitPredictions, folds: list[np.ndarray]) 
     return combined
 
 
-def bootstrap_multiplicities(groups: np.ndarray, replicates: int, seed: int) -> np.ndarray:
-    """(replicates, samples): how often each sample is drawn when whole groups (subjects) are
-    resampled with replacement. Cells of one patient are correlated; resampling them together
-    gives honest intervals."""
-    unique, inverse = np.unique(groups, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(unique), np.full(len(unique), 1.0 / len(unique)), size=replicates)
-    return draws[:, inverse].astype(np.float64)
-
-
-def interval(combined: np.ndarray, labels: np.ndarray, metric: str, multiplicities: np.ndarray) -> tuple[float, float]:
-    if len(multiplicities) == 0:
-        return (float("nan"), float("nan"))
-    replicated = scores(combined[None], labels, (metric,), sample_weight=multiplicities)[metric]
-    low, high = np.nanpercentile(replicated, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def metrics_of(combined: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {name: float(value[0]) for name, value in scores(combined[None], labels, REPORTED).items()}
 
@@ -80,8 +62,9 @@ def evaluate_schemes(schemes: list[Scheme], members: Members, metric: str, cv_fo
                      seed: int, report_top: int) -> tuple[list[SchemeResult], SchemeResult]:
     """Fit, cross-validate and rank every scheme on validation; score the top `report_top` and the
     best single member on test. Returns (ranked results, best single member)."""
-    if metric not in METRICS or metric == "log_loss":
-        raise AllclsError(f"metric={metric!r} cannot rank schemes: use one of {[m for m in METRICS if m != 'log_loss']}.")
+    rankable = [m for m in METRICS if HIGHER_IS_BETTER[m]]
+    if metric not in rankable:
+        raise AllclsError(f"metric={metric!r} cannot rank schemes: use one of {rankable}.")
     val, test = members.val, members.test
     folds = fold_indices(val, cv_folds, seed)
     val_draws = bootstrap_multiplicities(val.groups(), bootstrap, seed)

@@ -1,4 +1,5 @@
-"""Combining members' probabilities, and scoring many combinations at once.
+"""Metrics of probability tables, vectorised: many ensemble weightings or bootstrap replicates
+scored at once, and the combination of several models' probabilities.
 
 Everything here works on whole arrays: `probs` is (models, samples, classes), a batch of weightings
 is (K, models), and `scores` returns one value per weighting (or per bootstrap replicate, given
@@ -13,8 +14,11 @@ from typing import Callable
 import numpy as np
 
 COMBINE_RULES = ("arithmetic", "geometric", "vote")
-METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "kappa", "auroc", "log_loss")
-HIGHER_IS_BETTER = {name: name != "log_loss" for name in METRICS}
+METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "kappa", "auroc", "log_loss", "ece")
+HIGHER_IS_BETTER = {name: name not in ("log_loss", "ece") for name in METRICS}
+CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "kappa")
+PER_CLASS = ("precision", "sensitivity", "specificity")
+ECE_BINS = 15
 EPS = 1e-12
 CHUNK_ELEMENTS = 8_000_000  # weightings are scored in chunks of about this many probabilities
 
@@ -81,6 +85,34 @@ def confusion_metrics(matrix: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def per_class_metrics(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """precision, sensitivity (recall) and specificity of each class (K, C), one-vs-rest."""
+    total = matrix.sum(axis=(1, 2))[:, None]
+    hits = np.diagonal(matrix, axis1=1, axis2=2)
+    true_counts, predicted_counts = matrix.sum(axis=2), matrix.sum(axis=1)
+    true_negatives = total - true_counts - predicted_counts + hits
+    return {
+        "precision": _divide(hits, predicted_counts),
+        "sensitivity": _divide(hits, true_counts),
+        "specificity": _divide(true_negatives, total - true_counts),
+    }
+
+
+def expected_calibration_error(combined: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None,
+                               bins: int = ECE_BINS) -> np.ndarray:
+    """Top-label ECE (K,): the weighted mean gap between confidence and accuracy over equal-width
+    confidence bins."""
+    K, N, _ = combined.shape
+    confidence = combined.max(axis=2)
+    correct = (combined.argmax(axis=2) == labels[None, :]).astype(np.float64)
+    weight = np.ones((K, N)) if sample_weight is None else np.broadcast_to(sample_weight, (K, N)).astype(np.float64)
+    index = (np.arange(K)[:, None] * bins + np.minimum((confidence * bins).astype(np.int64), bins - 1)).ravel()
+    count = np.bincount(index, weight.ravel(), K * bins).reshape(K, bins)
+    hits = np.bincount(index, (weight * correct).ravel(), K * bins).reshape(K, bins)
+    sure = np.bincount(index, (weight * confidence).ravel(), K * bins).reshape(K, bins)
+    return _divide(np.abs(hits - sure).sum(axis=1), count.sum(axis=1))
+
+
 def auroc(combined: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
     """Macro one-vs-rest ROC AUC (K,) of probabilities (K, N, C), ties counted half, with optional
     per-sample weights (K, N). Rows are sorted together by offsetting each row's scores."""
@@ -134,12 +166,14 @@ def scores(combined: np.ndarray, labels: np.ndarray, metrics: tuple[str, ...] = 
         sample_weight = np.broadcast_to(sample_weight, combined.shape[:2])
     C = combined.shape[2]
     result: dict[str, np.ndarray] = {}
-    if set(metrics) - {"auroc", "log_loss"}:
+    if set(metrics) & set(CONFUSION_METRICS):
         result.update(confusion_metrics(confusion(combined.argmax(axis=2), labels, C, sample_weight)))
     if "auroc" in metrics:
         result["auroc"] = auroc(combined, labels, sample_weight)
     if "log_loss" in metrics:
         result["log_loss"] = log_loss(combined, labels, sample_weight)
+    if "ece" in metrics:
+        result["ece"] = expected_calibration_error(combined, labels, sample_weight)
     return {name: result[name] for name in metrics}
 
 
@@ -158,8 +192,6 @@ def predicted_classes(probs: np.ndarray, weightings: np.ndarray, rule: str = "ar
         return (weightings @ (base[:, :, 1] - base[:, :, 0]) > 0).astype(np.int64)
     return (weightings @ base.reshape(models, -1)).reshape(len(weightings), samples, classes).argmax(axis=2)
 
-
-CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "kappa")
 
 
 def score_weightings(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray, metric: str,
@@ -193,3 +225,21 @@ def best_weighting(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray
 def better(metric: str) -> Callable[[np.ndarray], int]:
     """argmax for metrics where higher is better, argmin for log loss."""
     return np.argmax if HIGHER_IS_BETTER[metric] else np.argmin
+
+
+def bootstrap_multiplicities(groups: np.ndarray, replicates: int, seed: int) -> np.ndarray:
+    """(replicates, samples): how often each sample is drawn when whole groups (subjects) are
+    resampled with replacement. Cells of one patient are correlated; resampling them together
+    gives honest intervals."""
+    unique, inverse = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(unique), np.full(len(unique), 1.0 / len(unique)), size=replicates)
+    return draws[:, inverse].astype(np.float64)
+
+
+def interval(combined: np.ndarray, labels: np.ndarray, metric: str, multiplicities: np.ndarray) -> tuple[float, float]:
+    if len(multiplicities) == 0:
+        return (float("nan"), float("nan"))
+    replicated = scores(combined[None], labels, (metric,), sample_weight=multiplicities)[metric]
+    low, high = np.nanpercentile(replicated, [2.5, 97.5])
+    return float(low), float(high)
