@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
-log = logging.getLogger("allcls")
 
 
 class AllclsError(Exception):
@@ -37,7 +35,6 @@ def reports_user_errors(task: Callable[..., T]) -> Callable[..., T]:
         try:
             return task(*args, **kwargs)
         except AllclsError as error:
-            log.error("%s", user_message(error))
             print(f"error: {user_message(error)}", file=sys.stderr, flush=True)
             sys.exit(2)
 

@@ -99,3 +99,25 @@ def run_script(*args: str, cwd: Path, timeout: int = 600, env_extra: dict | None
     env.update(PYTHONUNBUFFERED="1", **(env_extra or {}))
     return subprocess.run([sys.executable, str(PROJECT / args[0]), *args[1:]], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """A project folder whose MLflow store holds three comparable training runs (jobs of the sweep
+    'multirun'), trained after one run on another split of the same synthetic data."""
+    from allcls.training import train
+
+    root = tmp_path_factory.mktemp("store")
+    other_split = ["dataset.split.hints.fold_1=val", "dataset.split.hints.fold_2=train"]
+    train(compose_train(root, other_split, output_dir=root / "odd" / "output_other_split"))
+    for seed in (0, 1, 2):
+        train(compose_train(root, [f"seed={seed}", "trainer.max_epochs=2"], output_dir=root / "multirun" / str(seed),
+                            sweep_job=seed))
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("synthetic-cnmc")
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'", order_by=["attributes.start_time ASC"])
+    odd, members = runs[0], runs[1:]
+    assert odd.data.tags["split_hash"] != members[0].data.tags["split_hash"]
+    return {"root": root, "client": client, "experiment_id": experiment.experiment_id,
+            "members": [r.info.run_id for r in members], "odd": odd.info.run_id,
+            "split_hash": members[0].data.tags["split_hash"]}

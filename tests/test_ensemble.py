@@ -6,34 +6,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from allcls.ensemble.search import run_ensemble
 from allcls.errors import AllclsError
 from allcls.predictions import read_table
-from allcls.training import train
-from conftest import compose_config, compose_train, run_script
-
-EXPERIMENT = "synthetic-cnmc"
-
-
-@pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    """Three comparable training runs, jobs of the sweep 'multirun', trained after one run on another split."""
-    root = tmp_path_factory.mktemp("store")
-    other_split = ["dataset.split.hints.fold_1=val", "dataset.split.hints.fold_2=train"]
-    train(compose_train(root, other_split, output_dir=root / "odd" / "output_other_split"))
-    for seed in (0, 1, 2):
-        train(compose_train(root, [f"seed={seed}", "trainer.max_epochs=2"], output_dir=root / "multirun" / str(seed),
-                            sweep_job=seed))
-    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'", order_by=["attributes.start_time ASC"])
-    odd, members = runs[0], runs[1:]
-    assert odd.data.tags["split_hash"] != members[0].data.tags["split_hash"]
-    return {"root": root, "client": client, "experiment_id": experiment.experiment_id,
-            "members": [r.info.run_id for r in members], "odd": odd.info.run_id,
-            "split_hash": members[0].data.tags["split_hash"]}
+from conftest import compose_config, run_script
 
 
 def ensemble_cfg(store, tmp_path, *overrides):

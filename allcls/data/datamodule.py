@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from allcls.data import imbalance as balancing
 from allcls.data.images import ImageReadError, check_images, read_image
 from allcls.data.readers import DatasetReader, Sample
-from allcls.data.splits import (SPLITS, assign_splits, build_manifest, check_no_leakage, check_not_empty,
+from allcls.data.splits import (ALL, SPLITS, assign_splits, build_manifest, check_no_leakage, check_not_empty,
                                 group_ids, manifest_csv, manifest_hash, read_manifest)
 from allcls.data.transforms import InputSpec, build_transform, preprocessing
 from allcls.errors import AllclsError
@@ -52,13 +52,17 @@ class CellDataModule(L.LightningDataModule):
 
     Call `prepare()` once per process before building the model: it fixes the classes, the split
     and its hash. Lightning's `setup()` then only builds the Dataset objects.
+
+    `split=None` makes no split: the whole dataset is one evaluation set, "all" (evaluating a model
+    on another dataset). `label_index` maps the dataset's class names to another model's class
+    indices (default: the dataset's own class order).
     """
 
     def __init__(
         self,
         reader: DatasetReader,
         input_spec: InputSpec,
-        split: Mapping[str, Any],
+        split: Mapping[str, Any] | None,
         augmentations: Sequence = (),
         roi_crop: bool = False,
         batch_size: int = 32,
@@ -69,11 +73,13 @@ class CellDataModule(L.LightningDataModule):
         verify_images: bool = True,
         skip_unreadable_images: bool = False,
         cache_dir: str | None = None,
+        label_index: Mapping[str, int] | None = None,
     ):
         super().__init__()
         self.reader = reader
         self.input_spec = input_spec
-        self.split_config = dict(split)
+        self.split_config = None if split is None else dict(split)
+        self.label_index = dict(label_index) if label_index is not None else None
         self.augmentations = list(augmentations)
         self.roi_crop = roi_crop
         self.batch_size = batch_size
@@ -124,7 +130,9 @@ class CellDataModule(L.LightningDataModule):
             raise AllclsError(f"No readable images in the {self.reader.name} dataset at {self.reader.root}.")
 
         groups = group_ids(samples, hashes)
-        if self.split_config.get("manifest"):
+        if self.split_config is None:
+            manifest = build_manifest(samples, groups, [ALL] * len(samples))
+        elif self.split_config.get("manifest"):
             manifest = read_manifest(self.split_config["manifest"], samples)
             _check_manifest_labels(manifest, samples)
         else:
@@ -133,8 +141,9 @@ class CellDataModule(L.LightningDataModule):
                                    float(self.split_config.get("test_fraction", 0.15)),
                                    int(self.split_config.get("seed", 0)))
             manifest = build_manifest(samples, groups, splits)
-        check_no_leakage(manifest)
-        check_not_empty(manifest)
+        if self.split_config is not None:
+            check_no_leakage(manifest)
+            check_not_empty(manifest)
         self.samples = sorted(samples, key=lambda s: s.sample_id)
         self.manifest, self.split_hash = manifest, manifest_hash(manifest)
         counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
@@ -147,13 +156,20 @@ class CellDataModule(L.LightningDataModule):
         return path
 
     def split_samples(self, split: str) -> list[Sample]:
-        """The samples of one split, ordered by sample id."""
-        if split not in SPLITS:
-            raise AllclsError(f"Unknown split {split!r}: use one of {list(SPLITS)}.")
-        in_split = set(self._prepared_manifest().query("split == @split")["sample_id"])
+        """The samples of one split ("all": every sample), ordered by sample id."""
+        manifest = self._prepared_manifest()
+        known = sorted(set(manifest["split"]) | {ALL})
+        if split not in known:
+            raise AllclsError(f"Unknown split {split!r}: this dataset has {known}.")
+        if split == ALL:
+            return list(self.samples)
+        in_split = set(manifest.loc[manifest["split"] == split, "sample_id"])
         return [s for s in self.samples if s.sample_id in in_split]
 
     def class_index(self) -> dict[str, int]:
+        """Class name -> label index (the model's, when label_index was given)."""
+        if self.label_index is not None:
+            return dict(self.label_index)
         return {name: index for index, name in enumerate(self.classes)}
 
     def loss_weights(self) -> list[float] | None:
@@ -172,10 +188,15 @@ class CellDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
-        if self.datasets:
-            return
-        index = self.class_index()
-        for split in SPLITS:
+        if self.split_config is not None:
+            for split in SPLITS:
+                self.dataset(split)
+
+    def dataset(self, split: str) -> CellDataset:
+        """The Dataset of one split (built once): augmented for train, plain for the others."""
+        if split not in self.datasets:
+            self.prepare()
+            index = self.class_index()
             samples = self.split_samples(split)
             if split == "train" and self.imbalance == "oversample":
                 order = balancing.oversample([index[s.label] for s in samples], self.imbalance_seed)
@@ -183,9 +204,10 @@ class CellDataModule(L.LightningDataModule):
             augment = self.augmentations if split == "train" else ()
             transform = build_transform(self.input_spec, self.roi_crop, augment, resized=self.cache is not None)
             self.datasets[split] = CellDataset(samples, index, transform, self.cache)
+        return self.datasets[split]
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
+        dataset = self.dataset("train")
         sampler = None
         if self.imbalance == "weighted_sampler":
             weights = balancing.sample_weights(dataset.labels, self.num_classes)
@@ -202,8 +224,7 @@ class CellDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Every sample of `split` exactly once, in sample-id order (no augmentation, no shuffle)."""
-        self.setup()
-        return self._loader(self.datasets[split], self.eval_batch_size, shuffle=False)
+        return self._loader(self.dataset(split), self.eval_batch_size, shuffle=False)
 
     def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
         return DataLoader(

@@ -23,6 +23,7 @@ from allcls.errors import AllclsError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+ALL = "all"  # no split: every sample (evaluating a model on another dataset)
 MANIFEST_COLUMNS = ["sample_id", "subject", "group", "split", "label"]
 
 

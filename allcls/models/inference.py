@@ -1,21 +1,47 @@
-"""Class probabilities for a whole split, in one single-device pass (every sample exactly once)."""
+"""Class probabilities for a whole split, in one single-device pass (every sample exactly once),
+optionally averaged over test-time augmentation views."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from allcls.errors import AllclsError
+
+# Views of a batch (N, C, H, W) for test-time augmentation: cells have no orientation.
+TTA_VIEWS = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "rot90": lambda x: torch.rot90(x, 1, (-2, -1)),
+    "rot180": lambda x: torch.rot90(x, 2, (-2, -1)),
+    "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
+}
+
+
+def check_views(views: Sequence[str]) -> list[str]:
+    unknown = [v for v in views if v not in TTA_VIEWS]
+    if unknown:
+        raise AllclsError(f"Unknown test-time augmentation view(s) {unknown}: use {sorted(TTA_VIEWS)}.")
+    return list(views)
+
 
 @torch.inference_mode()
-def predict_probabilities(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> np.ndarray:
-    """Softmax probabilities (samples x classes, float64, rows summing to 1) in the loader's order."""
+def predict_probabilities(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu",
+                          views: Sequence[str] = ("identity",)) -> np.ndarray:
+    """Softmax probabilities (samples x classes, float64, rows summing to 1) in the loader's order,
+    averaged over the test-time augmentation `views` (default: the image as it is)."""
+    transforms = [TTA_VIEWS[v] for v in check_views(views)]
     was_training = model.training
     model.eval().to(device)
     chunks = []
     for images, *_ in loader:
-        logits = model(images.to(device, non_blocking=True)).double()
-        chunks.append(logits.softmax(dim=1).cpu().numpy())
+        images = images.to(device, non_blocking=True)
+        probabilities = sum(model(view(images)).double().softmax(dim=1) for view in transforms) / len(transforms)
+        chunks.append(probabilities.cpu().numpy())
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))

@@ -1,0 +1,114 @@
+"""Evaluation plots, readable at a glance: confusion matrices, ROC and precision-recall curves per
+class, a reliability diagram, and accuracy per subject. Each function writes one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and in tests
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
+
+from allcls.scoring import ECE_BINS, confusion, expected_calibration_error  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrices(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
+                       path: Path) -> Path:
+    """Counts and row-normalised (recall) side by side."""
+    counts = confusion(probabilities.argmax(axis=1)[None], labels, len(class_names))[0]
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    size = 2.2 + 0.7 * len(class_names)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    for ax, matrix, name, fmt in ((axes[0], counts, "counts", "{:.0f}"), (axes[1], normalised, "normalised by true class", "{:.2f}")):
+        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=matrix.max() or 1)
+        for (row, column), value in np.ndenumerate(matrix):
+            ax.text(column, row, fmt.format(value), ha="center", va="center",
+                    color="white" if value > 0.6 * (matrix.max() or 1) else "black")
+        ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+        ax.set_yticks(range(len(class_names)), class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def roc_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
+               path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for c, name in enumerate(class_names):
+        positive = labels == c
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, probabilities[:, c])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(positive, probabilities[:, c]):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+           title=f"ROC, one class vs the rest\n{title}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def precision_recall_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
+                            path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for c, name in enumerate(class_names):
+        positive = labels == c
+        if not positive.any():
+            continue
+        precision, recall, _ = precision_recall_curve(positive, probabilities[:, c])
+        ax.step(recall, precision, where="post",
+                label=f"{name} (AP {average_precision_score(positive, probabilities[:, c]):.3f}, prevalence {positive.mean():.2f})")
+    ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall, one class vs the rest\n{title}",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def reliability_diagram(curves: dict[str, np.ndarray], labels: np.ndarray, title: str, path: Path) -> Path:
+    """Accuracy against confidence per bin for each set of probabilities (e.g. before and after
+    temperature scaling); the gap to the diagonal is miscalibration."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    for name, probabilities in curves.items():
+        confidence = probabilities.max(axis=1)
+        correct = probabilities.argmax(axis=1) == labels
+        bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+        counts = np.bincount(bins, minlength=ECE_BINS)
+        accuracy = np.divide(np.bincount(bins, correct, ECE_BINS), counts, out=np.full(ECE_BINS, np.nan), where=counts > 0)
+        ece = expected_calibration_error(probabilities[None], labels)[0]
+        ax.plot(centres[counts > 0], accuracy[counts > 0], marker="o", label=f"{name} (ECE {ece:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"Reliability diagram\n{title}")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def per_subject_chart(per_subject: pd.DataFrame, title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(per_subject) + 2), 4.5))
+    classes = sorted(set(per_subject["true_class"]))
+    colours = {c: plt.cm.tab10(i % 10) for i, c in enumerate(classes)}
+    x = np.arange(len(per_subject))
+    ax.bar(x, per_subject["accuracy"], color=[colours[c] for c in per_subject["true_class"]])
+    for xi, (accuracy, cells) in enumerate(zip(per_subject["accuracy"], per_subject["cells"])):
+        ax.text(xi, accuracy + 0.01, str(cells), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, per_subject["subject"], rotation=90, fontsize=7)
+    ax.set(ylabel="accuracy", ylim=(0, 1.1), title=f"Accuracy per subject (number of cells on top)\n{title}")
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in classes], labels=classes,
+              title="true class", fontsize=8, loc="lower right")
+    return _save(fig, path)
