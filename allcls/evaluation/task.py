@@ -282,10 +282,11 @@ def write_outputs(output_dir: Path, cfg: DictConfig, predictor: Predictor, own: 
             plots.roc_curves(probabilities, labels, classes, title, folders["plots"] / "roc.png"),
             plots.precision_recall_curves(probabilities, labels, classes, title, folders["plots"] / "precision_recall.png"),
             plots.reliability_diagram(curves, labels, title, folders["plots"] / "reliability.png"),
-            plots.per_subject_chart(per_subject, title, folders["plots"] / "per_subject.png"),
         ],
         "predictions": [write_table(table, folders["predictions"] / f"{split}.parquet")],
     }
+    if table["subject"].notna().any():  # datasets without patient ids (the 4-class one) have no per-subject view
+        files["plots"].append(plots.per_subject_chart(per_subject, title, folders["plots"] / "per_subject.png"))
     if tta_table is not None:
         files["predictions"].append(write_table(tta_table, folders["predictions"] / f"{split}_tta.parquet"))
     if cfg.gradcam.enabled:

@@ -1,0 +1,146 @@
+"""evaluate.py against real MLflow runs: a training run, an ensemble run, a checkpoint file, another
+dataset; what it logs, and how it refuses."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from allcls.ensemble.search import run_ensemble
+from allcls.errors import AllclsError
+from allcls.evaluation.task import evaluate
+from allcls.predictions import read_table
+from conftest import compose_config
+
+PLOTS = {"confusion_matrix.png", "roc.png", "precision_recall.png", "reliability.png", "per_subject.png"}
+
+
+def evaluate_with(store, tmp_path, *overrides):
+    cfg = compose_config("evaluate", store["root"], ["bootstrap=200", "num_workers=0", *overrides],
+                         output_dir=tmp_path / "eval")
+    score = evaluate(cfg)
+    client = store["client"]
+    runs = client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'", order_by=["attributes.start_time DESC"])
+    return score, runs[0], client
+
+
+def artifacts(client, run_id, path=None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(store, tmp_path_factory):
+    cfg = compose_config("ensemble", store["root"], ["sweep_id=multirun", "bootstrap=50", "~schemes.simplex_grid"],
+                         output_dir=tmp_path_factory.mktemp("ensemble"))
+    run_ensemble(cfg)
+    runs = store["client"].search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
+                                       order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id
+
+
+def test_evaluating_a_run_uses_its_logged_predictions_and_nests_the_result(store, tmp_path):
+    trained = store["client"].get_run(store["members"][0])
+    score, run, client = evaluate_with(store, tmp_path, f"run_id={trained.info.run_id}")
+    assert run.data.tags["mlflow.parentRunId"] == trained.info.run_id
+    assert run.data.tags["evaluated_run_id"] == trained.info.run_id and run.data.tags["split"] == "test"
+    assert run.data.params["predictions"] == "logged by the evaluated run"
+    metrics = run.data.metrics
+    # the same table that training scored: the same numbers
+    assert metrics["test/f1_weighted"] == pytest.approx(trained.data.metrics["test/f1_weighted"], abs=1e-6)
+    assert score == pytest.approx(metrics["test/f1_weighted"])
+    assert metrics["test/f1_weighted_ci_low"] <= score <= metrics["test/f1_weighted_ci_high"]
+    for name in ("test/sensitivity_hem", "test/specificity_all", "test/ece", "test/calibrated/ece",
+                 "calibration/temperature", "test/auroc_ci_high"):
+        assert name in metrics, name
+    found = artifacts(client, run.info.run_id)
+    assert {f"plots/{p}" for p in PLOTS} <= found
+    assert {"metrics/metrics.csv", "metrics/per_subject.csv", "predictions/test.parquet"} <= found
+    per_subject = pd.read_csv(client.download_artifacts(run.info.run_id, "metrics/per_subject.csv", str(tmp_path)))
+    assert per_subject["cells"].sum() == int(trained.data.params["n_test"])
+
+
+def test_tta_and_gradcam_reload_the_checkpoint_and_log_side_by_side(store, tmp_path):
+    _, run, client = evaluate_with(store, tmp_path, f"run_id={store['members'][1]}", "split=val", "tta.enabled=true",
+                                   "tta.views=[identity,hflip,vflip]", "gradcam.enabled=true",
+                                   "gradcam.samples_per_class=2")
+    metrics = run.data.metrics
+    assert "val/f1_weighted" in metrics and "val/tta/f1_weighted" in metrics
+    assert run.data.params["tta"] == "identity,hflip,vflip"
+    found = artifacts(client, run.info.run_id)
+    assert {"predictions/val.parquet", "predictions/val_tta.parquet", "gradcam/val.png"} <= found
+    tta = read_table(client.download_artifacts(run.info.run_id, "predictions/val_tta.parquet", str(tmp_path)))
+    plain = read_table(client.download_artifacts(run.info.run_id, "predictions/val.parquet", str(tmp_path)))
+    assert tta["sample_id"].tolist() == plain["sample_id"].tolist()
+
+
+def test_an_ensemble_is_evaluated_like_a_model(store, tmp_path, ensemble_run):
+    _, run, client = evaluate_with(store, tmp_path, f"run_id={ensemble_run}", "tta.enabled=true",
+                                   "tta.views=[identity,rot90]", "gradcam.enabled=true", "gradcam.samples_per_class=1")
+    assert run.data.tags["evaluated_kind"] == "ensemble"
+    assert "test/tta/f1_weighted" in run.data.metrics
+    assert "gradcam/test.png" in artifacts(client, run.info.run_id)
+
+
+def test_the_training_split_is_predicted_afresh(store, tmp_path):
+    _, run, _ = evaluate_with(store, tmp_path, f"run_id={store['members'][0]}", "split=train")
+    assert run.data.params["predictions"] == "recomputed"
+    assert "train/f1_weighted" in run.data.metrics
+
+
+def test_another_dataset_with_a_class_map(store, tmp_path):
+    """Domain shift: a C-NMC-layout model on 4-class data, its classes mapped onto the model's."""
+    class_map = "class_map={Benign: hem, Early: all, Pre: all, Pro: all}"
+    _, run, _ = evaluate_with(store, tmp_path, f"run_id={store['members'][0]}", "dataset=synthetic",
+                              "dataset.layout=aria", "dataset.reader.image_size=32", "dataset.reader.cells_per_subject=2",
+                              "split=all", class_map)
+    assert run.data.tags["dataset"] == "synthetic-aria" and run.data.tags["classes"] == "hem,all"
+    assert int(run.data.params["n_samples"]) == 4 * 12 * 2
+    assert "all/f1_weighted" in run.data.metrics
+
+
+def test_a_checkpoint_file_is_evaluated_on_the_dataset_given(store, tmp_path):
+    checkpoint = next(Path(store["root"], "multirun", "0").rglob("best.ckpt"))
+    cfg = compose_config("evaluate", store["root"], ["bootstrap=50", "num_workers=0", f"ckpt_path={checkpoint}",
+                                                     "dataset=synthetic", "dataset.reader.image_size=32"],
+                         output_dir=tmp_path / "eval")
+    evaluate(cfg)
+    client = store["client"]
+    experiment = client.get_experiment_by_name("synthetic-cnmc")
+    newest = client.search_runs([experiment.experiment_id], "tags.evaluated_kind = 'checkpoint'")[0]
+    assert "mlflow.parentRunId" not in newest.data.tags and "test/f1_weighted" in newest.data.metrics
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["run_id=0123456789abcdef"], "No MLflow run '0123456789abcdef'"),
+    ([], "Give exactly one of run_id"),
+    (["split=holdout", "RUN"], "split='holdout' is not one of"),
+    (["ckpt_path=/no/such.ckpt"], "does not exist"),
+    (["RUN", "dataset=synthetic", "dataset.layout=aria", "dataset.reader.image_size=32", "split=all"],
+     r"class\(es\) \['Benign', 'Early', 'Pre', 'Pro'\] are not classes of the model"),
+    (["RUN", "tta.views=[mirror]"], "Unknown test-time augmentation"),
+])
+def test_refusals_are_clear_and_log_nothing(store, tmp_path, overrides, message):
+    overrides = [f"run_id={store['members'][0]}" if o == "RUN" else o for o in overrides]
+    client = store["client"]
+    before = len(client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'"))
+    with pytest.raises(AllclsError, match=message):
+        evaluate(compose_config("evaluate", store["root"], overrides, output_dir=tmp_path / "eval"))
+    assert len(client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'")) == before
+
+
+def test_a_run_without_checkpoint_says_what_can_still_be_evaluated(store, tmp_path):
+    client = store["client"]
+    source = client.get_run(store["members"][0])
+    run = client.create_run(store["experiment_id"], tags={**{k: source.data.tags[k] for k in
+                                                             ("dataset", "classes", "split_hash")}, "stage": "train"})
+    for artifact in ("config/config.yaml", "data/split_manifest.csv", "predictions/test.parquet"):
+        local = client.download_artifacts(source.info.run_id, artifact, str(tmp_path / "copy"))
+        client.log_artifact(run.info.run_id, local, artifact.rsplit("/", 1)[0])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    with pytest.raises(AllclsError, match="has no checkpoints/best.ckpt.*tta.enabled=false"):
+        evaluate(compose_config("evaluate", store["root"], [f"run_id={run.info.run_id}", "tta.enabled=true",
+                                                            "calibration.temperature_scaling=false"],
+                                output_dir=tmp_path / "eval"))
