@@ -72,6 +72,8 @@ def run_ensemble(cfg: DictConfig) -> float:
                               weight_params(members.names, result.weights), result_metrics(result, cfg.metric))
     log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, cfg.metric, chosen.cv)
     print(f"Ensemble run {run_id} in experiment {cfg.experiment_name!r}; one child run per scheme.\n"
+          f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
+          f"python evaluate.py run_id={run_id} tta.enabled=true gradcam.enabled=true\n"
           f"Browse: {browse_command(tracker.tracking_uri)}", flush=True)
     return chosen.cv
 
