@@ -86,6 +86,12 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
     assert (apply_temperature(test_probs, temperature).argmax(axis=1) == test_probs.argmax(axis=1)).all()
 
 
+def test_no_temperature_is_fitted_when_validation_is_all_correct():
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    assert fit_temperature(probs, np.array([0, 1, 0])) is None
+    assert fit_temperature(probs, np.array([0, 1, 1])) is not None
+
+
 def test_tta_averages_the_views():
     torch.manual_seed(0)
     model = create_backbone("custom_cnn", num_classes=2).eval()

@@ -18,13 +18,20 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of `labels`."""
+BOUNDS = (0.1, 10.0)
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
+    """The temperature in [0.1, 10] that minimises the negative log-likelihood of `labels`, or None
+    when every prediction is right: then the likelihood only grows as T shrinks towards 0, and a
+    fitted T would make every later mistake a confident one."""
+    if (probabilities.argmax(axis=1) == labels).all():
+        return None
     rows = np.arange(len(labels))
 
     def nll(log_temperature: float) -> float:
         scaled = apply_temperature(probabilities, float(np.exp(log_temperature)))
         return float(-np.log(np.clip(scaled[rows, labels], EPS, 1.0)).mean())
 
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    result = minimize_scalar(nll, bounds=(np.log(BOUNDS[0]), np.log(BOUNDS[1])), method="bounded")
     return float(np.exp(result.x))

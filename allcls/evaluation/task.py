@@ -198,7 +198,9 @@ def _evaluate(cfg: DictConfig, workdir: Path) -> float:
         tracker.log_params(run_id, {
             "evaluated": source.name, "split": split, "dataset": dataset_name, "n_samples": len(table),
             "predictions": "recomputed" if recomputed else "logged by the evaluated run",
-            "tta": ",".join(views) if views else "off", "temperature_scaling": cfg.calibration.temperature_scaling,
+            "tta": ",".join(views) if views else "off",
+            "temperature": f"{temperature:.4f}" if temperature is not None else
+            ("not fitted (validation all correct)" if cfg.calibration.temperature_scaling else "off"),
             "bootstrap": cfg.bootstrap, "seed": cfg.seed})
         tracker.log_metrics(run_id, metric_values(metrics, split, temperature))
         tracker.log_text(run_id, resolved_yaml(cfg), "config/config.yaml")
@@ -223,7 +225,10 @@ def fit_source_temperature(predictor: Predictor, source: ModelSource, tracker: T
             return None
         table = predictor.table("val", own=has_own)
     temperature = fit_temperature(probabilities_of(table), table["label"].to_numpy())
-    log.info("Temperature fitted on validation: T = %.3f", temperature)
+    if temperature is None:
+        log.warning("Every validation prediction is right: a temperature cannot be fitted; calibration is skipped.")
+    else:
+        log.info("Temperature fitted on validation: T = %.3f", temperature)
     return temperature
 
 
