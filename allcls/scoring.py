@@ -9,7 +9,7 @@ per-sample weights) without a Python loop over K. Metric definitions follow scik
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -225,6 +225,11 @@ def best_weighting(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray
 def better(metric: str) -> Callable[[np.ndarray], int]:
     """argmax for metrics where higher is better, argmin for log loss."""
     return np.argmax if HIGHER_IS_BETTER[metric] else np.argmin
+
+
+def resampling_groups(subjects: Sequence) -> np.ndarray:
+    """Resampling units: the subject of each sample where known, else the sample itself."""
+    return np.array([s if isinstance(s, str) and s else f"sample:{i}" for i, s in enumerate(subjects)], dtype=object)
 
 
 def bootstrap_multiplicities(groups: np.ndarray, replicates: int, seed: int) -> np.ndarray:

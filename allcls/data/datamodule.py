@@ -112,7 +112,7 @@ class CellDataModule(L.LightningDataModule):
         samples = self.reader.read()
         hashes: list[str | None] = [None] * len(samples)
         if self.verify_images:
-            checks = check_images([s.path for s in samples], workers=max(1, min(8, os.cpu_count() or 1)))
+            checks = check_images([s.path for s in samples], workers=default_num_workers())
             bad = [(c.path, c.problem) for c in checks if c.problem]
             if bad and not self.skip_unreadable_images:
                 listing = "; ".join(f"{path}: {problem}" for path, problem in bad[:10])

@@ -13,6 +13,7 @@ import pandas as pd
 
 from allcls.errors import AllclsError
 from allcls.predictions import align, validate_table
+from allcls.scoring import resampling_groups
 from allcls.tracking import Tracker
 
 MUST_AGREE = ("dataset", "classes", "split_hash")
@@ -32,8 +33,7 @@ class SplitPredictions:
 
     def groups(self) -> np.ndarray:
         """Resampling and cross-validation units: the subject where known, else the sample itself."""
-        return np.array([s if isinstance(s, str) and s else f"sample:{i}"
-                         for s, i in zip(self.subjects, self.sample_ids)], dtype=object)
+        return resampling_groups(self.subjects)
 
 
 @dataclass(frozen=True)

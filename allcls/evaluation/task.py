@@ -91,8 +91,12 @@ class Predictor:
             roi_crop = dataset.roi_crop
         if OmegaConf.is_missing(dataset, "root"):
             raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{dataset.name}.")
+        # Members of an ensemble read the same images: decoding them all once is enough, where the split
+        # does not depend on content hashes (a manifest, or no split at all).
+        already_checked = any(other == own for _, other in self.datamodules) and (own or cfg.split == "all")
         module = CellDataModule(build(dataset.reader), input_spec(**model.hparams["backbone"]), split,
-                                roi_crop=roi_crop, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                                roi_crop=roi_crop, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                verify_images=not already_checked)
         module.prepare()
         if not own:
             module.label_index = label_index(module.classes, self.source.classes, dict(cfg.class_map or {}))

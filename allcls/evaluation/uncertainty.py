@@ -10,12 +10,7 @@ import numpy as np
 import pandas as pd
 
 from allcls.models.metrics import metric_safe
-from allcls.scoring import METRICS, bootstrap_multiplicities, confusion, per_class_metrics, scores
-
-
-def resampling_groups(subjects: Sequence) -> np.ndarray:
-    """The subject of each sample where known, else the sample itself."""
-    return np.array([s if isinstance(s, str) and s else f"sample:{i}" for i, s in enumerate(subjects)], dtype=object)
+from allcls.scoring import METRICS, bootstrap_multiplicities, confusion, per_class_metrics, resampling_groups, scores
 
 
 def metric_table(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, class_names: Sequence[str],

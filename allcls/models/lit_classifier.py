@@ -14,9 +14,6 @@ from torchmetrics import MaxMetric, MinMetric
 from allcls.models.backbones import create_backbone
 from allcls.models.metrics import classification_metrics, flatten
 
-SPLIT_PREFIXES = ("train", "val", "test")
-
-
 class LitClassifier(L.LightningModule):
     """Classifies cell images into `class_names` (index order = class index).
 
