@@ -1,9 +1,13 @@
-"""Config helpers: OmegaConf resolvers, dict groups into lists, and what Hydra knows of the job."""
+"""Config helpers: OmegaConf resolvers, typed config sections, dict groups into lists, and what
+Hydra knows of the job."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping, TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,15 +16,46 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from allcls.errors import AllclsError
+from allcls.metrics.names import mode
+
+T = TypeVar("T")
+
+RESOLVERS = {
+    # `${gt:a,b}`: a > b, for settings that depend on another number (see conf/trainer/ddp.yaml)
+    "gt": lambda a, b: float(a) > float(b),
+    # `${mode_of:val/loss}` -> min: which way a metric is better, decided once (allcls.metrics.names)
+    "mode_of": mode,
+    # `${optuna_direction:max}` -> maximize: Optuna's word for a monitor mode
+    "optuna_direction": lambda monitor_mode: {"max": "maximize", "min": "minimize"}.get(monitor_mode, monitor_mode),
+}
 
 
 def register_resolvers() -> None:
-    """`${gt:a,b}`: a > b, for settings that depend on another number (see conf/trainer/ddp.yaml)."""
-    if not OmegaConf.has_resolver("gt"):
-        OmegaConf.register_new_resolver("gt", lambda a, b: float(a) > float(b))
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 register_resolvers()
+
+
+def typed(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
+    """A config section as the dataclass that describes it: its defaults live in the dataclass, and a
+    misspelt key fails here, naming the key, the closest known one and the section's keys."""
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    values = dict(values or {})
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise AllclsError(f"{where}.{key} is not a setting" + (f" (did you mean {where}.{close[0]}?)" if close else "")
+                              + f": {where} takes {known}.")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise AllclsError(f"{where} needs {missing}: set {where}.{missing[0]}=...")
+    return cls(**values)
 
 
 def build(node, /, **kwargs):

@@ -1,30 +1,42 @@
 """Grad-CAM: where a model looks when it predicts a class (pytorch-grad-cam, `grad-cam` on PyPI).
 
 For any timm backbone the target layer is the last stage that timm reports in `feature_info`
-(the last convolution for models without it, like custom_cnn). For an ensemble, each member's map
-is computed at its own input size, resized to a common size and combined with the ensemble's
-weights. Maps are in [0, 1] and have the spatial size of the image they explain.
+(the last convolution for models without it, like custom_cnn). For an ensemble (a Predictor of
+several members), each member's map is computed at its own input size, resized to a common size
+and combined with the ensemble's weights. Maps are in [0, 1] and have the spatial size of the
+image they explain.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import cv2
-import matplotlib
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from pytorch_grad_cam import GradCAM  # noqa: E402
-from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from torch import nn  # noqa: E402
+from allcls.data.transforms import InputSpec
+from allcls.errors import AllclsError
+from allcls.evaluation.predictor import Predictor
+from allcls.figures import plt, save_figure
+from allcls.progress import progress
 
-from allcls.data.transforms import InputSpec  # noqa: E402
-from allcls.errors import AllclsError  # noqa: E402
+
+@dataclass(frozen=True)
+class CamGrid:
+    """Explained images: RGB images (N, H, W, 3) and their maps (N, H, W), both in [0, 1], a
+    caption per image and a title."""
+
+    images: np.ndarray
+    maps: np.ndarray
+    captions: list[str]
+    title: str
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -45,6 +57,19 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int]) -> n
     return np.asarray(maps, dtype=np.float32)
 
 
+def explain(predictor: Predictor, images: Sequence[str | np.ndarray], targets: Sequence[int]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB images as the first member sees them, Grad-CAM maps of the `targets` classes): every
+    member's maps, combined with the predictor's weights at the first member's input size."""
+    maps, display = [], None
+    for member in progress(predictor.members, desc=f"Grad-CAM of {len(images)} images", unit="model"):
+        inputs = predictor.inputs(images, member).to(predictor.device)
+        maps.append(gradcam(member.model, inputs, targets))
+        if display is None:
+            display = to_display(inputs, member.input_spec)
+    return display, combine_maps(maps, predictor.weights, display.shape[1])
+
+
 def combine_maps(maps: Sequence[np.ndarray], weights: Sequence[float], size: int) -> np.ndarray:
     """Weighted sum of members' maps (each (N, h, w)), resized to size x size, rescaled to [0, 1]."""
     total = np.zeros((maps[0].shape[0], size, size), np.float32)
@@ -61,23 +86,19 @@ def to_display(images: torch.Tensor, spec: InputSpec) -> np.ndarray:
     return (images.detach().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def overlay_grid(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], title: str, path: Path,
-                 columns: int = 4) -> Path:
+def overlay_grid(grid: CamGrid, path: Path, columns: int = 4) -> Path:
     """A grid of images with their Grad-CAM maps laid over them, one caption per tile."""
-    rows = int(np.ceil(len(images) / columns))
+    rows = int(np.ceil(len(grid.images) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, image, cam_map, caption in zip(axes.ravel(), images, maps, captions):
+    for ax, image, cam_map, caption in zip(axes.ravel(), grid.images, grid.maps, grid.captions):
         if cam_map.shape != image.shape[:2]:
             cam_map = cv2.resize(cam_map, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         ax.imshow(show_cam_on_image(image.astype(np.float32), cam_map, use_rgb=True))
         ax.set_title(caption, fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.suptitle(grid.title)
+    return save_figure(fig, path, dpi=110)
 
 
 def choose_samples(labels: np.ndarray, predicted: np.ndarray, per_class: int, seed: int,

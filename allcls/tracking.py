@@ -1,4 +1,5 @@
-"""Everything that talks to MLflow: the run's lifecycle, tags, params, config, artifacts, lookup.
+"""Everything that talks to MLflow: opening a run for a stage, logging to it, downloading its
+artifacts, finding runs. What the runs carry (stage names, tags, params) is in allcls.run_schema.
 
 The tracking URI comes from the config (`logger.tracking_uri`), which defaults to
 $MLFLOW_TRACKING_URI or else a SQLite store at <project>/mlruns/mlflow.db with artifacts beside it.
@@ -8,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import shlex
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -21,12 +22,13 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
 
+from allcls.config import job_info, resolved_yaml
 from allcls.errors import AllclsError
+from allcls.run_schema import TRAIN, provenance_tags
 
 log = logging.getLogger(__name__)
-
-PACKAGE_DIR = Path(__file__).resolve().parent
 # MLflow draws a progress bar for every artifact download; the ensemble downloads many small tables.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -64,6 +66,22 @@ class Tracker:
             return self.client.create_experiment(self.experiment_name, artifact_location=location)
         except MlflowException:  # another job of the sweep created it first
             return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    @contextmanager
+    def stage_run(self, stage: str, run_name: str, tags: Mapping[str, str], cfg: DictConfig,
+                  parent_run_id: str | None = None) -> Iterator[str]:
+        """The run of one job of a stage (allcls.run_schema): `tags` plus its provenance (stage, sweep
+        id, job number, git commit, version), the job's overrides as its description and as
+        config/overrides.yaml, and the resolved config as config/config.yaml. `parent_run_id` nests
+        it under another run in the MLflow UI. FINISHED when the block ends, FAILED when it raises."""
+        job = job_info(cfg.paths.output_dir)
+        all_tags = {**tags, **provenance_tags(stage, job)}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        with self.run(run_name, all_tags, " ".join(job.overrides)) as run_id:
+            self.log_text(run_id, resolved_yaml(cfg), "config/config.yaml")
+            self.log_text(run_id, OmegaConf.to_yaml(job.overrides), "config/overrides.yaml")
+            yield run_id
 
     @contextmanager
     def run(self, run_name: str, tags: Mapping[str, str], description: str = "") -> Iterator[str]:
@@ -144,24 +162,41 @@ class Tracker:
             return runs
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
-            names = [e.name for e in self.client.search_experiments()]
             raise AllclsError(f"No MLflow experiment {self.experiment_name!r} in {self.tracking_uri} "
-                              f"(there are {names}): set experiment_name.")
-        clauses = ["attributes.status = 'FINISHED'", "tags.stage = 'train'"] + ([filter_string] if filter_string else [])
+                              f"(there are {self.experiment_names()}): set experiment_name.")
+        clauses = ["attributes.status = 'FINISHED'", f"tags.stage = '{TRAIN}'"] + ([filter_string] if filter_string else [])
         try:
             return self.client.search_runs([experiment.experiment_id], " and ".join(clauses),
                                            order_by=["attributes.start_time ASC"], max_results=1000)
         except MlflowException as error:
             raise AllclsError(f"MLflow cannot read the filter {filter_string!r}: {error.message}") from None
 
+    def experiment_names(self) -> list[str]:
+        return [e.name for e in self.client.search_experiments()]
+
     def latest_sweep_id(self) -> str:
-        """The sweep id of the most recent finished training run of the experiment."""
-        runs = self.find_runs()
-        if not runs:
+        """The sweep id of the most recent finished training run of the experiment (runs logged by
+        hand, without one, are passed over)."""
+        sweeps = [run.data.tags["sweep_id"] for run in self.find_runs() if run.data.tags.get("sweep_id")]
+        if not sweeps:
             raise AllclsError(f"No finished training runs in experiment {self.experiment_name!r}: nothing to ensemble.")
-        return runs[-1].data.tags["sweep_id"]
+        return sweeps[-1]
+
+    def has_artifact(self, run_id: str, artifact_path: str) -> bool:
+        parent = posixpath.dirname(artifact_path.rstrip("/"))
+        return any(item.path == artifact_path.rstrip("/") for item in self.client.list_artifacts(run_id, parent or None))
 
     def download(self, run_id: str, artifact_path: str, destination: str | Path) -> Path:
+        """Download one artifact (a file or a folder) into `destination`. A run without it raises
+        MissingArtifact, an AllclsError naming both; `download_if_present` returns None instead.
+        Any other failure (a store that is down) is not a missing artifact and raises as itself."""
+        if not self.has_artifact(run_id, artifact_path):
+            raise MissingArtifact(f"Run {run_id} has no artifact {artifact_path}.")
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(destination)))
+
+    def download_if_present(self, run_id: str, artifact_path: str, destination: str | Path) -> Path | None:
+        if not self.has_artifact(run_id, artifact_path):
+            return None
         return Path(self.client.download_artifacts(run_id, artifact_path, str(destination)))
 
     def sweep_runs(self, sweep_id: str) -> list:
@@ -170,6 +205,10 @@ class Tracker:
             return []
         return self.client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{sweep_id}'",
                                        order_by=["attributes.start_time ASC"])
+
+
+class MissingArtifact(AllclsError):
+    """A run has no artifact at the path asked for."""
 
 
 class RunMetricsLogger(MLFlowLogger):
@@ -196,15 +235,3 @@ def browse_command(tracking_uri: str) -> str:
         artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
         command += f" --default-artifact-root {shlex.quote(str(artifacts))}"
     return command
-
-
-def git_commit() -> str:
-    """The commit of the allcls code that ran, with '-dirty' if it has uncommitted changes."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_DIR,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit

@@ -9,9 +9,9 @@ import torch
 from omegaconf import OmegaConf
 
 from allcls.config import instantiate_dict
-from allcls.models.backbones import create_backbone, input_spec
+from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
 
-from conftest import CONF_DIR
+from helpers import CONF_DIR, compose_config
 
 
 def options(group: str) -> list[str]:
@@ -19,7 +19,8 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_options():
-    for group in ("dataset", "backbone", "augmentation", "trainer", "logger", "experiment", "hparams_search"):
+    for group in ("dataset", "backbone", "augmentation", "trainer", "logger", "experiment", "hparams_search", "paths",
+                  "hydra"):
         assert options(group), group
 
 
@@ -34,18 +35,18 @@ def test_dataset_configs_compose_and_build_their_reader(train_cfg, dataset, tmp_
 @pytest.mark.parametrize("backbone", options("backbone"))
 def test_backbone_configs_build_a_model_that_classifies(train_cfg, backbone):
     cfg = train_cfg(f"backbone={backbone}", fast=False)
-    settings = OmegaConf.to_container(cfg.backbone)
-    spec = input_spec(**settings)
-    model = create_backbone(**settings, num_classes=3).eval()
+    settings = BackboneSpec.of(OmegaConf.to_container(cfg.backbone))
+    spec = input_spec(settings)
+    model = create_backbone(settings, num_classes=3).eval()
     side = max(96, spec.size // 3)  # inception needs >= 75 px; full size is slow for a smoke test
     with torch.no_grad():
         assert model(torch.zeros(1, 3, side, side)).shape == (1, 3)
 
 
 def test_backbone_input_size_follows_the_backbone_unless_overridden(train_cfg):
-    assert input_spec(**train_cfg("backbone=xception", fast=False).backbone).size == 299
-    assert input_spec(**train_cfg("backbone=mobilenetv2", fast=False).backbone).size == 224
-    xception = input_spec(**train_cfg("backbone=xception", "backbone.input_size=128", fast=False).backbone)
+    assert input_spec(BackboneSpec.of(train_cfg("backbone=xception", fast=False).backbone)).size == 299
+    assert input_spec(BackboneSpec.of(train_cfg("backbone=mobilenetv2", fast=False).backbone)).size == 224
+    xception = input_spec(BackboneSpec.of(train_cfg("backbone=xception", "backbone.input_size=128", fast=False).backbone))
     assert xception.size == 128 and xception.mean == (0.5, 0.5, 0.5)
 
 
@@ -105,6 +106,25 @@ def test_hparams_search_optuna_composes_with_the_sweeper(train_cfg):
     cfg = train_cfg("hparams_search=optuna")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert "model.optimizer.lr" in cfg.hydra.sweeper.params
+    assert cfg.hydra.sweeper.direction == "maximize"
+
+
+def test_monitor_mode_and_the_optuna_direction_follow_the_monitored_metric(train_cfg):
+    cfg = train_cfg("hparams_search=optuna", "monitor=val/loss")
+    assert cfg.monitor_mode == "min" and cfg.hydra.sweeper.direction == "minimize"
+    assert cfg.callbacks.model_checkpoint.mode == "min" and cfg.callbacks.early_stopping.mode == "min"
+    assert train_cfg("monitor=val/kappa").monitor_mode == "max"
+
+
+def test_paths_and_job_folders_are_one_config_group_for_every_entry_script(tmp_path):
+    for name in ("train", "evaluate", "ensemble"):
+        cfg = compose_config(name, tmp_path)
+        assert cfg.paths.root == str(tmp_path) and cfg.paths.data_dir == f"{tmp_path}/data"
+        assert cfg.hydra.run.dir.startswith(f"outputs/{name}/") and cfg.hydra.sweep.dir.startswith(f"multirun/{name}/")
+
+
+def test_ensemble_config_names_no_experiment_of_its_own(tmp_path):
+    assert compose_config("ensemble", tmp_path).experiment_name is None
 
 
 def test_optimizer_and_scheduler_are_partial_factories(train_cfg):

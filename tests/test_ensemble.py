@@ -10,11 +10,14 @@ import pytest
 from allcls.ensemble.search import run_ensemble
 from allcls.errors import AllclsError
 from allcls.predictions import read_table
-from conftest import compose_config, run_script
+from helpers import compose_config, run_script
 
 
 def ensemble_cfg(store, tmp_path, *overrides):
-    return compose_config("ensemble", store["root"], ["bootstrap=100", *overrides], output_dir=tmp_path / "out")
+    """ensemble.py's config over the store's experiment (unless the overrides name another)."""
+    experiment = [] if any(o.startswith("experiment_name=") for o in overrides) else ["experiment_name=synthetic-cnmc"]
+    return compose_config("ensemble", store["root"], ["bootstrap=100", *experiment, *overrides],
+                          output_dir=tmp_path / "out")
 
 
 def ensemble_runs(store):
@@ -104,6 +107,8 @@ def swapped_classes(table):
     ("bad_combine", "combine='median'"),
     ("bad_metric", "metric='log_loss' cannot rank schemes"),
     ("too_many_folds", "cv_folds=50 needs at least 50"),
+    ("no_experiment", r"Say which training runs to ensemble: experiment_name=.*synthetic-cnmc"),
+    ("misspelt_setting", r"schemes.greedy.bag is not a setting \(did you mean schemes.greedy.bags\?\)"),
 ])
 def test_refusals_are_clear_and_log_nothing(store, tmp_path, case, message):
     members = store["members"]
@@ -114,6 +119,8 @@ def test_refusals_are_clear_and_log_nothing(store, tmp_path, case, message):
         "bad_combine": ["sweep_id=multirun", "combine=median"],
         "bad_metric": ["sweep_id=multirun", "metric=log_loss"],
         "too_many_folds": ["sweep_id=multirun", "cv_folds=50"],
+        "no_experiment": ["experiment_name=null", "sweep_id=latest"],
+        "misspelt_setting": ["sweep_id=multirun", "+schemes.greedy.bag=3"],
     }.get(case)
     if overrides is None:
         spoil = {"no_tables": None, "nan": with_nan, "class_order": swapped_classes}[case]
@@ -124,10 +131,19 @@ def test_refusals_are_clear_and_log_nothing(store, tmp_path, case, message):
     assert len(ensemble_runs(store)) == before
 
 
+def test_explicit_run_ids_ensemble_into_the_members_experiment(store, tmp_path):
+    cfg = ensemble_cfg(store, tmp_path, "experiment_name=null", f"run_ids=[{store['members'][0]},{store['members'][1]}]",
+                       "~schemes.simplex_grid")
+    run_ensemble(cfg)
+    newest = ensemble_runs(store)[0]
+    assert newest.info.experiment_id == store["experiment_id"]
+    assert newest.data.tags["member_run_ids"] == ",".join(store["members"][:2])
+
+
 @pytest.mark.slow
 def test_multirun_over_ensemble_settings_gives_one_ensemble_run_each(store, tmp_path):
     before = len(ensemble_runs(store))
-    result = run_script("ensemble.py", "-m", "sweep_id=multirun", "combine=arithmetic,geometric", "bootstrap=100",
+    result = run_script("ensemble.py", "-m", "experiment_name=synthetic-cnmc", "sweep_id=multirun", "combine=arithmetic,geometric", "bootstrap=100",
                         "~schemes.simplex_grid", cwd=store["root"])
     assert result.returncode == 0, result.stderr[-3000:]
     runs = ensemble_runs(store)

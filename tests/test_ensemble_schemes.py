@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from allcls import scoring
+from allcls.ensemble.combining import combine, predicted_classes
 from allcls.ensemble.members import SplitPredictions
-from allcls.ensemble.schemes import (best_single, build_schemes, equal, greedy, min_log_loss, proportional,
+from allcls.ensemble.schemes import (Scheme, best_single, build_schemes, equal, greedy, min_log_loss, proportional,
                                      simplex_grid, simplex_grid_points, top_k)
 from allcls.ensemble.selection import fold_indices, out_of_fold
-from allcls.scoring import bootstrap_multiplicities, interval
-from allcls.ensemble.schemes import Scheme
+from allcls.ensemble.weight_search import score_weightings
 from allcls.errors import AllclsError
+from allcls.metrics.bootstrap import bootstrap_multiplicities, interval
+from allcls.metrics.vectorised import auroc, scores
 
 
 def noisy_members(models=4, samples=300, classes=3, seed=0, skill=(0.5, 1.0, 1.5, 2.0)):
@@ -31,8 +32,8 @@ def noisy_members(models=4, samples=300, classes=3, seed=0, skill=(0.5, 1.0, 1.5
 def test_batched_metrics_equal_scikit_learn_for_every_weighting():
     probs, labels = noisy_members()
     weightings = np.random.default_rng(1).dirichlet(np.ones(4), size=7)
-    combined = scoring.combine(probs, weightings)
-    batch = scoring.scores(combined, labels)
+    combined = combine(probs, weightings)
+    batch = scores(combined, labels)
     for k in range(len(weightings)):
         predicted = combined[k].argmax(axis=1)
         assert batch["accuracy"][k] == pytest.approx(sk.accuracy_score(labels, predicted))
@@ -46,9 +47,9 @@ def test_batched_metrics_equal_scikit_learn_for_every_weighting():
 
 def test_sample_weights_give_the_weighted_scores_of_scikit_learn():
     probs, labels = noisy_members(classes=2)
-    combined = scoring.combine(probs, equal(probs, labels))
+    combined = combine(probs, equal(probs, labels))
     weights = np.random.default_rng(2).integers(0, 3, size=(5, len(labels))).astype(float)
-    batch = scoring.scores(combined[None], labels, sample_weight=weights)
+    batch = scores(combined[None], labels, sample_weight=weights)
     predicted = combined.argmax(axis=1)
     for b in range(5):
         w = weights[b]
@@ -60,16 +61,16 @@ def test_sample_weights_give_the_weighted_scores_of_scikit_learn():
 def test_auroc_counts_ties_half():
     labels = np.array([0, 1, 0, 1])
     tied = np.array([[[0.5, 0.5]] * 4])
-    assert scoring.auroc(tied, labels)[0] == pytest.approx(0.5)
+    assert auroc(tied, labels)[0] == pytest.approx(0.5)
 
 
 def test_combine_rules():
     probs = np.array([[[0.9, 0.1], [0.4, 0.6]], [[0.6, 0.4], [0.2, 0.8]]])
     weights = np.array([0.25, 0.75])
-    assert scoring.combine(probs, weights) == pytest.approx(0.25 * probs[0] + 0.75 * probs[1])
+    assert combine(probs, weights) == pytest.approx(0.25 * probs[0] + 0.75 * probs[1])
     geometric = np.exp(0.25 * np.log(probs[0]) + 0.75 * np.log(probs[1]))
-    assert scoring.combine(probs, weights, "geometric") == pytest.approx(geometric / geometric.sum(axis=1, keepdims=True))
-    votes = scoring.combine(probs, np.array([0.5, 0.5]), "vote")
+    assert combine(probs, weights, "geometric") == pytest.approx(geometric / geometric.sum(axis=1, keepdims=True))
+    votes = combine(probs, np.array([0.5, 0.5]), "vote")
     assert votes.argmax(axis=1).tolist() == [0, 1] and votes.sum(axis=1) == pytest.approx([1, 1])
 
 
@@ -130,7 +131,7 @@ def test_min_log_loss_beats_equal_weights_and_every_member():
     for rule in ("arithmetic", "geometric"):
         weights = min_log_loss(rule)(probs, labels)
         assert weights.sum() == pytest.approx(1) and (weights >= 0).all()
-        loss = lambda w: scoring.scores(scoring.combine(probs, w[None], rule), labels, ("log_loss",))["log_loss"][0]  # noqa: E731
+        loss = lambda w: scores(combine(probs, w[None], rule), labels, ("log_loss",))["log_loss"][0]  # noqa: E731
         assert loss(weights) <= loss(equal(probs, labels)) + 1e-9
         assert all(loss(weights) <= loss(np.eye(4)[m]) + 1e-9 for m in range(4))
 
@@ -150,6 +151,20 @@ def test_schemes_are_built_from_the_config_and_can_be_switched_off():
         build_schemes({"stacking": {}}, "f1_weighted", "arithmetic", 0, members=4)
     with pytest.raises(AllclsError, match="switched off"):
         build_schemes({"equal": None}, "f1_weighted", "arithmetic", 0, members=4)
+
+
+def test_a_misspelt_scheme_setting_is_refused_naming_the_right_one():
+    with pytest.raises(AllclsError, match=r"schemes.greedy.iteration is not a setting \(did you mean "
+                                          r"schemes.greedy.iterations\?\)"):
+        build_schemes({"greedy": {"iteration": 5}}, "f1_weighted", "arithmetic", 0, members=4)
+    defaults = build_schemes({"proportional": {}}, "f1_weighted", "arithmetic", 0, members=4)
+    assert [s.name for s in defaults] == [f"proportional:{m}" for m in ("accuracy", "f1_weighted", "auroc", "kappa")]
+
+
+def test_top_k_breaks_ties_towards_the_later_member():
+    probs, labels = noisy_members(models=3, skill=(0.5, 2.0, 2.0))
+    probs[2] = probs[1]  # members 1 and 2 tie
+    assert top_k("accuracy", 1)(probs, labels) == pytest.approx([0, 0, 1])
 
 
 # --- honest selection ------------------------------------------------------------------------------
@@ -189,8 +204,8 @@ def test_bootstrap_resamples_whole_subjects_and_the_interval_brackets_the_score(
     draws = bootstrap_multiplicities(val.groups(), 500, seed=0)
     assert (draws.sum(axis=1) == len(labels)).all()
     assert all(len(set(row[val.subjects == s])) == 1 for row in draws[:20] for s in set(val.subjects))
-    combined = scoring.combine(probs, equal(probs, labels))
-    point = scoring.scores(combined[None], labels, ("f1_weighted",))["f1_weighted"][0]
+    combined = combine(probs, equal(probs, labels))
+    point = scores(combined[None], labels, ("f1_weighted",))["f1_weighted"][0]
     low, high = interval(combined, labels, "f1_weighted", draws)
     assert low < point < high and high - low < 0.3
 
@@ -200,7 +215,7 @@ def test_bootstrap_resamples_whole_subjects_and_the_interval_brackets_the_score(
 def test_fast_predicted_classes_agree_with_the_combined_probabilities(classes, rule):
     probs, labels = noisy_members(classes=classes)
     weightings = simplex_grid_points(4, 0.25)
-    fast = scoring.predicted_classes(probs, weightings, rule)
-    assert (fast == scoring.combine(probs, weightings, rule).argmax(axis=2)).all()
-    assert scoring.score_weightings(probs, labels, weightings, "kappa", rule) == pytest.approx(
-        scoring.scores(scoring.combine(probs, weightings, rule), labels, ("kappa",))["kappa"])
+    fast = predicted_classes(probs, weightings, rule)
+    assert (fast == combine(probs, weightings, rule).argmax(axis=2)).all()
+    assert score_weightings(probs, labels, weightings, "kappa", rule) == pytest.approx(
+        scores(combine(probs, weightings, rule), labels, ("kappa",))["kappa"])

@@ -10,7 +10,7 @@ from allcls.ensemble.search import run_ensemble
 from allcls.errors import AllclsError
 from allcls.evaluation.task import evaluate
 from allcls.predictions import read_table
-from conftest import compose_config
+from helpers import artifacts, compose_config
 
 PLOTS = {"confusion_matrix.png", "roc.png", "precision_recall.png", "reliability.png", "per_subject.png"}
 
@@ -24,16 +24,10 @@ def evaluate_with(store, tmp_path, *overrides):
     return score, runs[0], client
 
 
-def artifacts(client, run_id, path=None) -> set[str]:
-    found = set()
-    for item in client.list_artifacts(run_id, path):
-        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
-
 
 @pytest.fixture(scope="module")
 def ensemble_run(store, tmp_path_factory):
-    cfg = compose_config("ensemble", store["root"], ["sweep_id=multirun", "bootstrap=50", "~schemes.simplex_grid"],
+    cfg = compose_config("ensemble", store["root"], ["experiment_name=synthetic-cnmc", "sweep_id=multirun", "bootstrap=50", "~schemes.simplex_grid"],
                          output_dir=tmp_path_factory.mktemp("ensemble"))
     run_ensemble(cfg)
     runs = store["client"].search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
@@ -52,7 +46,7 @@ def test_evaluating_a_run_uses_its_logged_predictions_and_nests_the_result(store
     assert metrics["test/f1_weighted"] == pytest.approx(trained.data.metrics["test/f1_weighted"], abs=1e-6)
     assert score == pytest.approx(metrics["test/f1_weighted"])
     assert metrics["test/f1_weighted_ci_low"] <= score <= metrics["test/f1_weighted_ci_high"]
-    for name in ("test/sensitivity_hem", "test/specificity_all", "test/ece", "test/calibrated/ece",
+    for name in ("test/recall_hem", "test/specificity_all", "test/ece", "test/calibrated/ece",
                  "calibration/temperature", "test/auroc_ci_high"):
         assert name in metrics, name
     found = artifacts(client, run.info.run_id)

@@ -8,12 +8,12 @@ from sklearn import metrics as sk
 
 from allcls.errors import AllclsError
 from allcls.evaluation.calibration import apply_temperature, fit_temperature
-from allcls.evaluation.task import label_index
-from allcls.evaluation.uncertainty import metric_table
+from allcls.evaluation.targets import label_index
 from allcls.explain import choose_samples, combine_maps, gradcam, target_layer
-from allcls.models.backbones import create_backbone
+from allcls.metrics.bootstrap import metric_table
+from allcls.metrics.vectorised import expected_calibration_error
+from allcls.models.backbones import BackboneSpec, create_backbone
 from allcls.models.inference import TTA_VIEWS, predict_probabilities
-from allcls.scoring import expected_calibration_error
 
 CLASSES = ["hem", "all"]
 
@@ -42,7 +42,7 @@ def test_metric_values_equal_scikit_learn():
     assert table.loc["auroc", "value"] == pytest.approx(sk.roc_auc_score(labels, probs[:, 1]))
     assert table.loc["log_loss", "value"] == pytest.approx(sk.log_loss(labels, probs))
     recall = sk.recall_score(labels, predicted, average=None)
-    assert table.loc["sensitivity_all", "value"] == pytest.approx(recall[1])
+    assert table.loc["recall_all", "value"] == pytest.approx(recall[1])
     assert table.loc["specificity_all", "value"] == pytest.approx(recall[0])  # binary: specificity = other's recall
     assert table.loc["precision_hem", "value"] == pytest.approx(sk.precision_score(labels, predicted, average=None)[0])
 
@@ -60,7 +60,7 @@ def test_intervals_contain_the_estimate_and_narrow_with_more_subjects():
     for samples in (200, 3200):
         probs, labels, subjects = predictions(samples=samples)
         table = by_metric(metric_table(probs, labels, subjects, CLASSES, replicates=500, seed=1))
-        for metric in ("f1_weighted", "auroc", "kappa", "sensitivity_all"):
+        for metric in ("f1_weighted", "auroc", "kappa", "recall_all"):
             row = table.loc[metric]
             assert row.ci_low <= row.value <= row.ci_high, metric
         widths.append(table.loc["f1_weighted", "ci_high"] - table.loc["f1_weighted", "ci_low"])
@@ -94,7 +94,7 @@ def test_no_temperature_is_fitted_when_validation_is_all_correct():
 
 def test_tta_averages_the_views():
     torch.manual_seed(0)
-    model = create_backbone("custom_cnn", num_classes=2).eval()
+    model = create_backbone(BackboneSpec("custom_cnn"), num_classes=2).eval()
     images = torch.randn(6, 3, 32, 32)
     loader = [(images, torch.zeros(6))]
     views = ["identity", "hflip", "rot90"]
@@ -109,7 +109,7 @@ def test_tta_averages_the_views():
 @pytest.mark.parametrize("name", ["custom_cnn", "mobilenetv2_100"])
 def test_gradcam_maps_have_the_image_size_and_differ_between_classes(name):
     torch.manual_seed(0)
-    model = create_backbone(name, num_classes=2)
+    model = create_backbone(BackboneSpec(name), num_classes=2)
     images = torch.randn(3, 3, 64, 64)
     maps_hem = gradcam(model, images, [0, 0, 0])
     maps_all = gradcam(model, images, [1, 1, 1])

@@ -10,12 +10,14 @@ from PIL import Image
 
 from allcls.data.datamodule import CellDataModule
 from allcls.data.images import ImageReadError, check_image, read_image
+from allcls.data.preparation import ImageChecks, prepare_dataset
 from allcls.data.readers import CNMCReader
+from allcls.data.splits import SplitSpec
 from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 
 SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-CNMC_SPLIT = {"hints": {"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"}}
+CNMC_SPLIT = SplitSpec(hints={"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"})
 
 
 def test_grayscale_becomes_three_equal_channels(tmp_path):
@@ -83,7 +85,7 @@ def test_check_image_hashes_the_bytes(cnmc_root, tmp_path):
     assert check_image(source).sha1 == check_image(twin).sha1 is not None
 
 
-# --- in the datamodule: found before training, listed by path, never counted as a class -------
+# --- in preparation: found before training, listed by path, never counted as a class ----------
 
 @pytest.fixture
 def cnmc_with_broken_images(cnmc_root, tmp_path):
@@ -95,21 +97,20 @@ def cnmc_with_broken_images(cnmc_root, tmp_path):
     return root, broken
 
 
-def test_datamodule_refuses_unreadable_images_listing_them(cnmc_with_broken_images):
+def test_preparation_refuses_unreadable_images_listing_them(cnmc_with_broken_images):
     root, broken = cnmc_with_broken_images
-    module = CellDataModule(CNMCReader(root), SPEC, CNMC_SPLIT, num_workers=0)
-    with pytest.raises(AllclsError, match="2 image\\(s\\) cannot be read") as error:
-        module.prepare()
+    with pytest.raises(AllclsError, match="2 image\\(s\\) cannot be read.*dataset.skip_unreadable_images=true") as error:
+        prepare_dataset(CNMCReader(root), CNMC_SPLIT)
     assert all(str(path) in str(error.value) for path in broken)
 
 
-def test_datamodule_can_leave_unreadable_images_out(cnmc_with_broken_images):
+def test_preparation_can_leave_unreadable_images_out(cnmc_with_broken_images):
     root, broken = cnmc_with_broken_images
-    module = CellDataModule(CNMCReader(root), SPEC, CNMC_SPLIT, num_workers=0, skip_unreadable_images=True)
-    module.prepare()
-    assert sorted(path for path, _ in module.unreadable) == sorted(map(str, broken))
-    kept = set(module.manifest["sample_id"])
+    dataset = prepare_dataset(CNMCReader(root), CNMC_SPLIT, ImageChecks(skip_unreadable_images=True))
+    assert sorted(path for path, _ in dataset.unreadable) == sorted(map(str, broken))
+    kept = set(dataset.manifest["sample_id"])
     assert not any(Path(p).relative_to(root).as_posix() in kept for p in broken)
+    module = CellDataModule(dataset, SPEC, num_workers=0)
     module.setup()
     assert len(module.datasets["train"]) + len(module.datasets["val"]) + len(module.datasets["test"]) == len(kept)
 
@@ -117,7 +118,7 @@ def test_datamodule_can_leave_unreadable_images_out(cnmc_with_broken_images):
 def test_image_broken_after_the_check_stops_the_epoch_naming_it(cnmc_root, tmp_path):
     root = tmp_path / "cnmc"
     shutil.copytree(cnmc_root, root)
-    module = CellDataModule(CNMCReader(root), SPEC, CNMC_SPLIT, num_workers=0)
+    module = CellDataModule(prepare_dataset(CNMCReader(root), CNMC_SPLIT), SPEC, num_workers=0)
     module.setup()
     victim = Path(module.datasets["train"].paths[0])
     victim.write_bytes(b"\x00" * 10)

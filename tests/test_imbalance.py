@@ -8,7 +8,9 @@ import pytest
 
 from allcls.data import imbalance
 from allcls.data.datamodule import CellDataModule
+from allcls.data.preparation import prepare_dataset
 from allcls.data.readers import FolderReader
+from allcls.data.splits import SplitSpec
 from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 
@@ -45,7 +47,7 @@ def skewed(tmp_path):
 
 def module(reader, strategy):
     spec = InputSpec(8, (0.5,) * 3, (0.5,) * 3)
-    dm = CellDataModule(reader, spec, {"hints": {}, "val_fraction": 0.2, "test_fraction": 0.2},
+    dm = CellDataModule(prepare_dataset(reader, SplitSpec(val_fraction=0.2, test_fraction=0.2)), spec,
                         num_workers=0, batch_size=8, imbalance=strategy)
     dm.setup()
     return dm

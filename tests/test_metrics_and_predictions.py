@@ -1,12 +1,17 @@
-"""Metrics agree with scikit-learn; the prediction table refuses anything but its contract."""
+"""Metrics agree with scikit-learn and with each other wherever they are computed; one vocabulary of
+names and directions; the prediction table refuses anything but its contract."""
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn import metrics as sk
 
 from allcls.errors import AllclsError
-from allcls.models.metrics import confusion_table, metric_names, score_probabilities
+from allcls.metrics.epoch import epoch_metrics, flatten
+from allcls.metrics.names import (TRAINING_PER_CLASS, TRAINING_SCALAR, base_name, higher_is_better, metric_names,
+                                  mode, regret)
+from allcls.metrics.vectorised import confusion_frame, table_scores
 from allcls.predictions import align, make_table, read_table, validate_table, write_table
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
@@ -24,7 +29,7 @@ def predictions():
 def test_metrics_match_scikit_learn(predictions):
     probabilities, labels = predictions
     predicted = probabilities.argmax(axis=1)
-    scores = score_probabilities(probabilities, labels, CLASSES, "test/")
+    scores = table_scores(probabilities, labels, CLASSES, "test/")
     assert scores["test/accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted), abs=1e-6)
     assert scores["test/balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(labels, predicted), abs=1e-6)
     assert scores["test/f1_weighted"] == pytest.approx(sk.f1_score(labels, predicted, average="weighted"), abs=1e-6)
@@ -34,8 +39,31 @@ def test_metrics_match_scikit_learn(predictions):
     recall = sk.recall_score(labels, predicted, average=None)
     assert [scores[f"test/recall_{c}"] for c in CLASSES] == pytest.approx(recall, abs=1e-6)
     assert sorted(scores) == sorted(metric_names(CLASSES, "test/"))
-    matrix = confusion_table(probabilities, labels, CLASSES)
+    matrix = confusion_frame(probabilities, labels, CLASSES)
     assert (matrix.to_numpy() == sk.confusion_matrix(labels, predicted)).all()
+
+
+def test_training_epoch_metrics_equal_the_table_metrics_under_the_same_names(predictions):
+    """What training logs per epoch (torchmetrics, pooled over batches) and what it logs for test
+    after fit (the vectorised metrics evaluation uses too) mean the same thing."""
+    probabilities, labels = predictions
+    metrics = epoch_metrics(len(CLASSES))
+    assert set(metrics.keys()) == set(TRAINING_SCALAR + TRAINING_PER_CLASS)
+    for start in range(0, len(labels), 64):
+        metrics.update(torch.as_tensor(probabilities[start:start + 64], dtype=torch.float32),
+                       torch.as_tensor(labels[start:start + 64]))
+    pooled = flatten(metrics.compute(), CLASSES, "val/")
+    table = table_scores(probabilities, labels, CLASSES, "val/")
+    assert sorted(pooled) == sorted(table)
+    assert [pooled[name] for name in sorted(table)] == pytest.approx([table[name] for name in sorted(table)], abs=1e-4)
+
+
+def test_direction_is_decided_once_and_ranking_uses_regret():
+    assert [base_name(n) for n in ("val/recall_all", "val/f1_weighted_best", "test/log_loss", "val/loss")] == [
+        "recall", "f1_weighted", "log_loss", "loss"]
+    assert higher_is_better("val/kappa") and not higher_is_better("val/loss") and not higher_is_better("ece")
+    assert mode("val/f1_weighted") == "max" and mode("val/loss") == "min"
+    assert regret("kappa", [0.2, 0.9]).argmin() == 1 and regret("log_loss", [0.2, 0.9]).argmin() == 0
 
 
 def table(n=4):

@@ -1,12 +1,15 @@
 """Region-of-interest crop, resize to the backbone's size, normalisation, train-time augmentation."""
 
+import albumentations as A
 import numpy as np
+import pytest
 import torch
 
 from allcls.data.datamodule import CellDataModule
+from allcls.data.images import read_image
+from allcls.data.preparation import prepare_dataset
 from allcls.data.readers import CNMCReader
-import pytest
-
+from allcls.data.splits import SplitSpec
 from allcls.data.transforms import InputSpec, build_transform, crop_to_foreground, resize_antialiased
 
 SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -46,10 +49,10 @@ def test_pipeline_resizes_and_normalises_to_the_backbone_spec():
 
 
 def test_roi_crop_makes_the_cell_fill_the_input(cnmc_root):
-    module = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, roi_crop=True, num_workers=0)
+    module = CellDataModule(prepare_dataset(CNMCReader(cnmc_root), SplitSpec()), SPEC, roi_crop=True, num_workers=0)
     module.setup()
     cropped = module.datasets["train"][0][0]
-    plain = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, roi_crop=False, num_workers=0)
+    plain = CellDataModule(prepare_dataset(CNMCReader(cnmc_root), SplitSpec()), SPEC, roi_crop=False, num_workers=0)
     plain.setup()
     uncropped = plain.datasets["train"][0][0]
     background = (0 - 0.5) / 0.25
@@ -57,15 +60,11 @@ def test_roi_crop_makes_the_cell_fill_the_input(cnmc_root):
 
 
 def test_augmentations_apply_to_train_only(cnmc_root):
-    import albumentations as A
-
     flip = A.HorizontalFlip(p=1.0)
-    module = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, augmentations=[flip], num_workers=0)
+    module = CellDataModule(prepare_dataset(CNMCReader(cnmc_root), SplitSpec()), SPEC, augmentations=[flip], num_workers=0)
     module.setup()
     train, val = module.datasets["train"], module.datasets["val"]
     reference = build_transform(SPEC, roi_crop=False)
-    from allcls.data.images import read_image
-
     train_plain = reference(image=read_image(train.paths[0]))["image"]
     assert torch.allclose(train[0][0], train_plain.flip(-1), atol=1e-5)
     val_plain = reference(image=read_image(val.paths[0]))["image"]
@@ -73,8 +72,8 @@ def test_augmentations_apply_to_train_only(cnmc_root):
 
 
 def test_decoded_image_cache_serves_the_same_tensors(cnmc_root, tmp_path):
-    plain = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, roi_crop=True, num_workers=0)
-    cached = CellDataModule(CNMCReader(cnmc_root), SPEC, {"hints": {}}, roi_crop=True, num_workers=0,
+    plain = CellDataModule(prepare_dataset(CNMCReader(cnmc_root), SplitSpec()), SPEC, roi_crop=True, num_workers=0)
+    cached = CellDataModule(prepare_dataset(CNMCReader(cnmc_root), SplitSpec()), SPEC, roi_crop=True, num_workers=0,
                             cache_dir=str(tmp_path / "cache"))
     plain.setup()
     cached.setup()

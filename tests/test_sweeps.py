@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from allcls.predictions import read_table
-from conftest import run_script
+from helpers import run_script
 
 CLI_FAST = ["backbone=custom_cnn", "backbone.input_size=32", "dataset.reader.image_size=32", "data.num_workers=0",
             "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -28,7 +28,7 @@ def test_multirun_gives_one_tracked_run_per_job_and_a_summary(tmp_path):
     assert {r.data.tags["backbone"] for r in runs} == {"custom_cnn", "mobilenetv2_100"}
     assert {r.data.tags["job_num"] for r in runs} == {"0", "1"}
     sweep_ids = {r.data.tags["sweep_id"] for r in runs}
-    assert len(sweep_ids) == 1 and next(iter(sweep_ids)).startswith("multirun/")
+    assert len(sweep_ids) == 1 and next(iter(sweep_ids)).startswith("multirun/train/")
     assert len({r.data.tags["split_hash"] for r in runs}) == 1  # comparable: same split
     # The launch ends with the runs' key metrics and how to browse them.
     assert "2 MLflow run(s)" in result.stdout and f"mlflow ui --backend-store-uri sqlite:///{tmp_path}" in result.stdout
@@ -56,7 +56,7 @@ def test_ddp_jobs_inside_a_multirun_each_run_their_own_processes(tmp_path):
     client, runs = sweep_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]  # no extra runs from child processes
     assert {r.data.params["strategy"] for r in runs} == {"DDPStrategy"}
-    jobs = sorted(p for p in next((tmp_path / "multirun").glob("*/*")).iterdir() if p.is_dir())
+    jobs = sorted(p for p in next((tmp_path / "multirun" / "train").glob("*/*")).iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
     for job in jobs:  # each child wrote beside its own job, and launched no sweep of its own
         assert (job / "train_ddp_process_1.log").is_file()

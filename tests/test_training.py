@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from allcls.data.datamodule import CellDataModule
+from allcls.data.preparation import prepare_dataset
 from allcls.data.readers import CNMCReader
+from allcls.data.splits import SplitSpec
 from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import read_table
 from allcls.training import train
+from helpers import artifacts
 
 
 def only_run(client, experiment="synthetic-cnmc"):
@@ -22,12 +25,6 @@ def only_run(client, experiment="synthetic-cnmc"):
     assert len(runs) == 1
     return runs[0]
 
-
-def artifacts(client, run_id, path=None) -> set[str]:
-    found = set()
-    for item in client.list_artifacts(run_id, path):
-        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
 
 
 def test_one_epoch_run_leaves_everything_later_stages_need(train_cfg, mlflow_client, tmp_path):
@@ -130,10 +127,9 @@ def test_real_dataset_configs_train_on_their_layouts(train_cfg, mlflow_client, c
 
 def test_two_phase_transfer_learning_freezes_then_unfreezes_at_a_lower_rate(cnmc_root, tmp_path):
     """Epoch 0 trains only the head; from epoch 1 every layer trains, at lr x unfreeze_lr_factor."""
-    module = CellDataModule(CNMCReader(cnmc_root), InputSpec(32, (0.5,) * 3, (0.5,) * 3),
-                            {"hints": {"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"}},
-                            num_workers=0, batch_size=16)
-    module.prepare()
+    hints = {"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"}
+    module = CellDataModule(prepare_dataset(CNMCReader(cnmc_root), SplitSpec(hints=hints)),
+                            InputSpec(32, (0.5,) * 3, (0.5,) * 3), num_workers=0, batch_size=16)
     optimizer = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
     model = LitClassifier({"name": "custom_cnn"}, module.classes, optimizer=optimizer,
                           freeze_backbone_epochs=1, unfreeze_lr_factor=0.1)

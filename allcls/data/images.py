@@ -39,7 +39,7 @@ class ImageReadError(AllclsError):
     def for_file(cls, path: str | Path, reason: str) -> "ImageReadError":
         error = cls(
             f"Cannot read image {path}: {reason}. Replace or remove the file "
-            "(or set data.skip_unreadable_images=true to leave it out of the run)."
+            "(or set dataset.skip_unreadable_images=true to leave it out of the run)."
         )
         error.reason = reason
         return error

@@ -33,7 +33,8 @@ class Sample:
 
 class DatasetReader(abc.ABC):
     """Base of the readers: a named dataset at `root` whose class names, in index order, are `classes`
-    (None: the reader takes them from the data, and sets `classes` when it reads)."""
+    (None: the labels found in the data, sorted; see `class_names`). Reading changes nothing on the
+    reader: the same reader reads the same samples every time."""
 
     name: str = "dataset"
 
@@ -45,6 +46,10 @@ class DatasetReader(abc.ABC):
     @abc.abstractmethod
     def read(self) -> list[Sample]:
         """All labelled samples of the dataset, in a deterministic order."""
+
+    def class_names(self, samples: Sequence[Sample]) -> list[str]:
+        """The class names in index order: the configured ones, else the labels found, sorted."""
+        return list(self.classes) if self.classes is not None else sorted({s.label for s in samples})
 
     # Helpers shared by the readers -----------------------------------------------------------
 
@@ -62,9 +67,7 @@ class DatasetReader(abc.ABC):
 
     def _check_classes(self, found: dict[str, int], where: Path) -> None:
         """Refuse a class list that disagrees with the data, and a class without images."""
-        if self.classes is None:
-            self.classes = sorted(found)
-        expected = self.classes
+        expected = self.classes if self.classes is not None else sorted(found)
         missing = [c for c in expected if c not in found]
         if missing:
             raise AllclsError(
@@ -235,4 +238,5 @@ def _read_class_folders(reader: DatasetReader, root: Path, base: Path) -> list[S
     folders = {p.name: p for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     files = {name: _image_files(folder) for name, folder in folders.items()}
     reader._check_classes({name: len(paths) for name, paths in files.items()}, base)
-    return [reader._sample(root, path, name) for name in reader.classes for path in files[name]]
+    classes = reader.classes if reader.classes is not None else sorted(files)
+    return [reader._sample(root, path, name) for name in classes for path in files[name]]

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,6 +26,31 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 ALL = "all"  # no split: every sample (evaluating a model on another dataset)
 MANIFEST_COLUMNS = ["sample_id", "subject", "group", "split", "label"]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a dataset is split (`dataset.split` in the configs).
+
+    Samples whose split hint (e.g. a C-NMC fold) is in `hints` go to that split, the rest to train;
+    a split the hints leave empty gets whole groups drawn from train, stratified by class, about
+    `<split>_fraction` of the data. `seed` draws them. `manifest`: an earlier run's
+    split_manifest.csv, reused exactly (then nothing else here matters).
+    """
+
+    hints: Mapping[str, str] = field(default_factory=dict)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    manifest: str | None = None
+
+    def __post_init__(self):
+        bad = {hint: split for hint, split in self.hints.items() if split not in SPLITS}
+        if bad:
+            raise AllclsError(f"dataset.split.hints maps {bad} to unknown splits: use {list(SPLITS)}.")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise AllclsError(f"dataset.split.{name}={getattr(self, name)} must be at least 0 and below 1.")
 
 
 def group_ids(samples: Sequence[Sample], content_hashes: Sequence[str | None]) -> list[str]:
@@ -55,20 +81,11 @@ def group_ids(samples: Sequence[Sample], content_hashes: Sequence[str | None]) -
     return [names.get(root, root) for root in roots]
 
 
-def assign_splits(samples: Sequence[Sample], groups: Sequence[str], hints: Mapping[str, str],
-                  val_fraction: float, test_fraction: float, seed: int) -> list[str]:
-    """The split of every sample.
-
-    Samples whose split hint (e.g. a C-NMC fold) is in `hints` go to that split; the rest go to
-    train. A split that the hints leave empty is then filled with whole groups drawn from train,
-    stratified by class, until it holds about `<split>_fraction` of the samples.
-    """
-    bad = {hint: split for hint, split in hints.items() if split not in SPLITS}
-    if bad:
-        raise AllclsError(f"dataset.split.hints maps {bad} to unknown splits: use {list(SPLITS)}.")
-    splits = [hints.get(sample.split_hint, "train") if sample.split_hint else "train" for sample in samples]
-    rng = np.random.default_rng(seed)
-    for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+def assign_splits(samples: Sequence[Sample], groups: Sequence[str], spec: SplitSpec) -> list[str]:
+    """The split of every sample, as `spec` says (see SplitSpec)."""
+    splits = [spec.hints.get(sample.split_hint, "train") if sample.split_hint else "train" for sample in samples]
+    rng = np.random.default_rng(spec.seed)
+    for split, fraction in (("test", spec.test_fraction), ("val", spec.val_fraction)):
         if split in splits or fraction <= 0:
             continue
         members: dict[str, list[int]] = defaultdict(list)

@@ -150,6 +150,13 @@ class SyntheticSpec:
     duplicate_pairs: int = 2
     seed: int = 0
 
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise AllclsError(f"dataset.layout={self.layout!r} is not one of {sorted(LAYOUTS)}.")
+        if self.image_size < 16 or self.subjects_per_class < 3 or self.cells_per_subject < 1:
+            raise AllclsError("The synthetic dataset needs image_size >= 16, subjects_per_class >= 3 "
+                              "(one per C-NMC fold) and cells_per_subject >= 1.")
+
     def folder_name(self) -> str:
         # The drawing parameters are part of the hash: changing how cells look never reuses old files.
         drawing = {"v": GENERATOR_VERSION, "styles": {k: asdict(v) for k, v in STYLES.items()}, "zoom": CNMC_ZOOM}
@@ -229,11 +236,6 @@ def materialise(spec: SyntheticSpec, root: str | Path) -> Path:
     is ever overwritten. Writing goes to a temporary folder renamed at the end, so an interrupted
     run or a concurrent process never leaves a half-written dataset behind.
     """
-    if spec.layout not in LAYOUTS:
-        raise AllclsError(f"dataset.layout={spec.layout!r} is not one of {sorted(LAYOUTS)}.")
-    if spec.image_size < 16 or spec.subjects_per_class < 3 or spec.cells_per_subject < 1:
-        raise AllclsError("The synthetic dataset needs image_size >= 16, subjects_per_class >= 3 "
-                          "(one per C-NMC fold) and cells_per_subject >= 1.")
     target = Path(root).expanduser().resolve() / spec.folder_name()
     if (target / STAMP).is_file():
         return target
@@ -257,16 +259,13 @@ class SyntheticReader(DatasetReader):
     """Generates the dataset (if needed) in the cnmc or aria layout, then reads it with that reader."""
 
     def __init__(self, root, layout: str = "cnmc", classes=None, variant: str = "Original", **spec):
-        super().__init__(root, classes)
         self.spec = SyntheticSpec(layout=layout, **spec)
+        super().__init__(root, classes or LAYOUTS[self.spec.layout])
         self.name = f"synthetic-{layout}"
         self.variant = variant
 
     def read(self) -> list[Sample]:
         folder = materialise(self.spec, self.root)
-        classes = self.classes or LAYOUTS[self.spec.layout]
-        reader = (CNMCReader(folder, classes) if self.spec.layout == "cnmc"
-                  else ARIAReader(folder, classes, variant=self.variant))
-        samples = reader.read()
-        self.classes, self.dataset_root = reader.classes, folder
-        return samples
+        reader = (CNMCReader(folder, self.classes) if self.spec.layout == "cnmc"
+                  else ARIAReader(folder, self.classes, variant=self.variant))
+        return reader.read()

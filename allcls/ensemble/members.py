@@ -12,12 +12,10 @@ import numpy as np
 import pandas as pd
 
 from allcls.errors import AllclsError
+from allcls.metrics.bootstrap import resampling_groups
 from allcls.predictions import align, validate_table
-from allcls.scoring import resampling_groups
-from allcls.tracking import Tracker
-
-MUST_AGREE = ("dataset", "classes", "split_hash")
-
+from allcls.run_schema import DATA_TAGS
+from allcls.tracking import MissingArtifact, Tracker
 
 @dataclass(frozen=True)
 class SplitPredictions:
@@ -40,9 +38,10 @@ class SplitPredictions:
 class Members:
     run_ids: list[str]
     names: list[str]
-    tags: dict[str, str]  # the tags every member shares: dataset, classes, split_hash
+    tags: dict[str, str]  # the data tags every member shares: dataset, classes, split_hash
     val: SplitPredictions
     test: SplitPredictions
+    experiment_id: str  # the first member's
 
     @property
     def classes(self) -> list[str]:
@@ -61,7 +60,7 @@ def member_names(runs) -> list[str]:
 def check_comparable(runs, names: list[str]) -> dict[str, str]:
     """Refuse members trained on different data, classes or splits, listing which run has what."""
     shared = {}
-    for tag in MUST_AGREE:
+    for tag in DATA_TAGS:
         values = defaultdict(list)
         for run, name in zip(runs, names):
             values[run.data.tags.get(tag, "<missing>")].append(name)
@@ -89,7 +88,7 @@ def load_members(tracker: Tracker, filter_string: str = "", run_ids: list[str] |
             for split in tables:
                 try:
                     local = tracker.download(run.info.run_id, f"predictions/{split}.parquet", Path(folder) / run.info.run_id)
-                except Exception:  # MLflow raises several types for a missing artifact
+                except MissingArtifact:
                     raise AllclsError(f"Run {name} ({run.info.run_id}) has no predictions/{split}.parquet: "
                                       "did it finish training? Leave it out of the selection.") from None
                 tables[split].append(validate_table(pd.read_parquet(local), tags["classes"].split(","),
@@ -99,4 +98,5 @@ def load_members(tracker: Tracker, filter_string: str = "", run_ids: list[str] |
         keys, probs = align(split_tables, [f"{name} ({split})" for name in names])
         splits[split] = SplitPredictions(keys["sample_id"].to_numpy(dtype=object), keys["subject"].to_numpy(dtype=object),
                                          keys["label"].to_numpy(dtype=np.int64), probs)
-    return Members([run.info.run_id for run in runs], names, tags, splits["val"], splits["test"])
+    return Members([run.info.run_id for run in runs], names, tags, splits["val"], splits["test"],
+                   runs[0].info.experiment_id)

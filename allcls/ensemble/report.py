@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; no display on servers and in tests
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from allcls.ensemble.selection import SchemeResult  # noqa: E402
+from allcls.ensemble.selection import SchemeResult
+from allcls.figures import plt, save_figure
 
 
 def comparison_table(results: list[SchemeResult], single: SchemeResult, member_names: list[str], metric: str
@@ -89,10 +86,7 @@ def score_chart(table: pd.DataFrame, metric: str, path: Path) -> Path:
     ax.set_xlabel(metric)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8, frameon=False)
     ax.set_title("Ensemble weighting schemes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def weight_heatmap(table: pd.DataFrame, member_names: list[str], path: Path) -> Path:
@@ -106,7 +100,4 @@ def weight_heatmap(table: pd.DataFrame, member_names: list[str], path: Path) -> 
                 color="white" if value < 0.6 else "black")
     fig.colorbar(image, ax=ax, label="weight")
     ax.set_title("Weight of each member per scheme")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -3,7 +3,8 @@
 A scheme is `fit(probs, labels) -> weights`, where probs is (models, samples, classes) and the
 weights are non-negative and sum to 1. `Scheme.rule` says how the weighted members are combined
 (arithmetic or geometric mean of probabilities, or a weighted vote). `build_schemes` expands the
-`schemes` section of conf/ensemble.yaml into the list to compare; a section set to null is off.
+`schemes` section of conf/ensemble.yaml into the list to compare: each entry is read into the
+dataclass of its settings below (where its defaults live); an entry set to null is off.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from scipy.optimize import minimize
 
-from allcls.scoring import best_weighting, better, combine, scores
+from allcls.config import typed
+from allcls.ensemble.combining import combine
+from allcls.ensemble.weight_search import best_weighting
 from allcls.errors import AllclsError
+from allcls.metrics.names import regret
+from allcls.metrics.vectorised import scores
 
 Fit = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -65,8 +70,9 @@ def best_single(metric: str) -> Fit:
 def top_k(metric: str, k: int) -> Fit:
     """Equal weights on the k members with the best validation score."""
     def fit(probs, labels):
-        ranked = np.argsort(member_scores(probs, labels, metric))
-        chosen = ranked[-k:] if better(metric) is np.argmax else ranked[:k]
+        errors = regret(metric, member_scores(probs, labels, metric))
+        # lowest regret first; among equal scores the later member, as this scheme always chose
+        chosen = np.lexsort((-np.arange(len(errors)), errors))[:k]
         weights = np.zeros(probs.shape[0])
         weights[chosen] = 1.0 / len(chosen)
         return weights
@@ -139,22 +145,56 @@ def min_log_loss(rule: str) -> Fit:
     return fit
 
 
-# --- from the config -----------------------------------------------------------------------------
+# --- from the config: the settings of each scheme --------------------------------------------------
+
+@dataclass(frozen=True)
+class NoSettings:
+    """equal, majority_vote, best_single, log_loss: on ({}) or off (null)."""
+
+
+@dataclass(frozen=True)
+class ProportionalSettings:
+    metrics: tuple[str, ...] = ("accuracy", "f1_weighted", "auroc", "kappa")
+    powers: tuple[float, ...] = (1,)
+
+
+@dataclass(frozen=True)
+class TopKSettings:
+    k: tuple[int, ...] = (2, 3)
+
+
+@dataclass(frozen=True)
+class SimplexGridSettings:
+    step: float = 0.05
+    max_weightings: int = 200_000
+
+
+@dataclass(frozen=True)
+class GreedySettings:
+    iterations: int = 25
+    bags: int = 20
+    bag_fraction: float = 0.5
+
+
+SETTINGS = {"equal": NoSettings, "proportional": ProportionalSettings, "majority_vote": NoSettings,
+            "best_single": NoSettings, "top_k": TopKSettings, "simplex_grid": SimplexGridSettings,
+            "greedy": GreedySettings, "log_loss": NoSettings}
+
 
 def build_schemes(config: Mapping[str, Any], metric: str, rule: str, seed: int, members: int) -> list[Scheme]:
     """The schemes that `schemes:` in conf/ensemble.yaml switches on, each with a readable name
     (top-k with k >= the number of members is left out: it is the equal-weights scheme)."""
-    known = {"equal", "proportional", "majority_vote", "best_single", "top_k", "simplex_grid", "greedy", "log_loss"}
-    unknown = set(config) - known
+    unknown = set(config) - set(SETTINGS)
     if unknown:
-        raise AllclsError(f"Unknown ensemble scheme(s) {sorted(unknown)}: the schemes are {sorted(known)}.")
-    on = {name: section for name, section in config.items() if section is not None}
+        raise AllclsError(f"Unknown ensemble scheme(s) {sorted(unknown)}: the schemes are {sorted(SETTINGS)}.")
+    on = {name: typed(SETTINGS[name], section, f"schemes.{name}")
+          for name, section in config.items() if section is not None}
     result: list[Scheme] = []
     if "equal" in on:
         result.append(Scheme("equal", equal, rule, "equal"))
     if "proportional" in on:
-        for member_metric in on["proportional"].get("metrics", ["accuracy", "f1_weighted", "auroc", "kappa"]):
-            for power in on["proportional"].get("powers", [1]):
+        for member_metric in on["proportional"].metrics:
+            for power in on["proportional"].powers:
                 name = f"proportional:{member_metric}" + (f"^{power:g}" if power != 1 else "")
                 result.append(Scheme(name, proportional(member_metric, power), rule, "proportional"))
     if "majority_vote" in on:
@@ -162,18 +202,17 @@ def build_schemes(config: Mapping[str, Any], metric: str, rule: str, seed: int, 
     if "best_single" in on:
         result.append(Scheme(f"best_single:{metric}", best_single(metric), rule, "best_single"))
     if "top_k" in on:
-        for k in (k for k in on["top_k"].get("k", [2, 3]) if int(k) < members):
-            result.append(Scheme(f"top_{k}:{metric}", top_k(metric, int(k)), rule, "top_k"))
+        for k in (int(k) for k in on["top_k"].k if int(k) < members):
+            result.append(Scheme(f"top_{k}:{metric}", top_k(metric, k), rule, "top_k"))
     if "simplex_grid" in on:
         grid = on["simplex_grid"]
-        step = float(grid.get("step", 0.05))
-        result.append(Scheme(f"simplex_grid:{step:g}", simplex_grid(metric, step, rule,
-                                                                     int(grid.get("max_weightings", 200_000))),
+        step = float(grid.step)
+        result.append(Scheme(f"simplex_grid:{step:g}", simplex_grid(metric, step, rule, int(grid.max_weightings)),
                              rule, "simplex_grid"))
     if "greedy" in on:
         g = on["greedy"]
-        result.append(Scheme("greedy_caruana", greedy(metric, rule, int(g.get("iterations", 25)), int(g.get("bags", 20)),
-                                                      float(g.get("bag_fraction", 0.5)), seed), rule, "greedy"))
+        result.append(Scheme("greedy_caruana", greedy(metric, rule, int(g.iterations), int(g.bags),
+                                                      float(g.bag_fraction), seed), rule, "greedy"))
     if "log_loss" in on:
         result.append(Scheme("min_log_loss", min_log_loss(rule), rule, "log_loss"))
     if not result:

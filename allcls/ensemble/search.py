@@ -14,17 +14,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from allcls import __version__
-from allcls.config import job_info, resolved_yaml
+from allcls import run_schema
+from allcls.ensemble.combining import combine
 from allcls.ensemble.members import Members, load_members
 from allcls.ensemble.report import comparison_table, html, markdown, score_chart, terminal_text, weight_heatmap
 from allcls.ensemble.schemes import build_schemes
-from allcls.scoring import combine
 from allcls.ensemble.selection import SchemeResult, evaluate_schemes
 from allcls.errors import AllclsError
-from allcls.models.metrics import metric_safe
 from allcls.predictions import make_table, write_table
-from allcls.tracking import Tracker, browse_command, git_commit
+from allcls.tracking import Tracker, browse_command
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +32,15 @@ def run_ensemble(cfg: DictConfig) -> float:
     if cfg.combine not in ("arithmetic", "geometric"):
         raise AllclsError(f"combine={cfg.combine!r} is not one of ['arithmetic', 'geometric'] "
                           "(majority voting is the scheme `majority_vote`).")
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
-    members = load_members(tracker, member_filter(tracker, cfg), list(cfg.run_ids or []))
+    run_ids = list(cfg.run_ids or [])
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name or "", cfg.logger.artifact_location)
+    if not cfg.experiment_name and not run_ids:
+        raise AllclsError("Say which training runs to ensemble: experiment_name=<their experiment> (one per dataset; "
+                          f"this store has {tracker.experiment_names()}) with sweep_id or filter, or run_ids=[...].")
+    members = load_members(tracker, member_filter(tracker, cfg), run_ids)
+    if not cfg.experiment_name:  # explicit run ids: the ensemble goes where its first member is
+        tracker = Tracker(cfg.logger.tracking_uri, tracker.client.get_experiment(members.experiment_id).name,
+                          cfg.logger.artifact_location)
     schemes = build_schemes(OmegaConf.to_container(cfg.schemes, resolve=True), cfg.metric, cfg.combine, cfg.seed,
                             len(members.names))
     log.info("Comparing %d weighting schemes over %d members (%d validation, %d test samples)",
@@ -47,31 +52,24 @@ def run_ensemble(cfg: DictConfig) -> float:
 
     output_dir = Path(cfg.paths.output_dir)
     files = write_outputs(output_dir, table, results[0], members, cfg.metric)
-    job = job_info(str(output_dir))
     chosen = results[0]
-    tags = {**members.tags, "stage": "ensemble", "sweep_id": job.sweep_id, "chosen_scheme": chosen.name,
-            "member_run_ids": ",".join(members.run_ids), "member_names": ",".join(members.names),
-            "git_commit": git_commit(), "allcls_version": __version__}
-    with tracker.run(f"ensemble-{cfg.metric}-{cfg.combine}", tags, " ".join(job.overrides)) as run_id:
-        tracker.log_params(run_id, {
-            "metric": cfg.metric, "combine": cfg.combine, "cv_folds": cfg.cv_folds, "bootstrap": cfg.bootstrap,
-            "seed": cfg.seed, "n_members": len(members.names), "n_schemes": len(results), "chosen_scheme": chosen.name,
-            **weight_params(members.names, chosen.weights),
-        })
+    tags = run_schema.ensemble_tags(members.tags, chosen.name, members.run_ids, members.names)
+    with tracker.stage_run(run_schema.ENSEMBLE, f"ensemble-{cfg.metric}-{cfg.combine}", tags, cfg) as run_id:
+        tracker.log_params(run_id, run_schema.ensemble_params(
+            cfg.metric, cfg.combine, cfg.cv_folds, cfg.bootstrap, cfg.seed, len(results), chosen.name,
+            members.names, chosen.weights))
         tracker.log_metrics(run_id, {**result_metrics(chosen, cfg.metric),
                                      **{f"best_single/{k}": v for k, v in result_metrics(single, cfg.metric).items()}})
-        tracker.log_text(run_id, resolved_yaml(cfg), "config/config.yaml")
         for path in files["comparison"]:
             tracker.log_file(run_id, path, "comparison")
         for path in files["predictions"]:
             tracker.log_file(run_id, path, "predictions")
         tracker.log_file(run_id, files["members"], "ensemble")
         for result in results:
-            tracker.child_run(run_id, result.name, {"stage": "ensemble_scheme", "scheme_family": result.family,
-                                                    "combine": result.rule, "rank": str(result.rank)},
-                              weight_params(members.names, result.weights), result_metrics(result, cfg.metric))
+            tracker.child_run(run_id, result.name, run_schema.scheme_tags(result.family, result.rule, result.rank),
+                              run_schema.weight_params(members.names, result.weights), result_metrics(result, cfg.metric))
     log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, cfg.metric, chosen.cv)
-    print(f"Ensemble run {run_id} in experiment {cfg.experiment_name!r}; one child run per scheme.\n"
+    print(f"Ensemble run {run_id} in experiment {tracker.experiment_name!r}; one child run per scheme.\n"
           f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
           f"python evaluate.py run_id={run_id} tta.enabled=true gradcam.enabled=true\n"
           f"Browse: {browse_command(tracker.tracking_uri)}", flush=True)
@@ -87,10 +85,6 @@ def member_filter(tracker: Tracker, cfg: DictConfig) -> str:
         log.info("Members: the training runs of sweep %s", sweep)
         clauses.append(f"tags.sweep_id = '{sweep}'")
     return " and ".join(clauses)
-
-
-def weight_params(names: list[str], weights: np.ndarray) -> dict[str, str]:
-    return {f"weight/{metric_safe(name)}": f"{w:.4f}" for name, w in zip(names, weights)}
 
 
 def result_metrics(result: SchemeResult, metric: str) -> dict[str, float]:

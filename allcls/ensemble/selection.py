@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from allcls.ensemble.combining import combine
 from allcls.ensemble.members import Members, SplitPredictions
 from allcls.ensemble.schemes import Scheme, best_single
-from allcls.scoring import HIGHER_IS_BETTER, METRICS, bootstrap_multiplicities, combine, interval, scores
 from allcls.errors import AllclsError
+from allcls.metrics.bootstrap import bootstrap_multiplicities, interval
+from allcls.metrics.names import RANKING, regret
+from allcls.metrics.vectorised import scores
 
 REPORTED = ("f1_weighted", "balanced_accuracy", "auroc", "kappa", "accuracy", "log_loss")
 
@@ -62,9 +65,8 @@ def evaluate_schemes(schemes: list[Scheme], members: Members, metric: str, cv_fo
                      seed: int, report_top: int) -> tuple[list[SchemeResult], SchemeResult]:
     """Fit, cross-validate and rank every scheme on validation; score the top `report_top` and the
     best single member on test. Returns (ranked results, best single member)."""
-    rankable = [m for m in METRICS if HIGHER_IS_BETTER[m]]
-    if metric not in rankable:
-        raise AllclsError(f"metric={metric!r} cannot rank schemes: use one of {rankable}.")
+    if metric not in RANKING:
+        raise AllclsError(f"metric={metric!r} cannot rank schemes: use one of {list(RANKING)}.")
     val, test = members.val, members.test
     folds = fold_indices(val, cv_folds, seed)
     val_draws = bootstrap_multiplicities(val.groups(), bootstrap, seed)
@@ -76,8 +78,7 @@ def evaluate_schemes(schemes: list[Scheme], members: Members, metric: str, cv_fo
         results.append(SchemeResult(scheme.name, scheme.family, scheme.rule, weights,
                                     metrics_of(combine(val.probs, weights, scheme.rule), val.labels),
                                     cv_score, interval(oof, val.labels, metric, val_draws)))
-    sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    results.sort(key=lambda r: (-sign * r.cv, -sign * r.val[metric]))
+    results.sort(key=lambda r: (float(regret(metric, r.cv)), float(regret(metric, r.val[metric]))))
     for rank, result in enumerate(results, start=1):
         result.rank = rank
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from allcls.scoring import EPS
+from allcls.metrics.vectorised import EPS
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:

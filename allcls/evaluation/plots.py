@@ -6,22 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-matplotlib.use("Agg")  # files only; no display on servers and in tests
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
-
-from allcls.scoring import ECE_BINS, confusion, expected_calibration_error  # noqa: E402
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+from allcls.figures import plt, save_figure
+from allcls.metrics.vectorised import ECE_BINS, confusion, expected_calibration_error
 
 
 def confusion_matrices(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
@@ -43,7 +33,7 @@ def confusion_matrices(probabilities: np.ndarray, labels: np.ndarray, class_name
         ax.set_ylabel("true")
         ax.set_title(name)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
@@ -59,7 +49,7 @@ def roc_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Seque
     ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
            title=f"ROC, one class vs the rest\n{title}", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def precision_recall_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
@@ -75,7 +65,7 @@ def precision_recall_curves(probabilities: np.ndarray, labels: np.ndarray, class
     ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall, one class vs the rest\n{title}",
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_diagram(curves: dict[str, np.ndarray], labels: np.ndarray, title: str, path: Path) -> Path:
@@ -96,7 +86,7 @@ def reliability_diagram(curves: dict[str, np.ndarray], labels: np.ndarray, title
     ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01),
            title=f"Reliability diagram\n{title}")
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def per_subject_chart(per_subject: pd.DataFrame, title: str, path: Path) -> Path:
@@ -111,4 +101,4 @@ def per_subject_chart(per_subject: pd.DataFrame, title: str, path: Path) -> Path
     ax.set(ylabel="accuracy", ylim=(0, 1.1), title=f"Accuracy per subject (number of cells on top)\n{title}")
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in classes], labels=classes,
               title="true class", fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -5,6 +5,8 @@ and the prediction tables it already logged."""
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,10 +15,15 @@ import torch
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from allcls import run_schema
 from allcls.errors import AllclsError
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import validate_table
-from allcls.tracking import Tracker
+from allcls.tracking import MissingArtifact, Tracker
+
+# What a file that is not an allcls checkpoint makes torch.load (weights_only=True) or our reading raise.
+NOT_A_CHECKPOINT = (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, KeyError,
+                    TypeError, ValueError)
 
 
 @dataclass
@@ -36,13 +43,13 @@ class Member:
         if path is None:
             try:
                 path = tracker.download(self.run_id, "checkpoints/best.ckpt", folder / self.run_id)
-            except Exception:  # MLflow raises several types for a missing artifact
+            except MissingArtifact:
                 raise AllclsError(f"Run {self.name} ({self.run_id}) has no checkpoints/best.ckpt: it cannot be "
                                   "re-run for TTA, Grad-CAM or another dataset. Evaluate its logged predictions "
                                   "(split=val or test, tta.enabled=false, gradcam.enabled=false).") from None
         try:
             return LitClassifier.from_checkpoint(path, map_location=device)
-        except (KeyError, RuntimeError, OSError) as error:
+        except NOT_A_CHECKPOINT as error:
             raise AllclsError(f"{path} is not an allcls checkpoint that loads with weights_only=True ({error}).") from None
 
 
@@ -65,9 +72,8 @@ class ModelSource:
         """The prediction table the run logged for `split`, if it has one."""
         if self.run is None or split not in ("val", "test"):
             return None
-        try:
-            local = tracker.download(self.run_id, f"predictions/{split}.parquet", folder / "logged")
-        except Exception:  # no such artifact
+        local = tracker.download_if_present(self.run_id, f"predictions/{split}.parquet", folder / "logged")
+        if local is None:
             return None
         return validate_table(pd.read_parquet(local), self.classes, where=f"predictions/{split}.parquet of {self.name}")
 
@@ -85,9 +91,9 @@ def resolve_source(tracker: Tracker, run_id: str | None, ckpt_path: str | None, 
         raise AllclsError(f"No MLflow run {run_id!r} in {tracker.tracking_uri}: check run_id "
                           "(and logger.tracking_uri / $MLFLOW_TRACKING_URI).") from None
     stage = run.data.tags.get("stage")
-    if stage == "ensemble":
+    if stage == run_schema.ENSEMBLE:
         return _from_ensemble_run(tracker, run, workdir)
-    if stage != "train":
+    if stage != run_schema.TRAIN:
         raise AllclsError(f"Run {run_id} is not a training or ensemble run (stage={stage!r}): evaluate one of those.")
     member = _member_of_run(tracker, run, 1.0, workdir)
     return ModelSource("run", member.name, run.data.tags["classes"].split(","), [member], run=run,
@@ -99,7 +105,7 @@ def _member_of_run(tracker: Tracker, run, weight: float, workdir: Path) -> Membe
     try:
         config = OmegaConf.load(tracker.download(run.info.run_id, "config/config.yaml", folder))
         manifest = tracker.download(run.info.run_id, "data/split_manifest.csv", folder)
-    except Exception:  # MLflow raises several types for a missing artifact
+    except MissingArtifact:
         raise AllclsError(f"Run {run.info.run_id} has no config/config.yaml or data/split_manifest.csv: "
                           "is it an allcls training run that got past its start?") from None
     return Member(run.info.run_name or run.info.run_id[:8], weight, run_id=run.info.run_id,
@@ -109,7 +115,7 @@ def _member_of_run(tracker: Tracker, run, weight: float, workdir: Path) -> Membe
 def _from_ensemble_run(tracker: Tracker, run, workdir: Path) -> ModelSource:
     try:
         described = json.loads(tracker.download(run.info.run_id, "ensemble/members.json", workdir).read_text())
-    except Exception:  # MLflow raises several types for a missing artifact
+    except MissingArtifact:
         raise AllclsError(f"Ensemble run {run.info.run_id} has no ensemble/members.json.") from None
     members = []
     for entry in described["members"]:
@@ -128,7 +134,7 @@ def _from_checkpoint(path: Path) -> ModelSource:
     try:
         hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
         classes = list(hparams["class_names"])
-    except Exception as error:  # pickle, zip and key errors all mean "not our checkpoint"
+    except NOT_A_CHECKPOINT as error:
         raise AllclsError(f"{path} is not an allcls checkpoint that loads with weights_only=True "
                           f"({type(error).__name__}: {error}).") from None
     return ModelSource("checkpoint", path.stem, classes, [Member(path.stem, 1.0, checkpoint_file=path)])

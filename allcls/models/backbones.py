@@ -5,16 +5,43 @@ from __future__ import annotations
 
 import difflib
 import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
 
 import timm
 from torch import nn
 
 import allcls.models.custom_cnn  # noqa: F401  (registers custom_cnn with timm)
+from allcls.config import typed
 from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 from allcls.models.weights import load_weights_file
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A `backbone` config section (conf/backbone/*.yaml). The model side: `name` (a timm model),
+    `pretrained` (ImageNet weights: from the local file `weights` when given, else timm's hub),
+    `drop_rate`. The input side, each None for the backbone's own (timm's pretrained config):
+    `input_size` (square side), `mean` and `std` (normalisation)."""
+
+    name: str
+    pretrained: bool = False
+    weights: str | None = None
+    drop_rate: float = 0.0
+    input_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @classmethod
+    def of(cls, backbone: "BackboneSpec | Mapping[str, Any]") -> "BackboneSpec":
+        return backbone if isinstance(backbone, cls) else typed(cls, backbone, "backbone")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, as a checkpoint stores them (it loads with weights_only=True)."""
+        return asdict(self)
 
 
 def check_backbone_name(name: str) -> str:
@@ -27,21 +54,19 @@ def check_backbone_name(name: str) -> str:
     return name
 
 
-def create_backbone(name: str, num_classes: int, pretrained: bool = False, weights: str | None = None,
-                    drop_rate: float = 0.0, **_input_settings) -> nn.Module:
+def create_backbone(spec: BackboneSpec, num_classes: int) -> nn.Module:
     """A timm model with a `num_classes` head.
 
-    `pretrained=True` loads ImageNet weights: from the local file `weights` when given (offline
-    machines; it must use timm's key names, see `python -m allcls.models.weights`), else from
-    timm's hub. The classifier is new unless it has ImageNet's 1000 classes. Input settings
-    (input_size, mean, std) belong to the data side and are ignored here.
+    `spec.pretrained` loads ImageNet weights: from the local file `spec.weights` when given
+    (offline machines; it must use timm's key names, see `python -m allcls.models.weights`), else
+    from timm's hub. The classifier is new unless it has ImageNet's 1000 classes.
     """
-    check_backbone_name(name)
-    if not pretrained:
+    name, drop_rate = check_backbone_name(spec.name), spec.drop_rate
+    if not spec.pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
-    if weights:
+    if spec.weights:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
-        head_loaded = load_weights_file(model, weights)
+        head_loaded = load_weights_file(model, spec.weights)
     else:
         model = _from_hub(name, num_classes, drop_rate)
         head_loaded = num_classes == timm.get_pretrained_cfg(name).num_classes
@@ -78,16 +103,15 @@ def _from_hub(name: str, num_classes: int, drop_rate: float) -> nn.Module:
         ) from None
 
 
-def input_spec(name: str, input_size: int | None = None, mean=None, std=None, **_model_settings) -> InputSpec:
-    """What the backbone expects as input (timm's pretrained config), with config overrides."""
-    check_backbone_name(name)
-    cfg = timm.get_pretrained_cfg(name)
+def input_spec(spec: BackboneSpec) -> InputSpec:
+    """What the backbone expects as input (timm's pretrained config), with the config's overrides."""
+    cfg = timm.get_pretrained_cfg(check_backbone_name(spec.name))
     default_size = cfg.input_size[-1] if cfg else 224
-    size = int(input_size or default_size)
+    size = int(spec.input_size or default_size)
     if size < 16:
         raise AllclsError(f"backbone.input_size={size} is too small: use 16 pixels or more.")
     return InputSpec(
         size=size,
-        mean=tuple(float(v) for v in (mean or (cfg.mean if cfg else timm.data.IMAGENET_DEFAULT_MEAN))),
-        std=tuple(float(v) for v in (std or (cfg.std if cfg else timm.data.IMAGENET_DEFAULT_STD))),
+        mean=tuple(float(v) for v in (spec.mean or (cfg.mean if cfg else timm.data.IMAGENET_DEFAULT_MEAN))),
+        std=tuple(float(v) for v in (spec.std or (cfg.std if cfg else timm.data.IMAGENET_DEFAULT_STD))),
     )

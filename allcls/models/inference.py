@@ -30,18 +30,21 @@ def check_views(views: Sequence[str]) -> list[str]:
     return list(views)
 
 
+def view_probabilities(model: nn.Module, images: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
+    """Softmax probabilities (float64) of a batch, averaged over the views (call in eval mode)."""
+    return sum(model(TTA_VIEWS[view](images)).double().softmax(dim=1) for view in views) / len(views)
+
+
 @torch.inference_mode()
 def predict_probabilities(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu",
                           views: Sequence[str] = ("identity",)) -> np.ndarray:
     """Softmax probabilities (samples x classes, float64, rows summing to 1) in the loader's order,
     averaged over the test-time augmentation `views` (default: the image as it is)."""
-    transforms = [TTA_VIEWS[v] for v in check_views(views)]
+    views = check_views(views)
     was_training = model.training
     model.eval().to(device)
     chunks = []
     for images, *_ in loader:
-        images = images.to(device, non_blocking=True)
-        probabilities = sum(model(view(images)).double().softmax(dim=1) for view in transforms) / len(transforms)
-        chunks.append(probabilities.cpu().numpy())
+        chunks.append(view_probabilities(model, images.to(device, non_blocking=True), views).cpu().numpy())
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
-from allcls.models.backbones import create_backbone
-from allcls.models.metrics import classification_metrics, flatten
+from allcls.metrics.epoch import epoch_metrics, flatten
+from allcls.models.backbones import BackboneSpec, create_backbone
+
 
 class LitClassifier(L.LightningModule):
     """Classifies cell images into `class_names` (index order = class index).
@@ -24,7 +25,7 @@ class LitClassifier(L.LightningModule):
 
     def __init__(
         self,
-        backbone: dict[str, Any],
+        backbone: BackboneSpec | dict[str, Any],
         class_names: Sequence[str],
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -36,18 +37,22 @@ class LitClassifier(L.LightningModule):
         monitor_mode: str = "max",
     ):
         super().__init__()
-        # Factories are not data: they stay out of the checkpoint, which loads with weights_only=True.
+        spec = BackboneSpec.of(backbone)
+        # Factories are not data: they stay out of the checkpoint, which loads with weights_only=True
+        # (so the backbone is stored as plain values too).
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.hparams["backbone"] = spec.as_dict()
+        self.backbone_spec = spec
         self.class_names = list(class_names)
-        self.model = create_backbone(**backbone, num_classes=len(self.class_names))
+        self.model = create_backbone(spec, num_classes=len(self.class_names))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         num_classes = len(self.class_names)
-        self.train_metrics = classification_metrics(num_classes)
-        self.val_metrics = classification_metrics(num_classes)
-        self.test_metrics = classification_metrics(num_classes)
+        self.train_metrics = epoch_metrics(num_classes)
+        self.val_metrics = epoch_metrics(num_classes)
+        self.test_metrics = epoch_metrics(num_classes)
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.best_monitor = MaxMetric() if monitor_mode == "max" else MinMetric()
         self.freeze_backbone_epochs = freeze_backbone_epochs

@@ -1,0 +1,160 @@
+"""What an evaluation found, computed by one pure function from prediction tables: metrics with
+bootstrap intervals, accuracy per subject, calibration (temperature scaling), test-time
+augmentation side by side, and the Grad-CAM grid. Nothing here reads images or talks to MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from allcls.evaluation.calibration import apply_temperature, fit_temperature
+from allcls.explain import CamGrid
+from allcls.metrics.bootstrap import metric_table
+from allcls.predictions import probabilities_of
+
+SHOWN = ("f1_weighted", "balanced_accuracy", "accuracy", "auroc", "kappa", "ece", "log_loss")
+SHOWN_PER_CLASS = ("recall_", "specificity_")
+CALIBRATION_METRICS = ("ece", "log_loss")  # what temperature scaling changes, logged after it
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on validation predictions. `temperature` is None when it was not
+    fitted; `status` says why (off, no validation predictions, validation all correct)."""
+
+    status: str
+    temperature: float | None = None
+    probabilities: np.ndarray | None = None  # the evaluated split, scaled
+    metrics: pd.DataFrame | None = None  # of the scaled probabilities (no intervals)
+
+    @property
+    def param(self) -> str:
+        return f"{self.temperature:.4f}" if self.temperature is not None else self.status
+
+
+@dataclass(frozen=True)
+class TestTimeAugmentation:
+    """The same split predicted as the average over several views of each image."""
+
+    views: list[str]
+    table: pd.DataFrame
+    metrics: pd.DataFrame  # no intervals
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    evaluated: str  # the run, ensemble or checkpoint, by name
+    dataset: str
+    split: str
+    classes: list[str]
+    table: pd.DataFrame  # the prediction table of the split
+    origin: str  # "logged by the evaluated run" or "recomputed"
+    metrics: pd.DataFrame  # metric, value, ci_low, ci_high
+    per_subject: pd.DataFrame
+    calibration: Calibration
+    tta: TestTimeAugmentation | None = None
+    gradcam: CamGrid | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.evaluated} on {self.dataset} / {self.split}"
+
+    def metric(self, name: str) -> float:
+        return float(self.metrics.set_index("metric").loc[name, "value"])
+
+    def metrics_frame(self) -> pd.DataFrame:
+        """The metrics with the TTA and temperature-scaled values as extra columns, where there are any."""
+        frame = self.metrics.copy()
+        if self.tta is not None:
+            frame["with_tta"] = self.tta.metrics["value"].to_numpy()
+        if self.calibration.metrics is not None:
+            frame["temperature_scaled"] = self.calibration.metrics["value"].to_numpy()
+        return frame
+
+    def logged_metrics(self) -> dict[str, float]:
+        """MLflow metrics: `<split>/<metric>` with `_ci_low` and `_ci_high`, `<split>/tta/<metric>`,
+        `<split>/calibrated/{ece,log_loss}` and `calibration/temperature`; finite values only."""
+        split, values = self.split, {}
+        for row in self.metrics.itertuples(index=False):
+            values[f"{split}/{row.metric}"] = row.value
+            values[f"{split}/{row.metric}_ci_low"] = row.ci_low
+            values[f"{split}/{row.metric}_ci_high"] = row.ci_high
+        if self.tta is not None:
+            values.update({f"{split}/tta/{row.metric}": row.value for row in self.tta.metrics.itertuples(index=False)})
+        if self.calibration.metrics is not None:
+            values.update({f"{split}/calibrated/{row.metric}": row.value
+                           for row in self.calibration.metrics.itertuples(index=False)
+                           if row.metric in CALIBRATION_METRICS})
+        if self.calibration.temperature is not None:
+            values["calibration/temperature"] = self.calibration.temperature
+        return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+
+    def summary(self) -> str:
+        """The table the terminal shows: headline metrics with intervals, TTA and calibration beside."""
+        frame = self.metrics_frame()
+        shown = frame[frame["metric"].isin(SHOWN) | frame["metric"].str.startswith(SHOWN_PER_CLASS)]
+        temperature = self.calibration.temperature
+        lines = [f"{self.title}:"]
+        header = f"  {'metric':24s} {'value [95% CI]':26s}"
+        header += " with TTA" if self.tta is not None else ""
+        header += f"  after T={temperature:.2f}" if temperature is not None else ""
+        lines.append(header)
+        for row in shown.itertuples(index=False):
+            line = f"  {row.metric:24s} {row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]   "
+            line += f" {row.with_tta:8.3f}" if self.tta is not None else ""
+            line += f"  {row.temperature_scaled:9.3f}" if temperature is not None else ""
+            lines.append(line)
+        return "\n".join(lines)
+
+
+def compute_result(*, evaluated: str, dataset: str, split: str, classes: Sequence[str], table: pd.DataFrame,
+                   origin: str, bootstrap: int, seed: int, calibrate: bool, validation: pd.DataFrame | None = None,
+                   tta: tuple[Sequence[str], pd.DataFrame] | None = None, gradcam: CamGrid | None = None
+                   ) -> EvaluationResult:
+    """Score `table` (bootstrap intervals from `bootstrap` subject-resampled replicates); with
+    `calibrate`, fit a temperature on the `validation` table; score the TTA table given as
+    (views, table) beside it."""
+    classes = list(classes)
+    probabilities, labels, subjects = probabilities_of(table), table["label"].to_numpy(), table["subject"].tolist()
+    tta_result = None
+    if tta is not None:
+        views, tta_table = tta
+        tta_result = TestTimeAugmentation(list(views), tta_table,
+                                          metric_table(probabilities_of(tta_table), labels, subjects, classes, 0, seed))
+    return EvaluationResult(
+        evaluated=evaluated, dataset=dataset, split=split, classes=classes, table=table, origin=origin,
+        metrics=metric_table(probabilities, labels, subjects, classes, bootstrap, seed),
+        per_subject=per_subject_table(table, classes),
+        calibration=calibration(probabilities, labels, subjects, classes, seed, validation) if calibrate
+        else Calibration("off"),
+        tta=tta_result, gradcam=gradcam)
+
+
+def calibration(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, classes: list[str], seed: int,
+                validation: pd.DataFrame | None) -> Calibration:
+    if validation is None:
+        return Calibration("not fitted (no validation predictions)")
+    temperature = fit_temperature(probabilities_of(validation), validation["label"].to_numpy())
+    if temperature is None:
+        return Calibration("not fitted (validation all correct)")
+    scaled = apply_temperature(probabilities, temperature)
+    return Calibration("fitted", temperature, scaled, metric_table(scaled, labels, subjects, classes, 0, seed))
+
+
+def per_subject_table(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Accuracy per subject: cells, true class(es), accuracy, mean probability of the true class."""
+    probabilities = probabilities_of(table)
+    labels = table["label"].to_numpy()
+    frame = pd.DataFrame({
+        "subject": table["subject"].fillna("(none)").astype(str),
+        "true_class": [class_names[y] for y in labels],
+        "correct": probabilities.argmax(axis=1) == labels,
+        "p_true": probabilities[np.arange(len(labels)), labels],
+    })
+    grouped = frame.groupby("subject").agg(
+        cells=("correct", "size"), true_class=("true_class", lambda v: ",".join(sorted(set(v)))),
+        accuracy=("correct", "mean"), mean_p_true=("p_true", "mean"))
+    return grouped.reset_index().sort_values(["accuracy", "subject"], ignore_index=True)

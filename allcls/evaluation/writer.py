@@ -1,0 +1,71 @@
+"""Writing an evaluation's result: its tables, plots, prediction tables and Grad-CAM grid as files,
+and all of it as one evaluation run nested under the evaluated run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from allcls import run_schema
+from allcls.evaluation import plots
+from allcls.evaluation.result import EvaluationResult
+from allcls.evaluation.sources import ModelSource
+from allcls.explain import overlay_grid
+from allcls.predictions import probabilities_of, write_table
+from allcls.tracking import Tracker
+
+
+def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Path]]:
+    """Every file of the result, by the artifact folder it goes to (metrics, plots, predictions, gradcam)."""
+    split, classes, title = result.split, result.classes, result.title
+    folders = {name: output_dir / name for name in ("metrics", "plots", "predictions", "gradcam")}
+    for name, folder in folders.items():
+        if name != "gradcam" or result.gradcam is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    probabilities, labels = probabilities_of(result.table), result.table["label"].to_numpy()
+    result.metrics_frame().to_csv(folders["metrics"] / "metrics.csv", index=False)
+    result.per_subject.to_csv(folders["metrics"] / "per_subject.csv", index=False)
+    curves = {"as predicted": probabilities}
+    if result.calibration.probabilities is not None:
+        curves[f"temperature-scaled (T={result.calibration.temperature:.2f})"] = result.calibration.probabilities
+    if result.tta is not None:
+        curves["with TTA"] = probabilities_of(result.tta.table)
+    plot_dir = folders["plots"]
+    files = {
+        "metrics": [folders["metrics"] / "metrics.csv", folders["metrics"] / "per_subject.csv"],
+        "plots": [
+            plots.confusion_matrices(probabilities, labels, classes, title, plot_dir / "confusion_matrix.png"),
+            plots.roc_curves(probabilities, labels, classes, title, plot_dir / "roc.png"),
+            plots.precision_recall_curves(probabilities, labels, classes, title, plot_dir / "precision_recall.png"),
+            plots.reliability_diagram(curves, labels, title, plot_dir / "reliability.png"),
+        ],
+        "predictions": [write_table(result.table, folders["predictions"] / f"{split}.parquet")],
+    }
+    if result.table["subject"].notna().any():  # datasets without patient ids (the 4-class one) have no per-subject view
+        files["plots"].append(plots.per_subject_chart(result.per_subject, title, plot_dir / "per_subject.png"))
+    if result.tta is not None:
+        files["predictions"].append(write_table(result.tta.table, folders["predictions"] / f"{split}_tta.parquet"))
+    if result.gradcam is not None:
+        files["gradcam"] = [overlay_grid(result.gradcam, folders["gradcam"] / f"{split}.png")]
+    return files
+
+
+def log_result(tracker: Tracker, source: ModelSource, result: EvaluationResult, cfg: DictConfig, own_split: bool
+               ) -> str:
+    """The evaluation run (nested under the evaluated run, when there is one), with every file of
+    the result; returns its id."""
+    files = write_files(result, Path(cfg.paths.output_dir))
+    split_hash = source.tags.get("split_hash") if own_split else None
+    tags = run_schema.evaluation_tags(source.kind, result.dataset, result.classes, result.split, source.run_id,
+                                      split_hash)
+    name = run_schema.evaluation_run_name(result.split, result.dataset, result.tta is not None)
+    with tracker.stage_run(run_schema.EVALUATE, name, tags, cfg, parent_run_id=source.run_id) as run_id:
+        tracker.log_params(run_id, run_schema.evaluation_params(
+            source.name, result.split, result.dataset, len(result.table), result.origin,
+            result.tta.views if result.tta is not None else None, result.calibration.param, cfg.bootstrap, cfg.seed))
+        tracker.log_metrics(run_id, result.logged_metrics())
+        for folder, paths in files.items():
+            for path in paths:
+                tracker.log_file(run_id, path, folder)
+    return run_id

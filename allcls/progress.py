@@ -1,0 +1,17 @@
+"""Progress bars for the long steps outside Lightning's loops: predicting images (with TTA views),
+Grad-CAM, bootstrap replicates. `TQDM_DISABLE=1` switches them off."""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T] | None = None, *, desc: str, total: int | None = None, unit: str = "it"
+             ) -> tqdm:
+    """A bar on stderr that stays when done, so the terminal keeps a record of what took how long."""
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
