@@ -32,10 +32,13 @@ demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficie
 	$(BIN)/python train.py -m experiment=quickstart backbone=mobilenetv2,efficientnet_lite0 seed=0,1
 	$(BIN)/python ensemble.py experiment_name=synthetic-cnmc sweep_id=latest
 
+# Lint first (settings in pyproject.toml), then the whole suite.
 test: $(INSTALLED)
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 
 # Speed benchmarks (their figures are in the README); the real-data one needs ../shared/data/aria.
 benchmarks: $(INSTALLED)
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/ensemble_search.py
+	$(BIN)/python benchmarks/cpu_inference.py

@@ -49,8 +49,8 @@ def typed(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            raise AllclsError(f"{where}.{key} is not a setting" + (f" (did you mean {where}.{close[0]}?)" if close else "")
-                              + f": {where} takes {known}.")
+            suggestion = f" (did you mean {where}.{close[0]}?)" if close else ""
+            raise AllclsError(f"{where}.{key} is not a setting{suggestion}: {where} takes {known}.")
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:

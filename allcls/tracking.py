@@ -164,7 +164,8 @@ class Tracker:
         if experiment is None:
             raise AllclsError(f"No MLflow experiment {self.experiment_name!r} in {self.tracking_uri} "
                               f"(there are {self.experiment_names()}): set experiment_name.")
-        clauses = ["attributes.status = 'FINISHED'", f"tags.stage = '{TRAIN}'"] + ([filter_string] if filter_string else [])
+        clauses = ["attributes.status = 'FINISHED'", f"tags.stage = '{TRAIN}'"]
+        clauses += [filter_string] if filter_string else []
         try:
             return self.client.search_runs([experiment.experiment_id], " and ".join(clauses),
                                            order_by=["attributes.start_time ASC"], max_results=1000)
@@ -183,8 +184,8 @@ class Tracker:
         return sweeps[-1]
 
     def has_artifact(self, run_id: str, artifact_path: str) -> bool:
-        parent = posixpath.dirname(artifact_path.rstrip("/"))
-        return any(item.path == artifact_path.rstrip("/") for item in self.client.list_artifacts(run_id, parent or None))
+        path = artifact_path.rstrip("/")
+        return any(item.path == path for item in self.client.list_artifacts(run_id, posixpath.dirname(path) or None))
 
     def download(self, run_id: str, artifact_path: str, destination: str | Path) -> Path:
         """Download one artifact (a file or a folder) into `destination`. A run without it raises

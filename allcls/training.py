@@ -171,6 +171,7 @@ def evaluate_best_checkpoint(tracker: Tracker, run_id: str, trainer: L.Trainer, 
         if split == "test":
             scores = table_scores(probabilities, labels, classes, "test/")
             tracker.log_metrics(run_id, scores, step=trainer.global_step)
-            log.info("Best checkpoint on test: %s", ", ".join(f"{k}={scores[f'test/{k}']:.3f}" for k in HEADLINE_METRICS))
+            headline = ", ".join(f"{k}={scores[f'test/{k}']:.3f}" for k in HEADLINE_METRICS)
+            log.info("Best checkpoint on test: %s", headline)
     score = checkpoint.best_model_score if checkpoint else None
     return float(score) if score is not None else float("nan")

@@ -37,7 +37,8 @@ def members(models: int, samples: int, seed: int = 0) -> Members:
         return SplitPredictions(np.array([f"{i}.bmp" for i in range(n)], dtype=object), subjects, labels, probs)
 
     names = [f"model{m}" for m in range(models)]
-    return Members([f"run{m}" for m in range(models)], names, {"classes": "hem,all"}, split(samples), split(samples))
+    return Members([f"run{m}" for m in range(models)], names, {"classes": "hem,all"}, split(samples), split(samples),
+                   experiment_id="0")
 
 
 def timed(function, *args, repeats: int = 3):
@@ -54,7 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=5)
     parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--naive-limit", type=int, default=1000, help="weightings timed in the naive loop (then scaled)")
+    parser.add_argument("--naive-limit", type=int, default=1000,
+                        help="weightings timed in the naive loop (then scaled)")
     args = parser.parse_args()
     config = OmegaConf.load(CONFIG)
     data = members(args.models, args.samples)
@@ -74,7 +76,8 @@ def main() -> None:
     print(f"| **fit the whole default scheme set** | **{total:.3f}** |")
     _, seconds = timed(evaluate_schemes, schemes, data, config.metric, config.cv_folds, config.bootstrap,
                        config.seed, config.report_top)
-    print(f"| fit + {config.cv_folds}-fold CV + {config.bootstrap} bootstrap CIs + test report, every scheme | {seconds:.3f} |")
+    step = f"fit + {config.cv_folds}-fold CV + {config.bootstrap} bootstrap CIs + test report, every scheme"
+    print(f"| {step} | {seconds:.3f} |")
 
     grid = simplex_grid_points(args.models, 0.05)
     sample = grid[: args.naive_limit]

@@ -21,14 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import allcls  # noqa: E402,F401  (before albumentations: no update check)
 import albumentations as A  # noqa: E402
 import torch  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
 from torch.utils.data import ConcatDataset, DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
-from allcls.data.datamodule import CellDataset, DecodedImageCache, default_num_workers  # noqa: E402
+import allcls  # noqa: E402,F401  (before albumentations: no update check)
+from allcls.cores import default_num_workers  # noqa: E402
+from allcls.data.datamodule import CellDataset  # noqa: E402
+from allcls.data.image_cache import DecodedImageCache  # noqa: E402
 from allcls.data.readers import CNMCReader  # noqa: E402
 from allcls.data.synthetic import SyntheticSpec, materialise  # noqa: E402
 from allcls.data.transforms import InputSpec, build_transform  # noqa: E402
@@ -84,7 +86,8 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{cpu}, {default_num_workers()} usable core(s), torch {torch.__version__}, Python {platform.python_version()}"
+    return (f"{cpu}, {default_num_workers()} usable core(s), torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def main() -> None:
@@ -109,7 +112,8 @@ def main() -> None:
               f"batch {BATCH}, {args.workers} loader worker(s)\nMachine: {machine()}\n")
         results = {name: epochs_per_second(loader(data, args.workers), args.epochs) for name, data in pipelines.items()}
         baseline = results["torchvision ImageFolder + PIL"]
-        header = "| pipeline | " + " | ".join(f"epoch {i + 1} img/s" for i in range(args.epochs)) + " | speed-up (last epoch) |"
+        epochs = " | ".join(f"epoch {i + 1} img/s" for i in range(args.epochs))
+        header = f"| pipeline | {epochs} | speed-up (last epoch) |"
         print(header)
         print("|" + "---|" * (args.epochs + 2))
         for name, rates in results.items():

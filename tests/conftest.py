@@ -9,7 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from allcls.data.synthetic import SyntheticSpec, materialise
+
 from helpers import compose_train
+
 
 @pytest.fixture
 def train_cfg(tmp_path):
@@ -56,7 +58,8 @@ def store(tmp_path_factory):
                             sweep_job=seed))
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("synthetic-cnmc")
-    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'", order_by=["attributes.start_time ASC"])
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'",
+                              order_by=["attributes.start_time ASC"])
     odd, members = runs[0], runs[1:]
     assert odd.data.tags["split_hash"] != members[0].data.tags["split_hash"]
     return {"root": root, "client": client, "experiment_id": experiment.experiment_id,

@@ -46,7 +46,8 @@ def test_backbone_configs_build_a_model_that_classifies(train_cfg, backbone):
 def test_backbone_input_size_follows_the_backbone_unless_overridden(train_cfg):
     assert input_spec(BackboneSpec.of(train_cfg("backbone=xception", fast=False).backbone)).size == 299
     assert input_spec(BackboneSpec.of(train_cfg("backbone=mobilenetv2", fast=False).backbone)).size == 224
-    xception = input_spec(BackboneSpec.of(train_cfg("backbone=xception", "backbone.input_size=128", fast=False).backbone))
+    smaller = train_cfg("backbone=xception", "backbone.input_size=128", fast=False)
+    xception = input_spec(BackboneSpec.of(smaller.backbone))
     assert xception.size == 128 and xception.mean == (0.5, 0.5, 0.5)
 
 

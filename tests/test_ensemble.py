@@ -10,6 +10,7 @@ import pytest
 from allcls.ensemble.search import run_ensemble
 from allcls.errors import AllclsError
 from allcls.predictions import read_table
+
 from helpers import compose_config, run_script
 
 
@@ -51,7 +52,8 @@ def test_ensemble_of_a_sweep_logs_the_comparison_and_a_child_run_per_scheme(stor
     assert table["scheme"].iloc[-1].startswith("best single member")
     reported = table.dropna(subset=["test_f1_weighted"])
     assert len(reported) == 3 + 1  # report_top schemes and the best single member, on test
-    member_val = read_table(client.download_artifacts(store["members"][0], "predictions/val.parquet", str(tmp_path / "m")))
+    member_val = read_table(client.download_artifacts(store["members"][0], "predictions/val.parquet",
+                                                      str(tmp_path / "m")))
     ensemble_val = read_table(local / "predictions" / "val.parquet", ["hem", "all"])
     assert sorted(ensemble_val["sample_id"]) == sorted(member_val["sample_id"])
     manifest = json.loads((local / "ensemble" / "members.json").read_text())
@@ -132,8 +134,8 @@ def test_refusals_are_clear_and_log_nothing(store, tmp_path, case, message):
 
 
 def test_explicit_run_ids_ensemble_into_the_members_experiment(store, tmp_path):
-    cfg = ensemble_cfg(store, tmp_path, "experiment_name=null", f"run_ids=[{store['members'][0]},{store['members'][1]}]",
-                       "~schemes.simplex_grid")
+    first, second = store["members"][:2]
+    cfg = ensemble_cfg(store, tmp_path, "experiment_name=null", f"run_ids=[{first},{second}]", "~schemes.simplex_grid")
     run_ensemble(cfg)
     newest = ensemble_runs(store)[0]
     assert newest.info.experiment_id == store["experiment_id"]
@@ -143,7 +145,8 @@ def test_explicit_run_ids_ensemble_into_the_members_experiment(store, tmp_path):
 @pytest.mark.slow
 def test_multirun_over_ensemble_settings_gives_one_ensemble_run_each(store, tmp_path):
     before = len(ensemble_runs(store))
-    result = run_script("ensemble.py", "-m", "experiment_name=synthetic-cnmc", "sweep_id=multirun", "combine=arithmetic,geometric", "bootstrap=100",
+    result = run_script("ensemble.py", "-m", "experiment_name=synthetic-cnmc", "sweep_id=multirun",
+                        "combine=arithmetic,geometric", "bootstrap=100",
                         "~schemes.simplex_grid", cwd=store["root"])
     assert result.returncode == 0, result.stderr[-3000:]
     runs = ensemble_runs(store)

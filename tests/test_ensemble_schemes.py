@@ -9,8 +9,18 @@ from sklearn import metrics as sk
 
 from allcls.ensemble.combining import combine, predicted_classes
 from allcls.ensemble.members import SplitPredictions
-from allcls.ensemble.schemes import (Scheme, best_single, build_schemes, equal, greedy, min_log_loss, proportional,
-                                     simplex_grid, simplex_grid_points, top_k)
+from allcls.ensemble.schemes import (
+    Scheme,
+    best_single,
+    build_schemes,
+    equal,
+    greedy,
+    min_log_loss,
+    proportional,
+    simplex_grid,
+    simplex_grid_points,
+    top_k,
+)
 from allcls.ensemble.selection import fold_indices, out_of_fold
 from allcls.ensemble.weight_search import score_weightings
 from allcls.errors import AllclsError
@@ -22,7 +32,8 @@ def noisy_members(models=4, samples=300, classes=3, seed=0, skill=(0.5, 1.0, 1.5
     """Members of increasing skill: logits are noise plus skill x the true class."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, samples)
-    logits = rng.normal(size=(models, samples, classes)) + np.asarray(skill)[:models, None, None] * np.eye(classes)[labels]
+    signal = np.asarray(skill)[:models, None, None] * np.eye(classes)[labels]
+    logits = rng.normal(size=(models, samples, classes)) + signal
     probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
     return probs, labels
 
@@ -53,7 +64,8 @@ def test_sample_weights_give_the_weighted_scores_of_scikit_learn():
     predicted = combined.argmax(axis=1)
     for b in range(5):
         w = weights[b]
-        assert batch["f1_weighted"][b] == pytest.approx(sk.f1_score(labels, predicted, average="weighted", sample_weight=w))
+        expected = sk.f1_score(labels, predicted, average="weighted", sample_weight=w)
+        assert batch["f1_weighted"][b] == pytest.approx(expected)
         assert batch["kappa"][b] == pytest.approx(sk.cohen_kappa_score(labels, predicted, sample_weight=w))
         assert batch["auroc"][b] == pytest.approx(sk.roc_auc_score(labels, combined[:, 1], sample_weight=w))
 

@@ -10,6 +10,7 @@ from allcls.ensemble.search import run_ensemble
 from allcls.errors import AllclsError
 from allcls.evaluation.task import evaluate
 from allcls.predictions import read_table
+
 from helpers import artifacts, compose_config
 
 PLOTS = {"confusion_matrix.png", "roc.png", "precision_recall.png", "reliability.png", "per_subject.png"}
@@ -20,15 +21,16 @@ def evaluate_with(store, tmp_path, *overrides):
                          output_dir=tmp_path / "eval")
     score = evaluate(cfg)
     client = store["client"]
-    runs = client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'",
+                              order_by=["attributes.start_time DESC"])
     return score, runs[0], client
 
 
 
 @pytest.fixture(scope="module")
 def ensemble_run(store, tmp_path_factory):
-    cfg = compose_config("ensemble", store["root"], ["experiment_name=synthetic-cnmc", "sweep_id=multirun", "bootstrap=50", "~schemes.simplex_grid"],
-                         output_dir=tmp_path_factory.mktemp("ensemble"))
+    overrides = ["experiment_name=synthetic-cnmc", "sweep_id=multirun", "bootstrap=50", "~schemes.simplex_grid"]
+    cfg = compose_config("ensemble", store["root"], overrides, output_dir=tmp_path_factory.mktemp("ensemble"))
     run_ensemble(cfg)
     runs = store["client"].search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
                                        order_by=["attributes.start_time DESC"])
@@ -56,7 +58,7 @@ def test_evaluating_a_run_uses_its_logged_predictions_and_nests_the_result(store
     assert per_subject["cells"].sum() == int(trained.data.params["n_test"])
 
 
-def test_tta_and_gradcam_reload_the_checkpoint_and_log_side_by_side(store, tmp_path):
+def test_tta_and_gradcam_reload_the_checkpoint_and_log_side_by_side(store, tmp_path, capsys):
     _, run, client = evaluate_with(store, tmp_path, f"run_id={store['members'][1]}", "split=val", "tta.enabled=true",
                                    "tta.views=[identity,hflip,vflip]", "gradcam.enabled=true",
                                    "gradcam.samples_per_class=2")
@@ -68,6 +70,9 @@ def test_tta_and_gradcam_reload_the_checkpoint_and_log_side_by_side(store, tmp_p
     tta = read_table(client.download_artifacts(run.info.run_id, "predictions/val_tta.parquet", str(tmp_path)))
     plain = read_table(client.download_artifacts(run.info.run_id, "predictions/val.parquet", str(tmp_path)))
     assert tta["sample_id"].tolist() == plain["sample_id"].tolist()
+    progress = capsys.readouterr().err  # every long step shows a progress bar
+    for step in ("Predicting with TTA: ", "x 3 view(s)", "Grad-CAM of 4 images", "Bootstrap (200 replicates"):
+        assert step in progress, step
 
 
 def test_an_ensemble_is_evaluated_like_a_model(store, tmp_path, ensemble_run):
@@ -88,8 +93,8 @@ def test_another_dataset_with_a_class_map(store, tmp_path):
     """Domain shift: a C-NMC-layout model on 4-class data, its classes mapped onto the model's."""
     class_map = "class_map={Benign: hem, Early: all, Pre: all, Pro: all}"
     _, run, _ = evaluate_with(store, tmp_path, f"run_id={store['members'][0]}", "dataset=synthetic",
-                              "dataset.layout=aria", "dataset.reader.image_size=32", "dataset.reader.cells_per_subject=2",
-                              "split=all", class_map)
+                              "dataset.layout=aria", "dataset.reader.image_size=32",
+                              "dataset.reader.cells_per_subject=2", "split=all", class_map)
     assert run.data.tags["dataset"] == "synthetic-aria" and run.data.tags["classes"] == "hem,all"
     assert int(run.data.params["n_samples"]) == 4 * 12 * 2
     assert "all/f1_weighted" in run.data.metrics

@@ -23,7 +23,8 @@ def predictions(samples=400, per_subject=10, sharpness=1.0, seed=0):
     rng = np.random.default_rng(seed)
     subjects = np.repeat([f"S{i}" for i in range(samples // per_subject)], per_subject)
     labels = np.repeat(rng.integers(0, 2, samples // per_subject), per_subject)
-    margin = (2 * labels - 1) * 1.0 + rng.normal(0, 1.2, samples) + np.repeat(rng.normal(0, 0.5, samples // per_subject), per_subject)
+    per_subject_effect = np.repeat(rng.normal(0, 0.5, samples // per_subject), per_subject)
+    margin = (2 * labels - 1) * 1.0 + rng.normal(0, 1.2, samples) + per_subject_effect
     p_all = 1 / (1 + np.exp(-sharpness * margin))
     return np.stack([1 - p_all, p_all], axis=1), labels, subjects
 
@@ -101,7 +102,8 @@ def test_tta_averages_the_views():
     with torch.no_grad():
         expected = sum(model(TTA_VIEWS[v](images)).double().softmax(1) for v in views) / 3
     assert predict_probabilities(model, loader, "cpu", views) == pytest.approx(expected.numpy())
-    assert predict_probabilities(model, loader, "cpu") == pytest.approx(model(images).double().softmax(1).detach().numpy())
+    plain = model(images).double().softmax(1).detach().numpy()
+    assert predict_probabilities(model, loader, "cpu") == pytest.approx(plain)
     with pytest.raises(AllclsError, match="Unknown test-time augmentation"):
         predict_probabilities(model, loader, "cpu", ["mirror"])
 
@@ -142,6 +144,7 @@ def test_chosen_samples_cover_every_class_and_put_mistakes_first():
 
 def test_class_mapping_to_the_model_classes():
     assert label_index(["hem", "all"], ["hem", "all"], {}) == {"hem": 0, "all": 1}
-    assert label_index(["normal", "blast"], ["hem", "all"], {"normal": "hem", "blast": "all"}) == {"normal": 0, "blast": 1}
+    mapped = label_index(["normal", "blast"], ["hem", "all"], {"normal": "hem", "blast": "all"})
+    assert mapped == {"normal": 0, "blast": 1}
     with pytest.raises(AllclsError, match=r"class\(es\) \['blast'\] are not classes of the model"):
         label_index(["hem", "blast"], ["hem", "all"], {})

@@ -99,7 +99,8 @@ def cnmc_with_broken_images(cnmc_root, tmp_path):
 
 def test_preparation_refuses_unreadable_images_listing_them(cnmc_with_broken_images):
     root, broken = cnmc_with_broken_images
-    with pytest.raises(AllclsError, match="2 image\\(s\\) cannot be read.*dataset.skip_unreadable_images=true") as error:
+    message = "2 image\\(s\\) cannot be read.*dataset.skip_unreadable_images=true"
+    with pytest.raises(AllclsError, match=message) as error:
         prepare_dataset(CNMCReader(root), CNMC_SPLIT)
     assert all(str(path) in str(error.value) for path in broken)
 

@@ -9,8 +9,15 @@ from sklearn import metrics as sk
 
 from allcls.errors import AllclsError
 from allcls.metrics.epoch import epoch_metrics, flatten
-from allcls.metrics.names import (TRAINING_PER_CLASS, TRAINING_SCALAR, base_name, higher_is_better, metric_names,
-                                  mode, regret)
+from allcls.metrics.names import (
+    TRAINING_PER_CLASS,
+    TRAINING_SCALAR,
+    base_name,
+    higher_is_better,
+    metric_names,
+    mode,
+    regret,
+)
 from allcls.metrics.vectorised import confusion_frame, table_scores
 from allcls.predictions import align, make_table, read_table, validate_table, write_table
 

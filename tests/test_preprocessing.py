@@ -61,7 +61,8 @@ def test_roi_crop_makes_the_cell_fill_the_input(cnmc_root):
 
 def test_augmentations_apply_to_train_only(cnmc_root):
     flip = A.HorizontalFlip(p=1.0)
-    module = CellDataModule(prepare_dataset(CNMCReader(cnmc_root), SplitSpec()), SPEC, augmentations=[flip], num_workers=0)
+    dataset = prepare_dataset(CNMCReader(cnmc_root), SplitSpec())
+    module = CellDataModule(dataset, SPEC, augmentations=[flip], num_workers=0)
     module.setup()
     train, val = module.datasets["train"], module.datasets["val"]
     reference = build_transform(SPEC, roi_crop=False)

@@ -8,8 +8,15 @@ import pytest
 from allcls.config import typed
 from allcls.data.preparation import prepare_dataset
 from allcls.data.readers import ARIAReader, CNMCReader, Sample
-from allcls.data.splits import (SplitSpec, assign_splits, build_manifest, check_no_leakage, group_ids, manifest_hash,
-                                read_manifest)
+from allcls.data.splits import (
+    SplitSpec,
+    assign_splits,
+    build_manifest,
+    check_no_leakage,
+    group_ids,
+    manifest_hash,
+    read_manifest,
+)
 from allcls.errors import AllclsError
 
 CNMC_HINTS = {"fold_0": "train", "fold_1": "train", "fold_2": "val", "prelim_test": "test"}
@@ -121,13 +128,13 @@ def test_a_hint_map_that_leaks_is_refused(cnmc_root, tmp_path):
     image.rename(root / "training_data" / "fold_0" / "all" / image.name)
     with pytest.raises(AllclsError, match="The split leaks"):
         prepare_dataset(CNMCReader(root), split_config(hints=CNMC_HINTS))
-    
+
 
 def test_empty_split_is_refused(cnmc_root):
     hints = {"fold_0": "train", "fold_1": "train", "fold_2": "train", "prelim_test": "test"}
     with pytest.raises(AllclsError, match="The val split is empty"):
         prepare_dataset(CNMCReader(cnmc_root), split_config(hints=hints, val_fraction=0))
-    
+
 
 def test_manifest_is_written_and_reused_exactly(cnmc_root, tmp_path):
     first = prepare_dataset(CNMCReader(cnmc_root), split_config(hints=CNMC_HINTS))

@@ -7,6 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from allcls.predictions import read_table
+
 from helpers import run_script
 
 CLI_FAST = ["backbone=custom_cnn", "backbone.input_size=32", "dataset.reader.image_size=32", "data.num_workers=0",
@@ -62,8 +63,9 @@ def test_ddp_jobs_inside_a_multirun_each_run_their_own_processes(tmp_path):
         assert (job / "train_ddp_process_1.log").is_file()
         assert not list(job.rglob("multirun.yaml"))
     for run in runs:  # predictions come from one single-device pass: every sample once
-        local = Path(client.download_artifacts(run.info.run_id, "predictions", str(tmp_path / run.info.run_id)))
-        manifest = client.download_artifacts(run.info.run_id, "data/split_manifest.csv", str(tmp_path / run.info.run_id))
+        folder = str(tmp_path / run.info.run_id)
+        local = Path(client.download_artifacts(run.info.run_id, "predictions", folder))
+        manifest = client.download_artifacts(run.info.run_id, "data/split_manifest.csv", folder)
         test_ids = [line.split(",")[0] for line in Path(manifest).read_text().splitlines() if ",test," in line]
         assert sorted(read_table(local / "test.parquet")["sample_id"]) == sorted(test_ids)
 

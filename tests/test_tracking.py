@@ -11,11 +11,14 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
+from allcls import run_schema
 from allcls.errors import AllclsError
 from allcls.predictions import read_table
 from allcls.run_summary import summary_text
-from allcls.tracking import Tracker
+from allcls.tracking import MissingArtifact, Tracker
 from allcls.training import train
+
+from helpers import artifacts
 
 
 def free_port() -> int:
@@ -91,6 +94,34 @@ def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
             raise ValueError("boom")
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: boom"
+
+
+def test_a_stage_run_carries_its_provenance_and_config_and_fails_honestly(train_cfg, tmp_path):
+    cfg = train_cfg()
+    tracker = Tracker(cfg.logger.tracking_uri, "exp", cfg.logger.artifact_location)
+    with tracker.stage_run(run_schema.EVALUATE, "eval-test", {"dataset": "d"}, cfg) as run_id:
+        pass
+    run = tracker.client.get_run(run_id)
+    tags = run.data.tags
+    assert tags["stage"] == "evaluate" and tags["dataset"] == "d" and tags["sweep_id"] == "output"
+    assert tags["git_commit"] and tags["allcls_version"] and run.info.status == "FINISHED"
+    assert {"config/config.yaml", "config/overrides.yaml"} <= artifacts(tracker.client, run_id)
+    with pytest.raises(ValueError):
+        with tracker.stage_run(run_schema.TRAIN, "doomed", {}, cfg, parent_run_id=run_id) as child_id:
+            raise ValueError("boom")
+    child = tracker.client.get_run(child_id)
+    assert child.info.status == "FAILED" and child.data.tags["mlflow.parentRunId"] == run_id
+
+
+def test_a_missing_artifact_is_named_and_a_present_one_downloads(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", str(tmp_path / "artifacts"))
+    with tracker.run("r", {}) as run_id:
+        tracker.log_text(run_id, "hello", "notes/a.txt")
+    with pytest.raises(MissingArtifact, match=f"Run {run_id} has no artifact notes/b.txt"):
+        tracker.download(run_id, "notes/b.txt", tmp_path / "dl")
+    assert tracker.download_if_present(run_id, "notes/b.txt", tmp_path / "dl") is None
+    assert tracker.download_if_present(run_id, "missing/a.txt", tmp_path / "dl") is None
+    assert tracker.download(run_id, "notes/a.txt", tmp_path / "dl").read_text() == "hello"
 
 
 def test_summary_lists_runs_and_the_command_to_browse_them(train_cfg, tmp_path):

@@ -16,6 +16,7 @@ from allcls.errors import AllclsError
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import read_table
 from allcls.training import train
+
 from helpers import artifacts
 
 
@@ -98,6 +99,9 @@ def test_a_job_that_fails_marks_its_run_failed(train_cfg, mlflow_client):
     (["monitor=val/f2"], "monitor='val/f2' is not a validation metric"),
     (["data.imbalance=smote"], "data.imbalance='smote'"),
     (["dataset.classes=[normal,blast]"], "no folder for class"),
+    (["+backbone.dropout=0.3"], r"backbone.dropout is not a setting \(did you mean backbone.drop_rate\?\)"),
+    (["+dataset.split.val_frac=0.3"], r"dataset.split.val_frac is not a setting \(did you mean"),
+    (["monitor=val/loss", "monitor_mode=max"], "monitor_mode='max' is the wrong way round for val/loss"),
 ])
 def test_bad_input_stops_with_a_clear_message_before_any_run(train_cfg, mlflow_client, overrides, message):
     with pytest.raises(AllclsError, match=message):

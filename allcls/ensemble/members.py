@@ -17,6 +17,7 @@ from allcls.predictions import align, validate_table
 from allcls.run_schema import DATA_TAGS
 from allcls.tracking import MissingArtifact, Tracker
 
+
 @dataclass(frozen=True)
 class SplitPredictions:
     """All members' predictions for one split: probs is (models, samples, classes)."""
@@ -87,7 +88,8 @@ def load_members(tracker: Tracker, filter_string: str = "", run_ids: list[str] |
         for run, name in zip(runs, names):
             for split in tables:
                 try:
-                    local = tracker.download(run.info.run_id, f"predictions/{split}.parquet", Path(folder) / run.info.run_id)
+                    local = tracker.download(run.info.run_id, f"predictions/{split}.parquet",
+                                             Path(folder) / run.info.run_id)
                 except MissingArtifact:
                     raise AllclsError(f"Run {name} ({run.info.run_id}) has no predictions/{split}.parquet: "
                                       "did it finish training? Leave it out of the selection.") from None
@@ -96,7 +98,8 @@ def load_members(tracker: Tracker, filter_string: str = "", run_ids: list[str] |
     splits = {}
     for split, split_tables in tables.items():
         keys, probs = align(split_tables, [f"{name} ({split})" for name in names])
-        splits[split] = SplitPredictions(keys["sample_id"].to_numpy(dtype=object), keys["subject"].to_numpy(dtype=object),
+        splits[split] = SplitPredictions(keys["sample_id"].to_numpy(dtype=object),
+                                         keys["subject"].to_numpy(dtype=object),
                                          keys["label"].to_numpy(dtype=np.int64), probs)
     return Members([run.info.run_id for run in runs], names, tags, splits["val"], splits["test"],
                    runs[0].info.experiment_id)

@@ -43,7 +43,8 @@ def terminal_text(table: pd.DataFrame, metric: str, member_names: list[str]) -> 
         f"val {metric}": table[f"val_{metric}"].map("{:.3f}".format),
         f"test {metric}": table.get(f"test_{metric}", pd.Series(np.nan, index=table.index))
         .map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
-        "weights": [" ".join(f"{w:.2f}" for w in row) for row in table[[f"weight:{n}" for n in member_names]].to_numpy()],
+        "weights": [" ".join(f"{w:.2f}" for w in row)
+                    for row in table[[f"weight:{n}" for n in member_names]].to_numpy()],
     })
     legend = "weights, in order: " + ", ".join(member_names)
     return shown.to_string(index=False) + "\n" + legend

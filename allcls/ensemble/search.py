@@ -67,7 +67,8 @@ def run_ensemble(cfg: DictConfig) -> float:
         tracker.log_file(run_id, files["members"], "ensemble")
         for result in results:
             tracker.child_run(run_id, result.name, run_schema.scheme_tags(result.family, result.rule, result.rank),
-                              run_schema.weight_params(members.names, result.weights), result_metrics(result, cfg.metric))
+                              run_schema.weight_params(members.names, result.weights),
+                              result_metrics(result, cfg.metric))
     log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, cfg.metric, chosen.cv)
     print(f"Ensemble run {run_id} in experiment {tracker.experiment_name!r}; one child run per scheme.\n"
           f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
@@ -93,7 +94,8 @@ def result_metrics(result: SchemeResult, metric: str) -> dict[str, float]:
                    f"cv/{metric}_ci_high": result.cv_interval[1]})
     values.update({f"test/{k}": v for k, v in result.test.items()})
     if result.test_interval:
-        values.update({f"test/{metric}_ci_low": result.test_interval[0], f"test/{metric}_ci_high": result.test_interval[1]})
+        low, high = result.test_interval
+        values.update({f"test/{metric}_ci_low": low, f"test/{metric}_ci_high": high})
     return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
 
 

@@ -87,7 +87,8 @@ def evaluate_schemes(schemes: list[Scheme], members: Members, metric: str, cv_fo
     single_oof = out_of_fold(chooser, val, folds)  # picking the best member is a choice made on validation too
     single = SchemeResult(f"best single member: {members.names[int(single_weights.argmax())]}", "member",
                           "arithmetic", single_weights, metrics_of(combine(val.probs, single_weights), val.labels),
-                          metrics_of(single_oof, val.labels)[metric], interval(single_oof, val.labels, metric, val_draws))
+                          metrics_of(single_oof, val.labels)[metric],
+                          interval(single_oof, val.labels, metric, val_draws))
     test_draws = bootstrap_multiplicities(test.groups(), bootstrap, seed + 1)
     for result in [*results[:report_top], single]:
         combined = combine(test.probs, result.weights, result.rule)

@@ -22,7 +22,8 @@ def confusion_matrices(probabilities: np.ndarray, labels: np.ndarray, class_name
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     size = 2.2 + 0.7 * len(class_names)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
-    for ax, matrix, name, fmt in ((axes[0], counts, "counts", "{:.0f}"), (axes[1], normalised, "normalised by true class", "{:.2f}")):
+    panels = ((axes[0], counts, "counts", "{:.0f}"), (axes[1], normalised, "normalised by true class", "{:.2f}"))
+    for ax, matrix, name, fmt in panels:
         ax.imshow(matrix, cmap="Blues", vmin=0, vmax=matrix.max() or 1)
         for (row, column), value in np.ndenumerate(matrix):
             ax.text(column, row, fmt.format(value), ha="center", va="center",
@@ -36,13 +37,18 @@ def confusion_matrices(probabilities: np.ndarray, labels: np.ndarray, class_name
     return save_figure(fig, path)
 
 
+def _one_vs_rest(labels: np.ndarray, class_names: Sequence[str], need_negatives: bool):
+    """(index, name, positives) of each class with a curve to draw: it has samples (and, for ROC, others)."""
+    for c, name in enumerate(class_names):
+        positive = labels == c
+        if positive.any() and not (need_negatives and positive.all()):
+            yield c, name, positive
+
+
 def roc_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
                path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for c, name in enumerate(class_names):
-        positive = labels == c
-        if positive.all() or not positive.any():
-            continue
+    for c, name, positive in _one_vs_rest(labels, class_names, need_negatives=True):
         fpr, tpr, _ = roc_curve(positive, probabilities[:, c])
         ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(positive, probabilities[:, c]):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
@@ -55,13 +61,11 @@ def roc_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Seque
 def precision_recall_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
                             path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for c, name in enumerate(class_names):
-        positive = labels == c
-        if not positive.any():
-            continue
+    for c, name, positive in _one_vs_rest(labels, class_names, need_negatives=False):
         precision, recall, _ = precision_recall_curve(positive, probabilities[:, c])
+        average_precision = average_precision_score(positive, probabilities[:, c])
         ax.step(recall, precision, where="post",
-                label=f"{name} (AP {average_precision_score(positive, probabilities[:, c]):.3f}, prevalence {positive.mean():.2f})")
+                label=f"{name} (AP {average_precision:.3f}, prevalence {positive.mean():.2f})")
     ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall, one class vs the rest\n{title}",
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower left", fontsize=8)
@@ -79,7 +83,8 @@ def reliability_diagram(curves: dict[str, np.ndarray], labels: np.ndarray, title
         correct = probabilities.argmax(axis=1) == labels
         bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
         counts = np.bincount(bins, minlength=ECE_BINS)
-        accuracy = np.divide(np.bincount(bins, correct, ECE_BINS), counts, out=np.full(ECE_BINS, np.nan), where=counts > 0)
+        accuracy = np.divide(np.bincount(bins, correct, ECE_BINS), counts, out=np.full(ECE_BINS, np.nan),
+                             where=counts > 0)
         ece = expected_calibration_error(probabilities[None], labels)[0]
         ax.plot(centres[counts > 0], accuracy[counts > 0], marker="o", label=f"{name} (ECE {ece:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")

@@ -50,7 +50,8 @@ class Member:
         try:
             return LitClassifier.from_checkpoint(path, map_location=device)
         except NOT_A_CHECKPOINT as error:
-            raise AllclsError(f"{path} is not an allcls checkpoint that loads with weights_only=True ({error}).") from None
+            raise AllclsError(f"{path} is not an allcls checkpoint that loads with weights_only=True "
+                              f"({error}).") from None
 
 
 @dataclass

@@ -1,10 +1,13 @@
-"""What an evaluation reads: a split of the data the model was trained on (`OwnData`), or another
-dataset whose classes are mapped onto the model's (`OtherDataset`). Both give the samples of a
-split labelled with the model's class indices, and say which crop each member's input gets."""
+"""What an evaluation reads: the data the model was trained on (`OwnData`), or another dataset whose
+classes are mapped onto the model's (`OtherDataset`). Both give the samples of a split labelled
+with the model's class indices, say which crop each member's input gets, and what the run already
+logged for them; neither reads an image before it is needed."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -17,6 +20,7 @@ from allcls.data.splits import ALL, SplitSpec
 from allcls.errors import AllclsError
 from allcls.evaluation.sources import Member, ModelSource
 from allcls.predictions import make_table
+from allcls.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,40 @@ def _evaluation_set(data: PreparedDataset, split: str, index: Mapping[str, int])
                          [s.path for s in samples], np.asarray(data.labels(samples, index), dtype=np.int64))
 
 
-@dataclass(frozen=True)
 class OwnData:
-    """The data the model was trained on, split exactly as its split manifest says."""
+    """The data the source's models were trained on, split exactly as their split manifest says
+    (an ensemble's members share dataset and split). Its images are read on first use only: the
+    predictions a run logged need none of them."""
 
-    data: PreparedDataset
+    def __init__(self, source: ModelSource, dataset_root: str | None):
+        if any(member.train_config is None for member in source.members):
+            raise AllclsError("ckpt_path needs the data to evaluate on: pass dataset=<name> dataset.root=<path>.")
+        self.source, self.dataset_root = source, dataset_root
+
+    @property
+    def dataset_name(self) -> str:
+        return self.source.tags.get("dataset", "")
+
+    @property
+    def split_hash(self) -> str | None:
+        return self.source.tags.get("split_hash")
+
+    def has_split(self, split: str) -> bool:
+        return True
+
+    def logged_table(self, tracker: Tracker, split: str, workdir: Path) -> pd.DataFrame | None:
+        """The prediction table the evaluated run logged for `split`, if it did."""
+        return self.source.logged_table(tracker, split, workdir)
+
+    @functools.cached_property
+    def data(self) -> PreparedDataset:
+        member = self.source.members[0]
+        dataset = OmegaConf.create(OmegaConf.to_container(member.train_config.dataset))
+        if self.dataset_root:
+            dataset.reader.root = self.dataset_root
+        if OmegaConf.is_missing(dataset, "root"):
+            raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{dataset.name}.")
+        return prepare_dataset(build(dataset.reader), SplitSpec(manifest=str(member.manifest)), ImageChecks.of(dataset))
 
     def samples(self, split: str) -> EvaluationSet:
         return _evaluation_set(self.data, split, self.data.class_index())
@@ -55,51 +88,54 @@ class OwnData:
         return bool(member.train_config.dataset.roi_crop)
 
 
-@dataclass(frozen=True)
 class OtherDataset:
     """Another dataset (domain shift): every image (split=all) or a split made with its own split
     settings, each of its classes mapped onto one of the model's."""
 
-    data: PreparedDataset
-    label_index: dict[str, int]
-    crop: bool
+    def __init__(self, dataset: DictConfig, split: str, class_map: Mapping[str, str] | None,
+                 model_classes: Sequence[str]):
+        if OmegaConf.is_missing(dataset, "root"):
+            raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{dataset.name}.")
+        self.dataset, self.split = dataset, split
+        self.class_map, self.model_classes = dict(class_map or {}), list(model_classes)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.data.name
+
+    split_hash = None  # its split is not the one the model was selected on
+
+    def has_split(self, split: str) -> bool:
+        return self.split != ALL  # split=all made no split: there is no validation split to fit on
+
+    def logged_table(self, tracker: Tracker, split: str, workdir: Path) -> None:
+        return None  # nothing was logged for this dataset
+
+    @functools.cached_property
+    def data(self) -> PreparedDataset:
+        spec = None if self.split == ALL else typed(SplitSpec, self.dataset.split, "dataset.split")
+        return prepare_dataset(build(self.dataset.reader), spec, ImageChecks.of(self.dataset))
+
+    @functools.cached_property
+    def label_index(self) -> dict[str, int]:
+        return label_index(list(self.data.classes), self.model_classes, self.class_map)
 
     def samples(self, split: str) -> EvaluationSet:
         return _evaluation_set(self.data, split, self.label_index)
 
     def roi_crop(self, member: Member) -> bool:
         """The dataset's own setting: cropping follows how the images were taken."""
-        return self.crop
+        return bool(self.dataset.roi_crop)
 
 
 Target = OwnData | OtherDataset
 
 
-def own_data(source: ModelSource, dataset_root: str | None) -> OwnData:
-    """The dataset and split the source's models were trained on (the first member's: an ensemble's
-    members share dataset and split). `dataset_root`: where that dataset is on this machine."""
-    member = source.members[0]
-    if member.train_config is None:
-        raise AllclsError("A bare checkpoint has no dataset of its own: pass dataset=<name> dataset.root=<path>.")
-    dataset = OmegaConf.create(OmegaConf.to_container(member.train_config.dataset))
-    if dataset_root:
-        dataset.reader.root = dataset_root
-    if OmegaConf.is_missing(dataset, "root"):
-        raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{dataset.name}.")
-    data = prepare_dataset(build(dataset.reader), SplitSpec(manifest=str(member.manifest)), ImageChecks.of(dataset))
-    return OwnData(data)
-
-
-def other_dataset(dataset: DictConfig, split: str, class_map: Mapping[str, str] | None,
-                  model_classes: Sequence[str]) -> OtherDataset:
-    """Another dataset, split by its own settings (or not at all for split=all)."""
-    if OmegaConf.is_missing(dataset, "root"):
-        raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{dataset.name}.")
-    spec = None if split == ALL else typed(SplitSpec, OmegaConf.to_container(dataset.split, resolve=True),
-                                           "dataset.split")
-    data = prepare_dataset(build(dataset.reader), spec, ImageChecks.of(dataset))
-    return OtherDataset(data, label_index(list(data.classes), list(model_classes), dict(class_map or {})),
-                        bool(dataset.roi_crop))
+def make_target(cfg: DictConfig, source: ModelSource) -> Target:
+    """Another dataset when the config names one (`dataset=...`), else the source's own data."""
+    if cfg.get("dataset") is not None:
+        return OtherDataset(cfg.dataset, cfg.split, cfg.class_map, source.classes)
+    return OwnData(source, cfg.dataset_root)
 
 
 def label_index(dataset_classes: list[str], model_classes: list[str], class_map: dict[str, str]) -> dict[str, int]:

