@@ -108,7 +108,7 @@ def build_datamodule(cfg: DictConfig, dataset: PreparedDataset, backbone: Backbo
         input_spec=input_spec(backbone),
         roi_crop=cfg.dataset.roi_crop,
         augmentations=build(cfg.augmentation.transforms, _convert_="all"),
-        imbalance_seed=cfg.seed,
+        seed=cfg.seed,
     )
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from allcls.data.datamodule import CellDataModule
+from allcls.data.datamodule import CellDataModule, seed_worker
 from allcls.data.images import read_image
 from allcls.data.preparation import prepare_dataset
 from allcls.data.readers import CNMCReader
@@ -83,3 +83,28 @@ def test_decoded_image_cache_serves_the_same_tensors(cnmc_root, tmp_path):
     second = cached.datasets["val"][0][0]  # now from the cache
     assert torch.equal(first, second)
     assert torch.allclose(first, plain.datasets["val"][0][0], atol=1e-5)
+
+
+class FirstDraws(torch.utils.data.Dataset):
+    """Each item: the next number of the augmentation pipeline's own random stream."""
+
+    def __init__(self):
+        self.transform = build_transform(SPEC, roi_crop=False, seed=0)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return int(self.transform.random_generator.integers(1 << 30))
+
+
+def test_loader_workers_draw_their_own_augmentations_reproducibly():
+    """Each worker starts from a copy of one pipeline: without reseeding, all would flip alike."""
+    def draws():
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(FirstDraws(), batch_size=1, num_workers=2, worker_init_fn=seed_worker)
+        return [int(x) for x in loader]
+
+    first = draws()
+    assert first[0] != first[1]  # items 0 and 1 come from workers 0 and 1
+    assert draws() == first

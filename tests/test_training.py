@@ -74,6 +74,21 @@ def test_short_training_learns_far_better_than_chance(train_cfg, mlflow_client):
     assert metrics["test/balanced_accuracy"] > 0.70
 
 
+def test_the_same_seed_trains_the_same_model(train_cfg, mlflow_client, tmp_path):
+    """Augmentations (albumentations keeps its own random stream) and loader workers follow the seed."""
+    overrides = ("augmentation=strong", "data.num_workers=2", "trainer.max_epochs=2", "callbacks.early_stopping=null")
+    train(train_cfg(*overrides))
+    train(train_cfg(*overrides))
+    train(train_cfg(*overrides, "seed=1"))
+    experiment = mlflow_client.get_experiment_by_name("synthetic-cnmc")
+    runs = mlflow_client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    losses = [run.data.metrics["train/loss_epoch"] for run in runs]
+    tables = [read_table(mlflow_client.download_artifacts(run.info.run_id, "predictions/test.parquet",
+                                                          str(tmp_path / run.info.run_id))) for run in runs]
+    assert losses[0] == losses[1] != losses[2]
+    assert tables[0].equals(tables[1]) and not tables[0].equals(tables[2])
+
+
 def test_runs_of_the_same_split_share_its_hash(train_cfg, mlflow_client):
     train(train_cfg("seed=1"))
     train(train_cfg("seed=2"))

@@ -7,7 +7,8 @@ from typing import Mapping, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from allcls.cores import default_num_workers
 from allcls.data import imbalance as balancing
@@ -52,7 +53,7 @@ class CellDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int | None = None,
         imbalance: str = "none",
-        imbalance_seed: int = 0,
+        seed: int = 0,
         cache_dir: str | None = None,
     ):
         super().__init__()
@@ -64,7 +65,7 @@ class CellDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.imbalance = balancing.check_strategy(imbalance)
-        self.imbalance_seed = imbalance_seed
+        self.seed = seed  # the run's: augmentation, oversampling and weighted sampling draw from it
         self.cache = DecodedImageCache(cache_dir, input_spec, roi_crop) if cache_dir else None
         self.datasets: dict[str, CellDataset] = {}
 
@@ -90,10 +91,11 @@ class CellDataModule(L.LightningDataModule):
             index = self.prepared.class_index()
             samples = self.prepared.split_samples(split)
             if split == "train" and self.imbalance == "oversample":
-                order = balancing.oversample(self.prepared.labels(samples), self.imbalance_seed)
+                order = balancing.oversample(self.prepared.labels(samples), self.seed)
                 samples = [samples[i] for i in order]
             augment = self.augmentations if split == "train" else ()
-            transform = build_transform(self.input_spec, self.roi_crop, augment, resized=self.cache is not None)
+            transform = build_transform(self.input_spec, self.roi_crop, augment, resized=self.cache is not None,
+                                        seed=self.seed)
             self.datasets[split] = CellDataset(samples, index, transform, self.cache)
         return self.datasets[split]
 
@@ -102,7 +104,7 @@ class CellDataModule(L.LightningDataModule):
         sampler = None
         if self.imbalance == "weighted_sampler":
             weights = balancing.sample_weights(dataset.labels, len(self.classes))
-            generator = torch.Generator().manual_seed(self.imbalance_seed)
+            generator = torch.Generator().manual_seed(self.seed)
             sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True,
                                             generator=generator)
         return self._loader(dataset, self.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False)
@@ -124,5 +126,14 @@ class CellDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
             **kwargs,
         )
+
+
+def seed_worker(worker_id: int) -> None:
+    """A loader worker's random streams, derived from the run's seed, the process rank and the
+    worker: Lightning's for torch, numpy and random, then the albumentations pipeline's own, which
+    would otherwise be the same in every worker (each starts from a copy of one pipeline)."""
+    pl_worker_init_function(worker_id)
+    get_worker_info().dataset.transform.set_random_seed(torch.initial_seed() % 2**32)

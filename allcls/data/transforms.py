@@ -98,10 +98,12 @@ def preprocessing(spec: InputSpec, roi_crop: bool) -> list[A.BasicTransform]:
 
 
 def build_transform(spec: InputSpec, roi_crop: bool, augmentations: Sequence[A.BasicTransform] = (),
-                    resized: bool = False) -> A.Compose:
+                    resized: bool = False, seed: int | None = None) -> A.Compose:
     """The whole pipeline for one split. `augmentations` is empty for val/test/predict.
-    `resized=True` when the input already went through `preprocessing` (the decoded-image cache)."""
+    `resized=True` when the input already went through `preprocessing` (the decoded-image cache).
+    `seed` starts the augmentations' random stream: albumentations keeps its own and ignores the
+    global seeds (loader workers reseed it: allcls.data.datamodule.seed_worker)."""
     steps = [] if resized else preprocessing(spec, roi_crop)
     steps += list(augmentations)
     steps += [A.Normalize(mean=spec.mean, std=spec.std), ToTensorV2()]
-    return A.Compose(steps)
+    return A.Compose(steps, seed=seed)
