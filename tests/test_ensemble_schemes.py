@@ -11,13 +11,14 @@ from allcls.ensemble.combining import combine, predicted_classes
 from allcls.ensemble.members import SplitPredictions
 from allcls.ensemble.schemes import (
     Scheme,
+    SimplexGrid,
     best_single,
     build_schemes,
     equal,
     greedy,
+    grid_members,
     min_log_loss,
     proportional,
-    simplex_grid,
     simplex_grid_points,
     top_k,
 )
@@ -122,7 +123,7 @@ def test_simplex_grid_has_every_weighting_of_the_step():
 
 def test_simplex_grid_finds_the_best_weighting_a_plain_loop_finds():
     probs, labels = noisy_members(models=3, skill=(1.0, 1.2, 0.8), samples=200)
-    found = simplex_grid("f1_weighted", 0.1, "arithmetic", 10_000)(probs, labels)
+    found = SimplexGrid("f1_weighted", 0.1, "arithmetic", 10_000).fit(probs, labels)
     brute = max(
         ((sk.f1_score(labels, np.tensordot(w, probs, 1).argmax(axis=1), average="weighted"), tuple(w))
          for w in simplex_grid_points(3, 0.1)), key=lambda item: item[0])
@@ -130,12 +131,27 @@ def test_simplex_grid_finds_the_best_weighting_a_plain_loop_finds():
     assert sk.f1_score(labels, chosen, average="weighted") == pytest.approx(brute[0])
 
 
-def test_simplex_grid_refuses_an_explosion():
-    probs, labels = noisy_members(models=4)
-    with pytest.raises(AllclsError, match="simplex_grid.max_weightings"):
-        simplex_grid("f1_weighted", 0.01, "arithmetic", 1000)(probs, labels)
+def test_a_grid_too_big_for_its_budget_covers_the_best_members_it_can():
+    probs, labels = noisy_members(models=4)  # skill increases with the index
+    assert grid_members(4, 0.1, 66) == 3 and grid_members(4, 0.1, 65) == 2  # 3 members: C(12, 2) = 66
+    weights = SimplexGrid("accuracy", 0.1, "arithmetic", 66).fit(probs, labels)
+    assert weights[0] == 0 and weights.sum() == pytest.approx(1)
+    names = [s.name for s in build_schemes({"simplex_grid": {"step": 0.1, "max_weightings": 66}}, "accuracy",
+                                           "arithmetic", 0, members=4)]
+    assert names == ["simplex_grid:0.1 (best 3 of 4 by accuracy)"]
     with pytest.raises(AllclsError, match="must divide 1"):
         simplex_grid_points(3, 0.3)
+
+
+@pytest.mark.parametrize("models, classes, budget, metric", [(4, 2, 10_000, "f1_weighted"), (5, 3, 100, "kappa"),
+                                                          (6, 2, 300, "accuracy")])
+def test_the_grid_fitted_for_every_fold_in_one_pass_equals_fitting_each_fold(models, classes, budget, metric):
+    probs, labels = noisy_members(models=models, classes=classes, skill=np.linspace(0.5, 2.0, models))
+    held_out = np.array_split(np.random.default_rng(0).permutation(len(labels)), 5)
+    search = SimplexGrid(metric, 0.1, "arithmetic", budget)
+    everything = np.arange(len(labels))
+    one_by_one = [search.fit(probs[:, keep], labels[keep]) for keep in (np.setdiff1d(everything, f) for f in held_out)]
+    assert np.array_equal(np.array(search.fit_folds(probs, labels, held_out)), np.array(one_by_one))
 
 
 def test_min_log_loss_beats_equal_weights_and_every_member():

@@ -38,17 +38,22 @@ def combine(probs: np.ndarray, weights: np.ndarray, rule: str = "arithmetic") ->
     return combined[0] if single else combined
 
 
+def decision_base(probs: np.ndarray, rule: str = "arithmetic") -> np.ndarray:
+    """What the rule sums over members before the argmax (models, samples, classes): a weighting's
+    predicted classes are the argmax of its weighted sum of this, with no normalisation needed."""
+    if rule == "vote":
+        return np.eye(probs.shape[2])[probs.argmax(axis=2)] + 1e-6 * probs
+    if rule == "geometric":
+        return np.log(np.clip(probs, EPS, 1.0))
+    return probs
+
+
 def predicted_classes(probs: np.ndarray, weightings: np.ndarray, rule: str = "arithmetic") -> np.ndarray:
     """The class each weighting (K, models) predicts for each sample (K, N), as `combine` would,
     without forming normalised probabilities: argmax needs neither the normalisation nor, for
     the geometric mean, the exponential. Two classes reduce to the sign of one matrix product."""
     models, samples, classes = probs.shape
-    if rule == "vote":
-        base = np.eye(classes)[probs.argmax(axis=2)] + 1e-6 * probs
-    elif rule == "geometric":
-        base = np.log(np.clip(probs, EPS, 1.0))
-    else:
-        base = probs
+    base = decision_base(probs, rule)
     if classes == 2:
-        return (weightings @ (base[:, :, 1] - base[:, :, 0]) > 0).astype(np.int64)
+        return weightings @ (base[:, :, 1] - base[:, :, 0]) > 0  # bool: class 1 where True
     return (weightings @ base.reshape(models, -1)).reshape(len(weightings), samples, classes).argmax(axis=2)

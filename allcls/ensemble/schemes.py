@@ -18,13 +18,16 @@ import numpy as np
 from scipy.optimize import minimize
 
 from allcls.config import typed
-from allcls.ensemble.combining import combine
-from allcls.ensemble.weight_search import best_weighting
+from allcls.ensemble.weight_search import Additions, best_weighting, best_weighting_per_fold
 from allcls.errors import AllclsError
 from allcls.metrics.names import regret
-from allcls.metrics.vectorised import scores
+from allcls.metrics.vectorised import CONFUSION_METRICS, EPS, scores
 
 Fit = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+# Weights fitted without each held-out fold (for cross-validation), where sharing work pays.
+FitFolds = Callable[[np.ndarray, np.ndarray, list], list]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,15 @@ class Scheme:
     fit: Fit
     rule: str = "arithmetic"
     family: str = ""
+    fit_folds: FitFolds | None = None  # None: `fit` once per fold
+
+    def weights_per_fold(self, probs: np.ndarray, labels: np.ndarray, held_out: list[np.ndarray]) -> list:
+        """The weights fitted on all samples but each held-out fold's."""
+        if self.fit_folds is not None:
+            return self.fit_folds(probs, labels, held_out)
+        everything = np.arange(len(labels))
+        return [self.fit(probs[:, keep], labels[keep]) for keep in
+                (np.setdiff1d(everything, fold) for fold in held_out)]
 
 
 def member_scores(probs: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
@@ -67,80 +79,139 @@ def best_single(metric: str) -> Fit:
     return fit
 
 
+def best_members(probs: np.ndarray, labels: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """Indices of the k members with the best validation score (among equal scores the later one)."""
+    errors = regret(metric, member_scores(probs, labels, metric))
+    return np.lexsort((-np.arange(len(errors)), errors))[:k]
+
+
 def top_k(metric: str, k: int) -> Fit:
     """Equal weights on the k members with the best validation score."""
     def fit(probs, labels):
-        errors = regret(metric, member_scores(probs, labels, metric))
-        # lowest regret first; among equal scores the later member, as this scheme always chose
-        chosen = np.lexsort((-np.arange(len(errors)), errors))[:k]
+        chosen = best_members(probs, labels, metric, k)
         weights = np.zeros(probs.shape[0])
         weights[chosen] = 1.0 / len(chosen)
         return weights
     return fit
 
 
+def grid_parts(step: float) -> int:
+    parts = int(round(1.0 / step))
+    if parts < 1 or not math.isclose(parts * step, 1.0):
+        raise AllclsError(f"schemes.simplex_grid.step={step} must divide 1 (e.g. 0.05, 0.1, 0.25).")
+    return parts
+
+
 def simplex_grid_points(models: int, step: float) -> np.ndarray:
     """Every weighting on the simplex whose weights are multiples of `step` (K, models)."""
-    parts = int(round(1.0 / step))
-    if not math.isclose(parts * step, 1.0):
-        raise AllclsError(f"schemes.simplex_grid.step={step} must divide 1 (e.g. 0.05, 0.1, 0.25).")
+    parts = grid_parts(step)
     # stars and bars: choose where the models-1 bars go among parts+models-1 places
     bars = np.array(list(itertools.combinations(range(parts + models - 1), models - 1)), dtype=np.int64)
     edges = np.concatenate([np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), parts + models - 1)], axis=1)
     return (np.diff(edges, axis=1) - 1) / parts
 
 
-def simplex_grid(metric: str, step: float, rule: str, max_weightings: int) -> Fit:
-    def fit(probs, labels):
-        models = probs.shape[0]
-        count = math.comb(int(round(1 / step)) + models - 1, models - 1)
-        if count > max_weightings:
-            raise AllclsError(
-                f"The simplex grid with step {step} over {models} models has {count:,} weightings, more than "
-                f"schemes.simplex_grid.max_weightings={max_weightings:,}. Use a larger step, fewer runs, or "
-                "switch it off (schemes.simplex_grid=null); greedy and log-loss weights scale to many models.")
-        grid = simplex_grid_points(models, step)
-        return grid[best_weighting(probs, labels, grid, metric, rule)]
-    return fit
+def grid_members(models: int, step: float, max_weightings: int) -> int:
+    """How many members a grid of `step` can cover within `max_weightings` weightings (at least one)."""
+    parts, size = grid_parts(step), 1
+    while size < models and math.comb(parts + size, size) <= max_weightings:
+        size += 1
+    return size
+
+
+class SimplexGrid:
+    """The best weighting of the grid of `step`; over the best members by validation score when a
+    grid over all of them would exceed `max_weightings` (the others get no weight). Across
+    cross-validation folds (`fit_folds`), each weighting is predicted once for all folds."""
+
+    def __init__(self, metric: str, step: float, rule: str, max_weightings: int):
+        self.metric, self.step, self.rule, self.max_weightings = metric, step, rule, max_weightings
+
+    def members(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        size = grid_members(probs.shape[0], self.step, self.max_weightings)
+        if size == probs.shape[0]:
+            return np.arange(size)
+        return np.sort(best_members(probs, labels, self.metric, size))
+
+    def fit(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        chosen = self.members(probs, labels)
+        grid = simplex_grid_points(len(chosen), self.step)
+        best = best_weighting(probs[chosen], labels, grid, self.metric, self.rule)
+        return self._weights(probs.shape[0], chosen, grid[best])
+
+    def fit_folds(self, probs: np.ndarray, labels: np.ndarray, held_out: list[np.ndarray]) -> list[np.ndarray]:
+        keeps = [np.setdiff1d(np.arange(len(labels)), fold) for fold in held_out]
+        if self.metric not in CONFUSION_METRICS:
+            return [self.fit(probs[:, keep], labels[keep]) for keep in keeps]
+        chosen = [tuple(self.members(probs[:, keep], labels[keep])) for keep in keeps]
+        weights: list = [None] * len(held_out)
+        for members in dict.fromkeys(chosen):  # folds that chose the same members share one pass
+            folds = [i for i, c in enumerate(chosen) if c == members]
+            grid = simplex_grid_points(len(members), self.step)
+            best = best_weighting_per_fold(probs[list(members)], labels, grid, self.metric, self.rule,
+                                           [held_out[i] for i in folds])
+            for i, index in zip(folds, best):
+                weights[i] = self._weights(probs.shape[0], np.array(members), grid[index])
+        return weights
+
+    @staticmethod
+    def _weights(models: int, chosen: np.ndarray, weighting: np.ndarray) -> np.ndarray:
+        weights = np.zeros(models)
+        weights[chosen] = weighting
+        return weights
 
 
 def greedy(metric: str, rule: str, iterations: int, bags: int, bag_fraction: float, seed: int) -> Fit:
     """Forward selection with replacement from the library of members, bagged (Caruana et al.
     2004): start from the best member, add the member that most improves the ensemble, repeat;
-    weights are how often each member was picked, averaged over bags of random member subsets."""
-    def select(probs, labels, members: np.ndarray) -> np.ndarray:
-        candidates = np.zeros((len(members), probs.shape[0]))
-        candidates[np.arange(len(members)), members] = 1
-        counts = candidates[best_weighting(probs, labels, candidates, metric, rule)].copy()
-        for _ in range(iterations - 1):
-            trials = (counts + candidates) / (counts.sum() + 1)
-            counts += candidates[best_weighting(probs, labels, trials, metric, rule)]
-        return counts / counts.sum()
+    weights are how often each member was picked, averaged over bags of random member subsets.
+    The bags are independent: each step of all of them is scored in one batch."""
+    def select(probs, labels, bag_members: np.ndarray) -> np.ndarray:
+        """Selection counts (bags, models) for each bag's members (bags, size)."""
+        additions, rows = Additions(probs, labels, rule), np.arange(len(bag_members))
+        counts = np.zeros((len(bag_members), probs.shape[0]))
+        for _ in range(iterations):
+            counts[rows, bag_members[rows, additions.best(counts, bag_members, metric)]] += 1
+        return counts / counts.sum(axis=1, keepdims=True)
 
     def fit(probs, labels):
         models = probs.shape[0]
         if bags <= 1 or models < 3:
-            return select(probs, labels, np.arange(models))
+            return select(probs, labels, np.arange(models)[None])[0]
         rng = np.random.default_rng(seed)
         size = max(2, int(round(bag_fraction * models)))
-        return np.mean([select(probs, labels, np.sort(rng.choice(models, size, replace=False)))
-                        for _ in range(bags)], axis=0)
+        bag_members = np.stack([np.sort(rng.choice(models, size, replace=False)) for _ in range(bags)])
+        return select(probs, labels, bag_members).mean(axis=0)
     return fit
 
 
 def min_log_loss(rule: str) -> Fit:
     """Weights on the simplex that minimise the ensemble's validation log loss (a convex problem
-    for both arithmetic and geometric means; solved with SLSQP)."""
+    for both arithmetic and geometric means; solved with SLSQP and the exact gradient, so its cost
+    does not grow with the number of members the way finite differences do)."""
     def fit(probs, labels):
         models, samples, _ = probs.shape
+        true_class = probs[:, np.arange(samples), labels]  # (models, samples)
+        logs = np.log(np.clip(probs, EPS, 1.0))
 
-        def loss(w):
-            return float(scores(combine(probs, w[None], rule), labels, ("log_loss",))["log_loss"][0])
+        def loss_and_gradient(w):
+            if rule == "geometric":
+                mixed = np.einsum("m,mnc->nc", w, logs)
+                mixed -= mixed.max(axis=1, keepdims=True)
+                softmax = np.exp(mixed)
+                softmax /= softmax.sum(axis=1, keepdims=True)
+                loss = -np.log(np.clip(softmax[np.arange(samples), labels], EPS, 1.0)).mean()
+                expected = np.einsum("nc,mnc->mn", softmax, logs)
+                return loss, -(logs[:, np.arange(samples), labels] - expected).mean(axis=1)
+            mixture = w @ true_class
+            total = w.sum()
+            loss = -np.log(np.clip(mixture / total, EPS, 1.0)).mean()
+            return loss, -(true_class / mixture).mean(axis=1) + 1.0 / total
 
         start = np.full(models, 1.0 / models)
-        result = minimize(loss, start, method="SLSQP", bounds=[(0.0, 1.0)] * models,
-                          constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
-                          options={"maxiter": 200, "ftol": 1e-10})
+        on_simplex = {"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}
+        result = minimize(loss_and_gradient, start, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * models,
+                          constraints=[on_simplex], options={"maxiter": 200, "ftol": 1e-10})
         return normalised(result.x if result.success else start)
     return fit
 
@@ -206,9 +277,11 @@ def build_schemes(config: Mapping[str, Any], metric: str, rule: str, seed: int, 
             result.append(Scheme(f"top_{k}:{metric}", top_k(metric, k), rule, "top_k"))
     if "simplex_grid" in on:
         grid = on["simplex_grid"]
-        step = float(grid.step)
-        result.append(Scheme(f"simplex_grid:{step:g}", simplex_grid(metric, step, rule, int(grid.max_weightings)),
-                             rule, "simplex_grid"))
+        step, budget = float(grid.step), int(grid.max_weightings)
+        size = grid_members(members, step, budget)
+        name = f"simplex_grid:{step:g}" + (f" (best {size} of {members} by {metric})" if size < members else "")
+        search = SimplexGrid(metric, step, rule, budget)
+        result.append(Scheme(name, search.fit, rule, "simplex_grid", search.fit_folds))
     if "greedy" in on:
         g = on["greedy"]
         result.append(Scheme("greedy_caruana", greedy(metric, rule, int(g.iterations), int(g.bags),

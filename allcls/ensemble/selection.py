@@ -49,10 +49,7 @@ def fold_indices(val: SplitPredictions, folds: int, seed: int) -> list[np.ndarra
 def out_of_fold(scheme: Scheme, val: SplitPredictions, folds: list[np.ndarray]) -> np.ndarray:
     """Each validation sample predicted by weights fitted without its fold (samples, classes)."""
     combined = np.zeros(val.probs.shape[1:])
-    everything = np.arange(len(val.labels))
-    for held_out in folds:
-        fitting = val.subset(np.setdiff1d(everything, held_out))
-        weights = scheme.fit(fitting.probs, fitting.labels)
+    for held_out, weights in zip(folds, scheme.weights_per_fold(val.probs, val.labels, folds)):
         combined[held_out] = combine(val.probs[:, held_out], weights, scheme.rule)
     return combined
 

@@ -23,12 +23,40 @@ EPS = 1e-12
 
 def confusion(predicted: np.ndarray, labels: np.ndarray, classes: int, sample_weight: np.ndarray | None = None
               ) -> np.ndarray:
-    """Confusion matrices (K, true, predicted) for predictions (K, N), in one bincount."""
-    K = predicted.shape[0]
-    index = (np.arange(K)[:, None] * classes + labels[None, :]) * classes + predicted
-    weights = None if sample_weight is None else np.broadcast_to(sample_weight, predicted.shape).ravel()
-    counts = np.bincount(index.ravel(), weights=weights, minlength=K * classes * classes)
-    return counts.reshape(K, classes, classes).astype(np.float64)
+    """Confusion matrices (K, true, predicted) of predictions (K, N), optionally with per-sample
+    weights (K, N) or (N,). Counted per true class over its columns, so the work is a few passes over
+    the predictions (no index arithmetic); one set of predictions with many weight rows (bootstrap
+    replicates) is one matrix product."""
+    labels = np.asarray(labels)
+    columns = _class_columns(labels, classes)
+    if sample_weight is not None:
+        sample_weight = np.atleast_2d(sample_weight)
+        if predicted.shape[0] == 1 or predicted.strides[0] == 0:  # one prediction row, many weightings
+            pairs = np.zeros((len(labels), classes * classes))
+            pairs[np.arange(len(labels)), labels * classes + predicted[0]] = 1.0
+            return (sample_weight @ pairs).reshape(-1, classes, classes)
+        sample_weight = np.broadcast_to(sample_weight, predicted.shape)
+    K = max(predicted.shape[0], 1 if sample_weight is None else sample_weight.shape[0])
+    counts = np.empty((K, classes, classes))
+    for t, index in enumerate(columns):
+        block = predicted[:, index]
+        if classes == 2 and sample_weight is None:  # predictions are 0/1: one count gives both cells
+            counts[:, t, 1] = np.count_nonzero(block, axis=1)
+            counts[:, t, 0] = block.shape[1] - counts[:, t, 1]
+            continue
+        for p in range(classes):
+            hit = block == p
+            counts[:, t, p] = (np.count_nonzero(hit, axis=1) if sample_weight is None
+                               else (hit * sample_weight[:, index]).sum(axis=1))
+    return counts
+
+
+def _class_columns(labels: np.ndarray, classes: int) -> list:
+    """The columns of each true class: slices (views, no copy) when the samples are sorted by label."""
+    if len(labels) < 2 or (labels[1:] >= labels[:-1]).all():
+        edges = np.searchsorted(labels, np.arange(classes + 1))
+        return [slice(edges[t], edges[t + 1]) for t in range(classes)]
+    return [np.flatnonzero(labels == t) for t in range(classes)]
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -137,7 +165,9 @@ def scores(combined: np.ndarray, labels: np.ndarray, metrics: Sequence[str] = SC
     C = combined.shape[2]
     result: dict[str, np.ndarray] = {}
     if set(metrics) & set(CONFUSION_METRICS):
-        result.update(confusion_metrics(confusion(combined.argmax(axis=2), labels, C, sample_weight)))
+        # argmax of the rows that differ: a broadcast row (bootstrap replicates) is one row of predictions
+        predicted = combined[:1].argmax(axis=2) if combined.strides[0] == 0 else combined.argmax(axis=2)
+        result.update(confusion_metrics(confusion(predicted, labels, C, sample_weight)))
     if "auroc" in metrics:
         result["auroc"] = auroc(combined, labels, sample_weight)
     if "log_loss" in metrics:
