@@ -133,6 +133,29 @@ def test_refusals_are_clear_and_log_nothing(store, tmp_path, case, message):
     assert len(ensemble_runs(store)) == before
 
 
+def noisy(seed):
+    """A spoiler giving a member's predictions with noise of its own: another plausible model."""
+    def spoil(table):
+        rng = np.random.default_rng(seed)
+        p_all = np.clip(table["prob_all"].to_numpy() + rng.normal(0, 0.25, len(table)), 0.01, 0.99)
+        return table.assign(prob_all=p_all, prob_hem=1 - p_all)
+    return spoil
+
+
+def test_a_sweep_of_many_runs_gets_every_scheme(store, tmp_path):
+    """Ten members: the default grid (step 0.05) would have 10 million weightings; it covers the
+    best 6 members, and no scheme is dropped."""
+    runs = [*store["members"], *(fake_run(store, tmp_path, noisy(seed)) for seed in range(7))]
+    run_ensemble(ensemble_cfg(store, tmp_path, f"run_ids=[{','.join(runs)}]", "cv_folds=3"))
+    newest = max(ensemble_runs(store), key=lambda r: r.info.start_time)
+    table = pd.read_csv(store["client"].download_artifacts(newest.info.run_id, "comparison/comparison.csv",
+                                                           str(tmp_path / "cmp")))
+    assert "simplex_grid:0.05 (best 6 of 10 by f1_weighted)" in set(table["scheme"])
+    grid = table.set_index("scheme").loc["simplex_grid:0.05 (best 6 of 10 by f1_weighted)"]
+    assert (grid.filter(like="weight:") > 0).sum() <= 6
+    assert len(table) == 16 + 1  # every default scheme, and the best single member
+
+
 def test_explicit_run_ids_ensemble_into_the_members_experiment(store, tmp_path):
     first, second = store["members"][:2]
     cfg = ensemble_cfg(store, tmp_path, "experiment_name=null", f"run_ids=[{first},{second}]", "~schemes.simplex_grid")
