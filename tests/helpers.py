@@ -52,12 +52,22 @@ def compose_config(name: str, root: Path, overrides=(), output_dir: Path | None 
     return cfg
 
 
+# The small, easy synthetic dataset the tests train on (the default is the demo's: larger and harder).
+SMALL_SYNTHETIC = [
+    "dataset.reader.image_size=32",
+    "dataset.reader.subjects_per_class=9",
+    "dataset.reader.cells_per_subject=8",
+    "dataset.reader.test_subjects_per_class=3",
+    "dataset.reader.separation=1.0",
+]
+
+
 def compose_train(tmp_path: Path, overrides=(), fast: bool = True, output_dir: Path | None = None,
                   sweep_job: int | None = None) -> DictConfig:
     """conf/train.yaml composed as `python train.py <overrides>` would, writing under tmp_path."""
     fast_overrides = list(FAST) if fast else []
     if fast and not any(o.startswith("dataset=") and o != "dataset=synthetic" for o in overrides):
-        fast_overrides.append("dataset.reader.image_size=32")
+        fast_overrides += SMALL_SYNTHETIC
     return compose_config("train", tmp_path, [*fast_overrides, *overrides], output_dir, sweep_job)
 
 

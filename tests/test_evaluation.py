@@ -11,7 +11,7 @@ from allcls.errors import AllclsError
 from allcls.evaluation.task import evaluate
 from allcls.predictions import read_table
 
-from helpers import artifacts, compose_config
+from helpers import SMALL_SYNTHETIC, artifacts, compose_config
 
 PLOTS = {"confusion_matrix.png", "roc.png", "precision_recall.png", "reliability.png", "per_subject.png"}
 
@@ -93,8 +93,8 @@ def test_another_dataset_with_a_class_map(store, tmp_path):
     """Domain shift: a C-NMC-layout model on 4-class data, its classes mapped onto the model's."""
     class_map = "class_map={Benign: hem, Early: all, Pre: all, Pro: all}"
     _, run, _ = evaluate_with(store, tmp_path, f"run_id={store['members'][0]}", "dataset=synthetic",
-                              "dataset.layout=aria", "dataset.reader.image_size=32",
-                              "dataset.reader.cells_per_subject=2", "split=all", class_map)
+                              "dataset.layout=aria", *SMALL_SYNTHETIC, "dataset.reader.cells_per_subject=2",
+                              "split=all", class_map)
     assert run.data.tags["dataset"] == "synthetic-aria" and run.data.tags["classes"] == "hem,all"
     assert int(run.data.params["n_samples"]) == 4 * 12 * 2
     assert "all/f1_weighted" in run.data.metrics
@@ -103,7 +103,7 @@ def test_another_dataset_with_a_class_map(store, tmp_path):
 def test_a_checkpoint_file_is_evaluated_on_the_dataset_given(store, tmp_path):
     checkpoint = next(Path(store["root"], "multirun", "0").rglob("best.ckpt"))
     cfg = compose_config("evaluate", store["root"], ["bootstrap=50", "num_workers=0", f"ckpt_path={checkpoint}",
-                                                     "dataset=synthetic", "dataset.reader.image_size=32"],
+                                                     "dataset=synthetic", *SMALL_SYNTHETIC],
                          output_dir=tmp_path / "eval")
     evaluate(cfg)
     client = store["client"]
@@ -117,7 +117,7 @@ def test_a_checkpoint_file_is_evaluated_on_the_dataset_given(store, tmp_path):
     ([], "Give exactly one of run_id"),
     (["split=holdout", "RUN"], "split='holdout' is not one of"),
     (["ckpt_path=/no/such.ckpt"], "does not exist"),
-    (["RUN", "dataset=synthetic", "dataset.layout=aria", "dataset.reader.image_size=32", "split=all"],
+    (["RUN", "dataset=synthetic", "dataset.layout=aria", *SMALL_SYNTHETIC, "split=all"],
      r"class\(es\) \['Benign', 'Early', 'Pre', 'Pro'\] are not classes of the model"),
     (["RUN", "tta.views=[mirror]"], "Unknown test-time augmentation"),
 ])

@@ -8,9 +8,9 @@ from mlflow.tracking import MlflowClient
 
 from allcls.predictions import read_table
 
-from helpers import run_script
+from helpers import SMALL_SYNTHETIC, run_script
 
-CLI_FAST = ["backbone=custom_cnn", "backbone.input_size=32", "dataset.reader.image_size=32", "data.num_workers=0",
+CLI_FAST = ["backbone=custom_cnn", "backbone.input_size=32", *SMALL_SYNTHETIC, "data.num_workers=0",
             "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 

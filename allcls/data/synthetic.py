@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -148,6 +149,9 @@ class SyntheticSpec:
     cells_per_subject: int = 8
     test_subjects_per_class: int = 3
     duplicate_pairs: int = 2
+    separation: float = 1.0  # 1: the classes as STYLES draws them; below 1 their cells look more alike
+    stain_spread: float = 1.0  # how far subjects' stains differ (1: a few percent gain, a few levels offset)
+    subject_morphology: float = 0.0  # how far each subject's cells differ in shape and texture from its class's
     seed: int = 0
 
     def __post_init__(self):
@@ -156,6 +160,26 @@ class SyntheticSpec:
         if self.image_size < 16 or self.subjects_per_class < 3 or self.cells_per_subject < 1:
             raise AllclsError("The synthetic dataset needs image_size >= 16, subjects_per_class >= 3 "
                               "(one per C-NMC fold) and cells_per_subject >= 1.")
+        if not 0 < self.separation <= 2 or self.stain_spread < 0 or self.subject_morphology < 0:
+            raise AllclsError("The synthetic dataset needs 0 < separation <= 2, stain_spread >= 0 and "
+                              "subject_morphology >= 0.")
+
+    def styles(self) -> dict[str, CellStyle]:
+        """The layout's classes as drawn: STYLES pulled towards their average by `separation`."""
+        chosen = {label: STYLES[label] for label in LAYOUTS[self.layout]}
+        if self.separation == 1:
+            return chosen
+        fields = [f.name for f in dataclasses.fields(CellStyle)]
+        centre = {name: np.mean([getattr(style, name) for style in chosen.values()], axis=0) for name in fields}
+
+        def pulled(name, value):
+            middle = centre[name]
+            if isinstance(value, tuple):  # (mean, sd): only the mean moves
+                return (float(middle[0] + self.separation * (value[0] - middle[0])), value[1])
+            return float(middle + self.separation * (value - middle))
+
+        return {label: CellStyle(**{name: pulled(name, getattr(style, name)) for name in fields})
+                for label, style in chosen.items()}
 
     def folder_name(self) -> str:
         # The drawing parameters are part of the hash: changing how cells look never reuses old files.
@@ -164,35 +188,52 @@ class SyntheticSpec:
         return f"{self.layout}-{self.image_size}px-{digest[:8]}"
 
 
-def _stain(rng: np.random.Generator) -> np.ndarray:
+def _stain(rng: np.random.Generator, spread: float = 1.0) -> np.ndarray:
     """Per-subject stain: channel gains and offsets (different labs, stain batches, microscopes)."""
-    return np.concatenate([rng.normal(1.0, 0.04, 3), rng.normal(0.0, 4.0, 3)])
+    return np.concatenate([rng.normal(1.0, 0.04 * spread, 3), rng.normal(0.0, 4.0 * spread, 3)])
+
+
+def _subject_style(rng: np.random.Generator, style: CellStyle, amount: float) -> CellStyle:
+    """A subject's own version of its class: every mean shifted by `amount` of its spread between
+    cells (0: no shift, and no random draw, so the data of earlier versions stays as it was)."""
+    if amount == 0:
+        return style
+    shifted = {}
+    for field in dataclasses.fields(CellStyle):
+        value = getattr(style, field.name)
+        if isinstance(value, tuple):
+            shifted[field.name] = (float(value[0] + amount * value[1] * rng.normal()), value[1])
+        else:
+            shifted[field.name] = float(max(0.0, value * (1 + 0.5 * amount * rng.normal())))
+    return CellStyle(**shifted)
 
 
 def write_cnmc(spec: SyntheticSpec, root: Path) -> None:
     rng = np.random.default_rng(spec.seed)
+    styles = spec.styles()
     train, test = [], []
     for label in LAYOUTS["cnmc"]:
         for k in range(spec.subjects_per_class + spec.test_subjects_per_class):
             # Normal subjects are H<n>; the original data spells a few of them with a lowercase h.
             subject = (("h" if k % 3 == 2 else "H") + str(k + 1)) if label == "hem" else str(k + 1)
-            (train if k < spec.subjects_per_class else test).append((subject, label, _stain(rng)))
+            look = (_stain(rng, spec.stain_spread), _subject_style(rng, styles[label], spec.subject_morphology))
+            (train if k < spec.subjects_per_class else test).append((subject, label, *look))
 
-    for index, (subject, label, stain) in enumerate(train):
+    for index, (subject, label, stain, style) in enumerate(train):
         folder = root / "training_data" / f"fold_{index % 3}" / label
         folder.mkdir(parents=True, exist_ok=True)
         for image_no in range(1, spec.cells_per_subject + 1):
             name = f"UID_{subject}_{image_no}_{rng.integers(1, 9)}_{label}.bmp"
-            _write(folder / name, draw_cell(rng, STYLES[label], spec.image_size, stain, "black", CNMC_ZOOM)[0])
+            _write(folder / name, draw_cell(rng, style, spec.image_size, stain, "black", CNMC_ZOOM)[0])
 
     test_dir = root / "validation_data" / "C-NMC_test_prelim_phase_data"
     test_dir.mkdir(parents=True)
     rows, number = [], 0
-    for subject, label, stain in test:
+    for subject, label, stain, style in test:
         for image_no in range(1, spec.cells_per_subject + 1):
             number += 1
             rows.append([f"UID_{subject}_{image_no}_1_{label}.bmp", f"{number}.bmp", "1" if label == "all" else "0"])
-            _write(test_dir / f"{number}.bmp", draw_cell(rng, STYLES[label], spec.image_size, stain, "black", CNMC_ZOOM)[0])
+            _write(test_dir / f"{number}.bmp", draw_cell(rng, style, spec.image_size, stain, "black", CNMC_ZOOM)[0])
     # Like the shared sample of the real data: the labels file lists images that are not there.
     rows += [[f"UID_{test[0][0]}_99_{i}_{test[0][1]}.bmp", f"{number + i}.bmp", "0"] for i in (1, 2)]
     with (root / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv").open("w", newline="") as handle:
@@ -203,15 +244,17 @@ def write_aria(spec: SyntheticSpec, root: Path) -> None:
     """Original/ (smear field) and Segmented/ (same field, background black), same file names.
     File names carry no patient id; consecutive numbers come from one patient, as in the original."""
     rng = np.random.default_rng(spec.seed)
+    styles = spec.styles()
     subjects = spec.subjects_per_class + spec.test_subjects_per_class
     for label in LAYOUTS["aria"]:
         prefix = "WBC-Benign" if label == "Benign" else f"WBC-Malignant-{label}"
         number = 0
         for _ in range(subjects):
-            stain = _stain(rng)
+            stain = _stain(rng, spec.stain_spread)
+            style = _subject_style(rng, styles[label], spec.subject_morphology)
             for _ in range(spec.cells_per_subject):
                 number += 1
-                image, mask = draw_cell(rng, STYLES[label], spec.image_size, stain, "smear")
+                image, mask = draw_cell(rng, style, spec.image_size, stain, "smear")
                 name = f"{prefix}-{number:03d}.jpg"
                 _write(root / "Original" / label / name, image)
                 _write(root / "Segmented" / label / name, image * mask[..., None])
