@@ -139,21 +139,24 @@ def scheme_tags(family: str, rule: str, rank: int) -> dict[str, str]:
 
 # --- evaluation ----------------------------------------------------------------------------------
 
-def evaluation_run_name(split: str, dataset: str, with_tta: bool) -> str:
-    return f"eval-{split}-{dataset}" + ("-tta" if with_tta else "")
+def evaluation_run_name(split: str, dataset: str, with_tta: bool, transductive: bool = False) -> str:
+    return f"eval-{split}-{dataset}" + ("-tta" if with_tta else "") + ("-transductive" if transductive else "")
 
 
 def evaluation_tags(kind: str, dataset: str, classes: Sequence[str], split: str, evaluated_run_id: str | None,
-                    split_hash: str | None) -> dict[str, str]:
+                    split_hash: str | None, transductive: str | None = None) -> dict[str, str]:
+    """`transductive`: the method of a step that used the whole evaluated batch at once, if any."""
     tags = {"evaluated_kind": kind, **data_tags(dataset, classes, split_hash), "split": split}
     if evaluated_run_id:
         tags["evaluated_run_id"] = evaluated_run_id
+    if transductive:
+        tags["transductive"] = transductive
     return tags
 
 
 def evaluation_params(evaluated: str, split: str, dataset: str, samples: int, origin: str,
-                      tta_views: Sequence[str] | None, temperature: str, bootstrap: int, seed: int
-                      ) -> dict[str, object]:
+                      tta_views: Sequence[str] | None, temperature: str, bootstrap: int, seed: int,
+                      transductive: str | None = None) -> dict[str, object]:
     return {"evaluated": evaluated, "split": split, "dataset": dataset, "n_samples": samples, "predictions": origin,
             "tta": ",".join(tta_views) if tta_views else "off", "temperature": temperature,
-            "bootstrap": bootstrap, "seed": seed}
+            "bootstrap": bootstrap, "seed": seed, "transductive": transductive or "off"}

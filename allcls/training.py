@@ -118,6 +118,8 @@ def build_model(cfg: DictConfig, datamodule: CellDataModule, backbone: BackboneS
         backbone=backbone.as_dict(),
         class_names=datamodule.classes,
         class_weights=datamodule.loss_weights(),
+        feature_smote=cfg.data.imbalance == "feature_smote",
+        seed=cfg.seed,
         _convert_="all",
     )
 

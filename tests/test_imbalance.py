@@ -5,6 +5,7 @@ from collections import Counter
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from allcls.data import imbalance
 from allcls.data.datamodule import CellDataModule
@@ -70,3 +71,31 @@ def test_class_weights_only_when_asked(skewed):
     assert module(skewed, "none").loss_weights() is None
     weights = module(skewed, "class_weights").loss_weights()
     assert weights[1] > 1 > weights[0]
+
+
+def test_feature_smote_fills_each_class_up_to_the_largest_between_same_class_neighbours():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(10, 4)
+    labels = torch.tensor([0] * 6 + [1] * 3 + [2])  # class 2 has one sample: nothing to interpolate
+    made, made_labels = imbalance.feature_smote(features, labels, 3, neighbours=2, generator=generator)
+    assert made_labels.tolist() == [1, 1, 1]
+    minority = features[labels == 1]
+    for point in made:  # on a segment between two class-1 samples
+        on_segment = []
+        for a in minority:
+            for b in minority:
+                if a is b:
+                    continue
+                t = torch.dot(point - a, b - a) / torch.dot(b - a, b - a)
+                on_segment.append(0 <= t <= 1 and torch.allclose(a + t * (b - a), point, atol=1e-5))
+        assert any(on_segment)
+
+
+def test_training_with_feature_smote_learns(train_cfg, mlflow_client):
+    from allcls.training import train
+
+    train(train_cfg("data.imbalance=feature_smote", "trainer.max_epochs=3"))
+    experiment = mlflow_client.get_experiment_by_name("synthetic-cnmc")
+    (run,) = mlflow_client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["imbalance"] == "feature_smote"
+    assert run.data.metrics["test/auroc"] > 0.6

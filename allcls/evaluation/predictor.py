@@ -110,6 +110,23 @@ class Predictor:
         empty = np.zeros((0, len(self.classes)))
         return np.array([[np.concatenate(chunk) if chunk else empty for chunk in per_view] for per_view in chunks])
 
+    @torch.inference_mode()
+    def features(self, images: Sequence[str | np.ndarray], desc: str = "Features") -> list[np.ndarray]:
+        """Each member's features of the images (what its classifier head sees), one (images,
+        features) array per member."""
+        for member in self.members:
+            member.model.eval().to(self.device)
+        chunks: list[list[np.ndarray]] = [[] for _ in self.members]
+        with progress(desc=f"{desc}: {len(images)} images x {len(self.members)} model(s)", total=len(images),
+                      unit="image") as bar:
+            for batch in self.loader(images):
+                for chunk, member in zip(chunks, self.members):
+                    inputs = batch[self.preprocessings.index(member.preprocessing)].to(self.device, non_blocking=True)
+                    pooled = member.model.forward_head(member.model.forward_features(inputs), pre_logits=True)
+                    chunk.append(pooled.flatten(1).double().cpu().numpy())
+                bar.update(len(batch[0]))
+        return [np.concatenate(chunk) for chunk in chunks]
+
     def loader(self, images: Sequence[str | np.ndarray]) -> DataLoader:
         """Batches of every preprocessing's tensors of `images`, in order."""
         return DataLoader(_Inputs(images, self.preprocessings), batch_size=self.batch_size, shuffle=False,

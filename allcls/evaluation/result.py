@@ -45,6 +45,15 @@ class TestTimeAugmentation:
 
 
 @dataclass(frozen=True)
+class Transductive:
+    """The split's predictions after a transductive step (it used the whole evaluated batch)."""
+
+    method: str  # e.g. "neighbour correction (k=10, similarity, self 0.5)"
+    table: pd.DataFrame
+    metrics: pd.DataFrame  # no intervals
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     evaluated: str  # the run, ensemble or checkpoint, by name
     dataset: str
@@ -56,6 +65,7 @@ class EvaluationResult:
     per_subject: pd.DataFrame
     calibration: Calibration
     tta: TestTimeAugmentation | None = None
+    transductive: Transductive | None = None
     gradcam: CamGrid | None = None
 
     @property
@@ -72,6 +82,8 @@ class EvaluationResult:
             frame["with_tta"] = self.tta.metrics["value"].to_numpy()
         if self.calibration.metrics is not None:
             frame["temperature_scaled"] = self.calibration.metrics["value"].to_numpy()
+        if self.transductive is not None:
+            frame["transductive"] = self.transductive.metrics["value"].to_numpy()
         return frame
 
     def logged_metrics(self) -> dict[str, float]:
@@ -88,6 +100,9 @@ class EvaluationResult:
             values.update({f"{split}/calibrated/{row.metric}": row.value
                            for row in self.calibration.metrics.itertuples(index=False)
                            if row.metric in CALIBRATION_METRICS})
+        if self.transductive is not None:
+            values.update({f"{split}/transductive/{row.metric}": row.value
+                           for row in self.transductive.metrics.itertuples(index=False)})
         if self.calibration.temperature is not None:
             values["calibration/temperature"] = self.calibration.temperature
         return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
@@ -101,22 +116,28 @@ class EvaluationResult:
         header = f"  {'metric':24s} {'value [95% CI]':26s}"
         header += " with TTA" if self.tta is not None else ""
         header += f"  after T={temperature:.2f}" if temperature is not None else ""
+        header += "  transductive" if self.transductive is not None else ""
         lines.append(header)
         for row in shown.itertuples(index=False):
             line = f"  {row.metric:24s} {row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]   "
             line += f" {row.with_tta:8.3f}" if self.tta is not None else ""
             line += f"  {row.temperature_scaled:9.3f}" if temperature is not None else ""
+            line += f"  {row.transductive:12.3f}" if self.transductive is not None else ""
             lines.append(line)
+        if self.transductive is not None:
+            lines.append(f"  transductive: {self.transductive.method}, using every image of this {self.split} batch "
+                         "at once (not how a single image is classified)")
         return "\n".join(lines)
 
 
 def compute_result(*, evaluated: str, dataset: str, split: str, classes: Sequence[str], table: pd.DataFrame,
                    origin: str, bootstrap: int, seed: int, calibrate: bool, validation: pd.DataFrame | None = None,
-                   tta: tuple[Sequence[str], pd.DataFrame] | None = None, gradcam: CamGrid | None = None
+                   tta: tuple[Sequence[str], pd.DataFrame] | None = None,
+                   transductive: tuple[str, pd.DataFrame] | None = None, gradcam: CamGrid | None = None
                    ) -> EvaluationResult:
     """Score `table` (bootstrap intervals from `bootstrap` subject-resampled replicates); with
     `calibrate`, fit a temperature on the `validation` table; score the TTA table given as
-    (views, table) beside it."""
+    (views, table) and the transductive table given as (method, table) beside it."""
     classes = list(classes)
     probabilities, labels, subjects = probabilities_of(table), table["label"].to_numpy(), table["subject"].tolist()
     tta_result = None
@@ -124,13 +145,18 @@ def compute_result(*, evaluated: str, dataset: str, split: str, classes: Sequenc
         views, tta_table = tta
         tta_result = TestTimeAugmentation(list(views), tta_table,
                                           metric_table(probabilities_of(tta_table), labels, subjects, classes, 0, seed))
+    transductive_result = None
+    if transductive is not None:
+        method, corrected = transductive
+        transductive_result = Transductive(method, corrected, metric_table(probabilities_of(corrected), labels,
+                                                                           subjects, classes, 0, seed))
     return EvaluationResult(
         evaluated=evaluated, dataset=dataset, split=split, classes=classes, table=table, origin=origin,
         metrics=metric_table(probabilities, labels, subjects, classes, bootstrap, seed),
         per_subject=per_subject_table(table, classes),
         calibration=calibration(probabilities, labels, subjects, classes, seed, validation) if calibrate
         else Calibration("off"),
-        tta=tta_result, gradcam=gradcam)
+        tta=tta_result, transductive=transductive_result, gradcam=gradcam)
 
 
 def calibration(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, classes: list[str], seed: int,

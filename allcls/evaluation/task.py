@@ -21,12 +21,14 @@ import torch
 from omegaconf import DictConfig
 
 from allcls.allocator import keep_freed_memory
+from allcls.config import typed
 from allcls.cores import inference_workers
 from allcls.errors import AllclsError
 from allcls.evaluation.predictor import Predictor, PredictorMember
 from allcls.evaluation.result import Calibration, compute_result
 from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.evaluation.targets import Target, make_target
+from allcls.evaluation.transductive import NeighbourCorrection, neighbour_correction
 from allcls.evaluation.writer import log_result
 from allcls.explain import CamGrid, choose_samples, explain
 from allcls.models.backbones import BackboneSpec, input_spec
@@ -44,6 +46,7 @@ def evaluate(cfg: DictConfig) -> float:
     if cfg.split not in SPLIT_CHOICES:
         raise AllclsError(f"split={cfg.split!r} is not one of {list(SPLIT_CHOICES)}.")
     views = check_views(cfg.tta.views)  # checked even when off: a typo should not wait for tta.enabled=true
+    correction = typed(NeighbourCorrection, cfg.transductive_correction, "transductive_correction")
     keep_freed_memory()  # CPU forward passes would otherwise spend more time in page faults than in the models
     with tempfile.TemporaryDirectory(prefix="allcls-evaluate-") as folder:  # checkpoints, configs, tables
         workdir = Path(folder)
@@ -58,12 +61,15 @@ def evaluate(cfg: DictConfig) -> float:
             raise AllclsError(f"The predictions have classes {class_names_of(table)}, the model {source.classes}.")
         validation = validation_table(inputs) if cfg.calibration.temperature_scaling else None
         tta = (views, inputs.table(cfg.split, views, "Predicting with TTA")) if cfg.tta.enabled else None
+        transductive = (correction.description, inputs.corrected(table, cfg.split, correction)) \
+            if correction.enabled else None
         cams = gradcam_grid(inputs, table, cfg, source.name) if cfg.gradcam.enabled else None
 
         result = compute_result(
             evaluated=source.name, dataset=inputs.target.dataset_name, split=cfg.split, classes=source.classes,
             table=table, origin=origin, bootstrap=int(cfg.bootstrap), seed=int(cfg.seed),
-            calibrate=bool(cfg.calibration.temperature_scaling), validation=validation, tta=tta, gradcam=cams)
+            calibrate=bool(cfg.calibration.temperature_scaling), validation=validation, tta=tta,
+            transductive=transductive, gradcam=cams)
         report_calibration(result.calibration)
         print("\n" + result.summary() + "\n", flush=True)
         run_id = log_result(tracker, source, result, cfg, inputs.target.split_hash)
@@ -106,6 +112,15 @@ class Inputs:
         batch_size = cfg.batch_size or (64 if device.type == "cuda" else 16)
         return Predictor(members, self.source.classes, self.source.rule, device, int(batch_size),
                          inference_workers(cfg.num_workers, device))
+
+    def corrected(self, table: pd.DataFrame, split: str, correction: NeighbourCorrection) -> pd.DataFrame:
+        """`table` after the transductive neighbour correction over the whole split."""
+        samples = self.target.samples(split)
+        if samples.sample_ids != table["sample_id"].tolist():
+            raise AllclsError(f"The {split} predictions and the {split} images do not list the same samples.")
+        features = self.predictor.features(samples.paths, desc="Features for the neighbour correction")
+        probabilities = neighbour_correction(probabilities_of(table), features, correction, self.predictor.weights)
+        return samples.table(probabilities, self.source.classes)
 
     def table(self, split: str, views: Sequence[str] = ("identity",), desc: str = "Predicting") -> pd.DataFrame:
         """The prediction table of `split` of the target, averaged over `views`."""

@@ -31,6 +31,8 @@ def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Pa
         curves[f"temperature-scaled (T={result.calibration.temperature:.2f})"] = result.calibration.probabilities
     if result.tta is not None:
         curves["with TTA"] = probabilities_of(result.tta.table)
+    if result.transductive is not None:
+        curves["transductive"] = probabilities_of(result.transductive.table)
     plot_dir = folders["plots"]
     files = {
         "metrics": [folders["metrics"] / "metrics.csv", folders["metrics"] / "per_subject.csv"],
@@ -46,6 +48,9 @@ def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Pa
         files["plots"].append(plots.per_subject_chart(result.per_subject, title, plot_dir / "per_subject.png"))
     if result.tta is not None:
         files["predictions"].append(write_table(result.tta.table, folders["predictions"] / f"{split}_tta.parquet"))
+    if result.transductive is not None:
+        files["predictions"].append(write_table(result.transductive.table,
+                                                folders["predictions"] / f"{split}_transductive.parquet"))
     if result.gradcam is not None:
         files["gradcam"] = [overlay_grid(result.gradcam, folders["gradcam"] / f"{split}.png")]
     return files
@@ -56,13 +61,16 @@ def log_result(tracker: Tracker, source: ModelSource, result: EvaluationResult, 
     """The evaluation run (nested under the evaluated run, when there is one), with every file of
     the result; returns its id. `split_hash`: of the split evaluated, when it is the model's own."""
     files = write_files(result, Path(cfg.paths.output_dir))
+    transductive = result.transductive.method if result.transductive is not None else None
     tags = run_schema.evaluation_tags(source.kind, result.dataset, result.classes, result.split, source.run_id,
-                                      split_hash)
-    name = run_schema.evaluation_run_name(result.split, result.dataset, result.tta is not None)
+                                      split_hash, transductive)
+    name = run_schema.evaluation_run_name(result.split, result.dataset, result.tta is not None,
+                                          transductive is not None)
     with tracker.stage_run(run_schema.EVALUATE, name, tags, cfg, parent_run_id=source.run_id) as run_id:
         tracker.log_params(run_id, run_schema.evaluation_params(
             source.name, result.split, result.dataset, len(result.table), result.origin,
-            result.tta.views if result.tta is not None else None, result.calibration.param, cfg.bootstrap, cfg.seed))
+            result.tta.views if result.tta is not None else None, result.calibration.param, cfg.bootstrap, cfg.seed,
+            transductive))
         tracker.log_metrics(run_id, result.logged_metrics())
         for folder, paths in files.items():
             for path in paths:

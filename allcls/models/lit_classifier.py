@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
+from allcls.data.imbalance import feature_smote
 from allcls.metrics.epoch import epoch_metrics, flatten
 from allcls.models.backbones import BackboneSpec, create_backbone
 
@@ -35,6 +36,8 @@ class LitClassifier(L.LightningModule):
         unfreeze_lr_factor: float = 0.1,
         monitor: str = "val/f1_weighted",
         monitor_mode: str = "max",
+        feature_smote: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
         spec = BackboneSpec.of(backbone)
@@ -57,6 +60,8 @@ class LitClassifier(L.LightningModule):
         self.best_monitor = MaxMetric() if monitor_mode == "max" else MinMetric()
         self.freeze_backbone_epochs = freeze_backbone_epochs
         self.unfreeze_lr_factor = unfreeze_lr_factor
+        self.feature_smote = feature_smote
+        self.smote_generator = torch.Generator().manual_seed(seed)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "LitClassifier":
@@ -76,12 +81,25 @@ class LitClassifier(L.LightningModule):
 
     def _step(self, batch, split: str) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = self.criterion(logits, labels)
+        if split == "train" and self.feature_smote:
+            logits, loss = self._balanced_in_feature_space(images, labels)
+        else:
+            logits = self(images)
+            loss = self.criterion(logits, labels)
         getattr(self, f"{split}_metrics").update(logits.softmax(dim=1), labels)
         self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=split != "test",
                  batch_size=len(labels), sync_dist=split != "train")
         return loss
+
+    def _balanced_in_feature_space(self, images: torch.Tensor, labels: torch.Tensor):
+        """data.imbalance=feature_smote: the head also trains on synthetic minority features, up to
+        the batch's largest class; the logits returned (for the metrics) are the real samples'."""
+        features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        made, made_labels = feature_smote(features, labels, len(self.class_names), generator=self.smote_generator)
+        head = self.model.get_classifier()
+        logits = head(features)
+        loss = self.criterion(torch.cat([logits, head(made)]), torch.cat([labels, made_labels]))
+        return logits, loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -1,0 +1,67 @@
+"""The studies' recipes (conf/experiment/) never rot: each runs as the sweep its header documents, for
+a few steps, on synthetic data written in its dataset's layout (cnmc or aria). Big backbones are
+replaced by a tiny stand-in through the one documented override, `debug=tiny` (custom_cnn at 32 px
+in place of every backbone); everything else is the recipe's own. A recipe that ensembles goes on to
+run the ensemble command written in its header."""
+
+import re
+import shlex
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from allcls.data.synthetic import SyntheticSpec, materialise
+
+from helpers import CONF_DIR, SMALL_SYNTHETIC, compose_train, run_script
+
+RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+PAPERS_FOUR = {"proportional:accuracy", "proportional:f1_weighted", "proportional:auroc", "proportional:kappa"}
+
+
+def header_commands(recipe: str, script: str) -> list[list[str]]:
+    """The `python <script> ...` commands written in a recipe's header comment."""
+    text = (CONF_DIR / "experiment" / f"{recipe}.yaml").read_text()
+    return [shlex.split(m.group(1)) for m in re.finditer(rf"^#\s+python {script} (.+)$", text, re.MULTILINE)]
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> dict[str, str]:
+    """dataset.root of synthetic data in each real dataset's original layout."""
+    root = tmp_path_factory.mktemp("layouts")
+    return {"cnmc": str(materialise(SyntheticSpec(layout="cnmc", image_size=32), root)),
+            "aria": str(materialise(SyntheticSpec(layout="aria", image_size=32, cells_per_subject=6), root))}
+
+
+def test_every_recipe_documents_its_command():
+    for recipe in RECIPES:
+        (train,) = header_commands(recipe, "train.py")
+        assert train[:2] == ["-m", f"experiment={recipe}"], recipe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_each_recipe_runs_its_sweep_on_data_in_its_layout(recipe, tmp_path, layouts):
+    cfg = compose_train(tmp_path, [f"experiment={recipe}"], fast=False)
+    dataset = cfg.dataset.name
+    data = [f"dataset.root={layouts[dataset]}"] if dataset in layouts else SMALL_SYNTHETIC
+    jobs = str(cfg.hydra.sweeper.params.backbone).split(",") if cfg.hydra.sweeper.get("params") else [None]
+
+    result = run_script("train.py", "-m", f"experiment={recipe}", "debug=tiny", *data, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * len(jobs)
+    assert {r.data.tags["backbone"] for r in runs} == {"custom_cnn"}  # the stand-in, as documented
+    if jobs != [None]:  # each job is named after the recipe's own backbone
+        assert {r.info.run_name.split("-")[0] for r in runs} == set(jobs)
+
+    for command in header_commands(recipe, "ensemble.py"):
+        compared = run_script("ensemble.py", *command, cwd=tmp_path)
+        assert compared.returncode == 0, compared.stderr[-3000:]
+        (ensemble,) = client.search_runs([experiment.experiment_id], "tags.stage = 'ensemble'")
+        table = pd.read_csv(client.download_artifacts(ensemble.info.run_id, "comparison/comparison.csv",
+                                                      str(tmp_path / "comparison")))
+        if recipe == "mondal2021":
+            assert PAPERS_FOUR <= set(table["scheme"])
