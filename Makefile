@@ -42,3 +42,4 @@ benchmarks: $(INSTALLED)
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/ensemble_search.py
 	$(BIN)/python benchmarks/cpu_inference.py
+	$(BIN)/python benchmarks/leakage.py

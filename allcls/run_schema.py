@@ -69,7 +69,10 @@ def train_run_name(cfg: DictConfig, job: JobInfo) -> str:
 
 
 def train_tags(cfg: DictConfig, dataset: PreparedDataset) -> dict[str, str]:
-    return {**data_tags(dataset.name, dataset.classes, dataset.split_hash), "backbone": cfg.backbone.name}
+    tags = {**data_tags(dataset.name, dataset.classes, dataset.split_hash), "backbone": cfg.backbone.name}
+    if cfg.dataset.split.get("by") == "image":
+        tags["leaky_split"] = "image: cells of one patient on both sides; scores inflated"
+    return tags
 
 
 def _short_target(node: Any) -> str:
@@ -107,6 +110,7 @@ def train_params(cfg: DictConfig, dataset: PreparedDataset, input_size: int, job
         "strategy": _strategy_name(trainer.get("strategy")),
         "seed": cfg.seed,
         "split_seed": cfg.dataset.split.seed,
+        "split_by": cfg.dataset.split.get("by", "subject"),
         "n_train": int(counts.get("train", 0)),
         "n_val": int(counts.get("val", 0)),
         "n_test": int(counts.get("test", 0)),

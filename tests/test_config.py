@@ -30,7 +30,7 @@ def test_dataset_configs_compose_and_build_their_reader(train_cfg, dataset, tmp_
     cfg = train_cfg(f"dataset={dataset}", f"dataset.root={tmp_path}")
     reader = hydra.utils.instantiate(cfg.dataset.reader)
     assert reader.name.startswith(cfg.dataset.name.split("-")[0])
-    assert set(cfg.dataset.split) == {"hints", "val_fraction", "test_fraction", "seed", "manifest"}
+    assert set(cfg.dataset.split) == {"hints", "val_fraction", "test_fraction", "seed", "manifest", "by"}
 
 
 @pytest.mark.parametrize("backbone", options("backbone"))

@@ -150,3 +150,13 @@ def test_manifest_of_other_data_is_refused(cnmc_root, aria_root, tmp_path):
     path = first.write_manifest(tmp_path / "manifest.csv")
     with pytest.raises(AllclsError, match="does not match the dataset"):
         prepare_dataset(ARIAReader(aria_root), split_config(manifest=str(path)))
+
+
+def test_an_image_split_puts_a_subjects_cells_on_both_sides_and_says_so_loudly(cnmc_root, caplog):
+    """Only for benchmarks/leakage.py: what most ALL papers did."""
+    dataset = prepare_dataset(CNMCReader(cnmc_root), split_config(by="image", hints=CNMC_HINTS))
+    assert dataset.manifest.groupby("subject")["split"].nunique().max() > 1  # it leaks, by design
+    assert "THIS SPLIT LEAKS" in caplog.text
+    assert set(dataset.manifest["split"]) == {"train", "val", "test"}
+    with pytest.raises(AllclsError, match="dataset.split.by='patient'"):
+        split_config(by="patient")

@@ -36,6 +36,11 @@ class SplitSpec:
     a split the hints leave empty gets whole groups drawn from train, stratified by class, about
     `<split>_fraction` of the data. `seed` draws them. `manifest`: an earlier run's
     split_manifest.csv, reused exactly (then nothing else here matters).
+
+    `by`: `subject` (always, but for one measurement) keeps a subject's cells, and identical
+    images, in one split. `image` splits images at random, as most ALL papers did: cells of one
+    patient then sit on both sides, and the scores are inflated (benchmarks/leakage.py measures by
+    how much). It exists only for that measurement, and warns loudly.
     """
 
     hints: Mapping[str, str] = field(default_factory=dict)
@@ -43,8 +48,11 @@ class SplitSpec:
     test_fraction: float = 0.15
     seed: int = 0
     manifest: str | None = None
+    by: str = "subject"
 
     def __post_init__(self):
+        if self.by not in ("subject", "image"):
+            raise AllclsError(f"dataset.split.by={self.by!r} is not one of ['subject', 'image'].")
         bad = {hint: split for hint, split in self.hints.items() if split not in SPLITS}
         if bad:
             raise AllclsError(f"dataset.split.hints maps {bad} to unknown splits: use {list(SPLITS)}.")
@@ -83,7 +91,8 @@ def group_ids(samples: Sequence[Sample], content_hashes: Sequence[str | None]) -
 
 def assign_splits(samples: Sequence[Sample], groups: Sequence[str], spec: SplitSpec) -> list[str]:
     """The split of every sample, as `spec` says (see SplitSpec)."""
-    splits = [spec.hints.get(sample.split_hint, "train") if sample.split_hint else "train" for sample in samples]
+    hints = spec.hints if spec.by == "subject" else {}  # an image split ignores folds too
+    splits = [hints.get(sample.split_hint, "train") if sample.split_hint else "train" for sample in samples]
     rng = np.random.default_rng(spec.seed)
     for split, fraction in (("test", spec.test_fraction), ("val", spec.val_fraction)):
         if split in splits or fraction <= 0:
