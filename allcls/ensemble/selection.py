@@ -6,6 +6,8 @@ top schemes and the best single model side by side."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,8 @@ from allcls.errors import AllclsError
 from allcls.metrics.bootstrap import bootstrap_multiplicities, interval
 from allcls.metrics.names import RANKING, regret
 from allcls.metrics.vectorised import scores
+
+log = logging.getLogger(__name__)
 
 REPORTED = ("f1_weighted", "balanced_accuracy", "auroc", "kappa", "accuracy", "log_loss")
 
@@ -42,8 +46,14 @@ def fold_indices(val: SplitPredictions, folds: int, seed: int) -> list[np.ndarra
     if len(set(groups)) < folds:
         raise AllclsError(f"cv_folds={folds} needs at least {folds} subjects (or samples) in the validation "
                           f"split; it has {len(set(groups))}. Lower cv_folds.")
+    smallest = np.bincount(val.labels).min(initial=len(val.labels))
+    if smallest < folds:
+        log.warning("cv_folds=%d, but a class has only %d validation samples: some folds hold none of it, so the "
+                    "cross-validated scores are noisier. Lower cv_folds or validate on more data.", folds, smallest)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return [held_out for _, held_out in splitter.split(np.zeros(len(groups)), val.labels, groups)]
+    with warnings.catch_warnings():  # said once above, in words that name the setting
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return [held_out for _, held_out in splitter.split(np.zeros(len(groups)), val.labels, groups)]
 
 
 def out_of_fold(scheme: Scheme, val: SplitPredictions, folds: list[np.ndarray]) -> np.ndarray:
