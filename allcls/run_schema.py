@@ -160,7 +160,8 @@ def evaluation_tags(kind: str, dataset: str, classes: Sequence[str], split: str,
 
 def evaluation_params(evaluated: str, split: str, dataset: str, samples: int, origin: str,
                       tta_views: Sequence[str] | None, temperature: str, bootstrap: int, seed: int,
-                      transductive: str | None = None) -> dict[str, object]:
+                      transductive: str | None = None, prediction_sets: str = "off") -> dict[str, object]:
     return {"evaluated": evaluated, "split": split, "dataset": dataset, "n_samples": samples, "predictions": origin,
             "tta": ",".join(tta_views) if tta_views else "off", "temperature": temperature,
-            "bootstrap": bootstrap, "seed": seed, "transductive": transductive or "off"}
+            "bootstrap": bootstrap, "seed": seed, "transductive": transductive or "off",
+            "prediction_sets": prediction_sets}

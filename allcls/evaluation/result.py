@@ -10,9 +10,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from allcls.evaluation import conformal
 from allcls.evaluation.calibration import apply_temperature, fit_temperature
 from allcls.explain import CamGrid
-from allcls.metrics.bootstrap import metric_table
+from allcls.metrics.bootstrap import bootstrap_multiplicities, metric_table, percentile_interval, resampling_groups
 from allcls.predictions import probabilities_of
 
 SHOWN = ("f1_weighted", "balanced_accuracy", "accuracy", "auroc", "kappa", "ece", "log_loss")
@@ -45,6 +46,26 @@ class TestTimeAugmentation:
 
 
 @dataclass(frozen=True)
+class PredictionSets:
+    """Split-conformal prediction sets of the evaluated split (allcls.evaluation.conformal), fitted
+    on the validation predictions (temperature-scaled where a temperature was fitted)."""
+
+    target: float  # the coverage asked for
+    threshold: float
+    members: np.ndarray  # (images, classes) bool
+    coverage: tuple[float, float, float]  # measured on the evaluated split: value, 95% interval
+    mean_size: float
+    refer_rate: float  # the share of sets of more than one class
+
+    def metrics(self, split: str) -> dict[str, float]:
+        value, low, high = self.coverage
+        return {f"{split}/conformal/coverage": value, f"{split}/conformal/coverage_ci_low": low,
+                f"{split}/conformal/coverage_ci_high": high, f"{split}/conformal/mean_set_size": self.mean_size,
+                f"{split}/conformal/refer_rate": self.refer_rate, "conformal/threshold": self.threshold,
+                "conformal/target_coverage": self.target}
+
+
+@dataclass(frozen=True)
 class Transductive:
     """The split's predictions after a transductive step (it used the whole evaluated batch)."""
 
@@ -66,6 +87,8 @@ class EvaluationResult:
     calibration: Calibration
     tta: TestTimeAugmentation | None = None
     transductive: Transductive | None = None
+    sets: PredictionSets | None = None
+    sets_note: str = ""  # why there are no prediction sets, when they were asked for
     gradcam: CamGrid | None = None
 
     @property
@@ -105,6 +128,8 @@ class EvaluationResult:
                            for row in self.transductive.metrics.itertuples(index=False)})
         if self.calibration.temperature is not None:
             values["calibration/temperature"] = self.calibration.temperature
+        if self.sets is not None:
+            values.update(self.sets.metrics(split))
         return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
 
     def summary(self) -> str:
@@ -127,17 +152,25 @@ class EvaluationResult:
         if self.transductive is not None:
             lines.append(f"  transductive: {self.transductive.method}, using every image of this {self.split} batch "
                          "at once (not how a single image is classified)")
+        if self.sets_note:
+            lines.append(f"  no prediction sets: {self.sets_note}")
+        if self.sets is not None:
+            value, low, high = self.sets.coverage
+            lines.append(f"  prediction sets for {self.sets.target:.0%} coverage: measured {value:.3f} "
+                         f"[{low:.3f}, {high:.3f}], mean size {self.sets.mean_size:.2f}, "
+                         f"{self.sets.refer_rate:.1%} of images referred (more than one class)")
         return "\n".join(lines)
 
 
 def compute_result(*, evaluated: str, dataset: str, split: str, classes: Sequence[str], table: pd.DataFrame,
                    origin: str, bootstrap: int, seed: int, calibrate: bool, validation: pd.DataFrame | None = None,
                    tta: tuple[Sequence[str], pd.DataFrame] | None = None,
-                   transductive: tuple[str, pd.DataFrame] | None = None, gradcam: CamGrid | None = None
-                   ) -> EvaluationResult:
+                   transductive: tuple[str, pd.DataFrame] | None = None, gradcam: CamGrid | None = None,
+                   coverage: float | None = None) -> EvaluationResult:
     """Score `table` (bootstrap intervals from `bootstrap` subject-resampled replicates); with
     `calibrate`, fit a temperature on the `validation` table; score the TTA table given as
-    (views, table) and the transductive table given as (method, table) beside it."""
+    (views, table) and the transductive table given as (method, table) beside it; with `coverage`,
+    prediction sets fitted on the `validation` table."""
     classes = list(classes)
     probabilities, labels, subjects = probabilities_of(table), table["label"].to_numpy(), table["subject"].tolist()
     tta_result = None
@@ -150,13 +183,43 @@ def compute_result(*, evaluated: str, dataset: str, split: str, classes: Sequenc
         method, corrected = transductive
         transductive_result = Transductive(method, corrected, metric_table(probabilities_of(corrected), labels,
                                                                            subjects, classes, 0, seed))
+    scaling = calibration(probabilities, labels, subjects, classes, seed, validation) if calibrate \
+        else Calibration("off")
+    sets, note = None, ""
+    if coverage is not None and validation is None:
+        note = "no validation predictions to fit them on"
+    elif coverage is not None:
+        sets = prediction_sets_of(probabilities, labels, subjects, validation, scaling.temperature, coverage,
+                                  bootstrap, seed)
+        if sets is None:
+            note = (f"{coverage:.0%} coverage needs {conformal.units_needed(coverage)} validation subjects or more; "
+                    f"lower conformal.coverage")
     return EvaluationResult(
         evaluated=evaluated, dataset=dataset, split=split, classes=classes, table=table, origin=origin,
         metrics=metric_table(probabilities, labels, subjects, classes, bootstrap, seed),
-        per_subject=per_subject_table(table, classes),
-        calibration=calibration(probabilities, labels, subjects, classes, seed, validation) if calibrate
-        else Calibration("off"),
-        tta=tta_result, transductive=transductive_result, gradcam=gradcam)
+        per_subject=per_subject_table(table, classes), calibration=scaling,
+        tta=tta_result, transductive=transductive_result, gradcam=gradcam, sets=sets, sets_note=note)
+
+
+def prediction_sets_of(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, validation: pd.DataFrame,
+                       temperature: float | None, coverage: float, replicates: int, seed: int
+                       ) -> PredictionSets | None:
+    """Sets fitted on the validation table for `coverage`, and what they measure on this split;
+    None when validation has too few subjects for that coverage."""
+    def scaled(values: np.ndarray) -> np.ndarray:
+        return values if temperature is None else apply_temperature(values, temperature)
+
+    threshold = conformal.fit_threshold(scaled(probabilities_of(validation)), validation["label"].to_numpy(),
+                                        validation["subject"].tolist(), coverage)
+    if threshold is None:
+        return None
+    members = conformal.prediction_sets(scaled(probabilities), threshold)
+    covered = members[np.arange(len(labels)), labels].astype(np.float64)
+    draws = bootstrap_multiplicities(resampling_groups(subjects), replicates, seed)
+    low, high = percentile_interval(draws @ covered / draws.sum(axis=1) if replicates else None)
+    sizes = members.sum(axis=1)
+    return PredictionSets(coverage, threshold, members, (float(covered.mean()), low, high), float(sizes.mean()),
+                          float((sizes > 1).mean()))
 
 
 def calibration(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, classes: list[str], seed: int,

@@ -24,6 +24,7 @@ from allcls.allocator import keep_freed_memory
 from allcls.config import typed
 from allcls.cores import inference_workers
 from allcls.errors import AllclsError
+from allcls.evaluation.conformal import ConformalSettings
 from allcls.evaluation.predictor import Predictor, PredictorMember
 from allcls.evaluation.result import Calibration, compute_result
 from allcls.evaluation.sources import ModelSource, resolve_source
@@ -47,6 +48,7 @@ def evaluate(cfg: DictConfig) -> float:
         raise AllclsError(f"split={cfg.split!r} is not one of {list(SPLIT_CHOICES)}.")
     views = check_views(cfg.tta.views)  # checked even when off: a typo should not wait for tta.enabled=true
     correction = typed(NeighbourCorrection, cfg.transductive_correction, "transductive_correction")
+    sets = typed(ConformalSettings, cfg.conformal, "conformal")
     keep_freed_memory()  # CPU forward passes would otherwise spend more time in page faults than in the models
     with tempfile.TemporaryDirectory(prefix="allcls-evaluate-") as folder:  # checkpoints, configs, tables
         workdir = Path(folder)
@@ -69,8 +71,10 @@ def evaluate(cfg: DictConfig) -> float:
             evaluated=source.name, dataset=inputs.target.dataset_name, split=cfg.split, classes=source.classes,
             table=table, origin=origin, bootstrap=int(cfg.bootstrap), seed=int(cfg.seed),
             calibrate=bool(cfg.calibration.temperature_scaling), validation=validation, tta=tta,
-            transductive=transductive, gradcam=cams)
+            transductive=transductive, gradcam=cams, coverage=sets.coverage if sets.enabled else None)
         report_calibration(result.calibration)
+        if result.sets_note:
+            log.warning("Prediction sets are skipped: %s.", result.sets_note)
         print("\n" + result.summary() + "\n", flush=True)
         run_id = log_result(tracker, source, result, cfg, inputs.target.split_hash)
     print(f"Evaluation run {run_id} in experiment {tracker.experiment_name!r}"

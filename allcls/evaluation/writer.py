@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from allcls import run_schema
-from allcls.evaluation import plots
+from allcls.evaluation import conformal, plots
 from allcls.evaluation.result import EvaluationResult
 from allcls.evaluation.sources import ModelSource
 from allcls.explain import overlay_grid
@@ -51,6 +52,12 @@ def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Pa
     if result.transductive is not None:
         files["predictions"].append(write_table(result.transductive.table,
                                                 folders["predictions"] / f"{split}_transductive.parquet"))
+    if result.sets is not None:
+        sets = pd.DataFrame({"sample_id": result.table["sample_id"],
+                             "set": conformal.set_labels(result.sets.members, classes),
+                             "refer": result.sets.members.sum(axis=1) > 1})
+        files["predictions"].append(folders["predictions"] / f"{split}_sets.csv")
+        sets.to_csv(files["predictions"][-1], index=False)
     if result.gradcam is not None:
         files["gradcam"] = [overlay_grid(result.gradcam, folders["gradcam"] / f"{split}.png")]
     return files
@@ -70,9 +77,15 @@ def log_result(tracker: Tracker, source: ModelSource, result: EvaluationResult, 
         tracker.log_params(run_id, run_schema.evaluation_params(
             source.name, result.split, result.dataset, len(result.table), result.origin,
             result.tta.views if result.tta is not None else None, result.calibration.param, cfg.bootstrap, cfg.seed,
-            transductive))
+            transductive, sets_param(result)))
         tracker.log_metrics(run_id, result.logged_metrics())
         for folder, paths in files.items():
             for path in paths:
                 tracker.log_file(run_id, path, folder)
     return run_id
+
+
+def sets_param(result: EvaluationResult) -> str:
+    if result.sets is not None:
+        return f"split conformal (APS), {result.sets.target:g} coverage, threshold {result.sets.threshold:.4f}"
+    return f"not fitted ({result.sets_note})" if result.sets_note else "off"

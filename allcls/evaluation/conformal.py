@@ -1,0 +1,85 @@
+"""Prediction sets that hold the true class with a chosen probability (split conformal prediction,
+with adaptive prediction sets: Romano, Sesia and Candès 2020).
+
+A cell's score is the probability mass of the classes ranked at or above its true class. The
+threshold is the score quantile of the validation cells that gives the chosen coverage; a new cell's
+set is its most probable classes, in order, while their mass stays within the threshold (and its
+top class always). Cells of one
+patient are not independent: where subjects are known, each validation subject counts once (its
+cells share its weight), so a patient with many cells does not set the threshold alone. A set of
+more than one class means the model cannot tell, at that coverage: the cell should go to a human.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from allcls.errors import AllclsError
+
+
+@dataclass(frozen=True)
+class ConformalSettings:
+    """`conformal` in conf/evaluate.yaml: `coverage` is the wanted share of sets that hold the true
+    class (e.g. 0.95); `enabled: false` switches the sets off."""
+
+    enabled: bool = True
+    coverage: float = 0.95
+
+    def __post_init__(self):
+        if not 0.5 <= self.coverage < 1:
+            raise AllclsError(f"conformal.coverage={self.coverage} must be at least 0.5 and below 1 (e.g. 0.95).")
+
+
+def scores(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The APS score of each cell (N,): the mass of the classes ranked at or above its true class."""
+    true = probabilities[np.arange(len(labels)), labels]
+    return np.where(probabilities >= true[:, None], probabilities, 0.0).sum(axis=1)
+
+
+def subject_weights(subjects: Sequence) -> np.ndarray:
+    """Each cell's weight in the quantile: 1 / (its subject's cells); a cell without a subject, 1."""
+    keys = [s if isinstance(s, str) and s else f"cell:{i}" for i, s in enumerate(subjects)]
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse]
+
+
+def units_needed(coverage: float) -> int:
+    """The fewest validation units (subjects, or cells without one) that can give `coverage`."""
+    return int(np.floor(coverage / (1 - coverage) + 1e-9)) + 1
+
+
+def fit_threshold(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, coverage: float
+                  ) -> float | None:
+    """The score threshold that gives `coverage` on exchangeable data: the weighted quantile of the
+    validation scores at level coverage x (1 + 1/units), units being subjects (or cells). None
+    when there are too few units for that coverage (see `units_needed`)."""
+    weights = subject_weights(subjects)
+    units = weights.sum()
+    level = coverage * (1 + 1 / units)
+    if level >= 1:
+        return None
+    values = scores(probabilities, labels)
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order]) / units
+    return float(values[order][np.searchsorted(cumulative, level)])
+
+
+def prediction_sets(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Membership (N, C): each cell's most probable classes, in order, while their mass stays within
+    the threshold, so a class is in the set exactly when its score would be (the top class always:
+    a set is never empty)."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")
+    ranked = np.take_along_axis(probabilities, order, axis=1)
+    keep = np.cumsum(ranked, axis=1) <= threshold + 1e-12
+    keep[:, 0] = True
+    members = np.zeros_like(keep)
+    np.put_along_axis(members, order, keep, axis=1)
+    return members
+
+
+def set_labels(members: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Each set as text, classes in index order joined by '|': 'hem', 'hem|all'."""
+    return ["|".join(c for c, inside in zip(classes, row) if inside) for row in members]

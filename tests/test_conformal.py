@@ -1,0 +1,77 @@
+"""Prediction sets that hold the true class with a chosen probability (split conformal, APS),
+fitted on validation with each subject counted once; the referral they imply."""
+
+import numpy as np
+import pytest
+
+from allcls.evaluation import conformal
+
+from helpers import compose_config
+
+
+def exchangeable(samples, classes=4, seed=0):
+    """Calibrated predictions: each label drawn from its own predicted probabilities."""
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.full(classes, 0.6), samples)
+    labels = np.array([rng.choice(classes, p=p) for p in probabilities])
+    subjects = [f"S{i // 5}" for i in range(samples)]
+    return probabilities, labels, subjects
+
+
+@pytest.mark.parametrize("coverage", [0.8, 0.9, 0.95])
+def test_measured_coverage_is_within_a_few_points_of_the_target(coverage):
+    probabilities, labels, subjects = exchangeable(4000)
+    threshold = conformal.fit_threshold(probabilities[:2000], labels[:2000], subjects[:2000], coverage)
+    members = conformal.prediction_sets(probabilities[2000:], threshold)
+    measured = members[np.arange(2000), labels[2000:]].mean()
+    assert coverage - 0.02 <= measured <= coverage + 0.03
+    assert members.any(axis=1).all()  # never an empty set
+
+
+def test_sets_grow_with_the_coverage_asked_for_and_hold_the_most_probable_classes_first():
+    probabilities, labels, subjects = exchangeable(1000)
+    sizes = [conformal.prediction_sets(probabilities, conformal.fit_threshold(probabilities, labels, subjects, c))
+             .sum(axis=1).mean() for c in (0.6, 0.8, 0.95)]
+    assert sizes[0] < sizes[1] < sizes[2]
+    members = conformal.prediction_sets(np.array([[0.5, 0.3, 0.2], [0.1, 0.85, 0.05]]), 0.8)
+    assert members.tolist() == [[True, True, False], [False, True, False]]
+    assert conformal.set_labels(members, ["a", "b", "c"]) == ["a|b", "b"]
+
+
+def test_each_validation_subject_counts_once():
+    assert conformal.subject_weights(["S1", "S1", "S1", "S2", None, ""]).tolist() == [1 / 3, 1 / 3, 1 / 3, 1, 1, 1]
+
+
+def test_too_few_validation_subjects_for_the_coverage_gives_no_threshold():
+    probabilities, labels, _ = exchangeable(40)
+    assert conformal.units_needed(0.95) == 20
+    assert conformal.fit_threshold(probabilities, labels, ["S1"] * 20 + ["S2"] * 20, 0.95) is None
+    assert conformal.fit_threshold(probabilities, labels, [None] * 40, 0.95) is not None  # 40 cells, no subjects
+
+
+def test_evaluation_reports_coverage_set_size_and_referrals(store, tmp_path):
+    from allcls.evaluation.task import evaluate
+
+    overrides = [f"run_id={store['members'][0]}", "bootstrap=100", "num_workers=0", "conformal.coverage=0.8"]
+    evaluate(compose_config("evaluate", store["root"], overrides, output_dir=tmp_path / "eval"))
+    client = store["client"]
+    run = client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'",
+                             order_by=["attributes.start_time DESC"])[0]
+    metrics = run.data.metrics
+    assert metrics["conformal/target_coverage"] == pytest.approx(0.8)
+    assert metrics["test/conformal/coverage_ci_low"] <= metrics["test/conformal/coverage"] <= 1
+    assert 1 <= metrics["test/conformal/mean_set_size"] <= 2 and 0 <= metrics["test/conformal/refer_rate"] <= 1
+    assert run.data.params["prediction_sets"].startswith("split conformal (APS), 0.8 coverage")
+    sets = client.download_artifacts(run.info.run_id, "predictions/test_sets.csv", str(tmp_path))
+    assert open(sets).readline().strip() == "sample_id,set,refer"
+
+
+def test_a_coverage_the_validation_cannot_support_is_skipped_with_the_reason(store, tmp_path):
+    from allcls.evaluation.task import evaluate
+
+    overrides = [f"run_id={store['members'][0]}", "bootstrap=20", "num_workers=0", "conformal.coverage=0.99"]
+    evaluate(compose_config("evaluate", store["root"], overrides, output_dir=tmp_path / "eval"))
+    run = store["client"].search_runs([store["experiment_id"]], "tags.stage = 'evaluate'",
+                                      order_by=["attributes.start_time DESC"])[0]
+    assert "99% coverage needs 100 validation subjects" in run.data.params["prediction_sets"]
+    assert "test/conformal/coverage" not in run.data.metrics
