@@ -27,10 +27,13 @@ data/weights/%_in1k.pth: | $(INSTALLED)
 
 # The whole workflow on synthetic data on the CPU: a transfer-learning sweep (two ImageNet-pretrained
 # backbones x two seeds, one MLflow run each, summarised), then the comparison of ensemble weighting
-# schemes over that sweep, and the `mlflow ui` command to browse it all.
+# schemes over that sweep, the chosen ensemble packaged as an MLflow model and registered
+# (demo-ensemble@champion), and the `mlflow ui` command to browse it all.
 demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficientnet_lite0_in1k.pth
 	$(BIN)/python train.py -m experiment=quickstart backbone=mobilenetv2,efficientnet_lite0 seed=0,1
 	$(BIN)/python ensemble.py experiment_name=synthetic-cnmc sweep_id=latest
+	$(BIN)/python -m allcls.package run_id=latest experiment_name=synthetic-cnmc register_as=demo-ensemble \
+		alias=champion coverage=0.9
 
 # Lint first (settings in pyproject.toml), then the whole suite.
 test: $(INSTALLED)

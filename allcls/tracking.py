@@ -172,6 +172,19 @@ class Tracker:
         except MlflowException as error:
             raise AllclsError(f"MLflow cannot read the filter {filter_string!r}: {error.message}") from None
 
+    def latest_run_id(self, stage: str) -> str:
+        """The newest finished run of `stage` in the experiment."""
+        experiment = self.client.get_experiment_by_name(self.experiment_name) if self.experiment_name else None
+        if experiment is None:
+            raise AllclsError(f"No MLflow experiment {self.experiment_name!r} in {self.tracking_uri} (there are "
+                              f"{self.experiment_names()}): set experiment_name.")
+        runs = self.client.search_runs([experiment.experiment_id],
+                                       f"attributes.status = 'FINISHED' and tags.stage = '{stage}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise AllclsError(f"No finished {stage} run in experiment {self.experiment_name!r}.")
+        return runs[0].info.run_id
+
     def experiment_names(self) -> list[str]:
         return [e.name for e in self.client.search_experiments()]
 

@@ -4,6 +4,7 @@ the entry scripts run as a user runs them, and what an MLflow run holds."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,10 @@ def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set
     for item in client.list_artifacts(run_id, path):
         found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
     return found
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

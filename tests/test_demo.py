@@ -1,6 +1,6 @@
 """`make demo` as a user sees it: the transfer-learning sweep on the default synthetic data, then the
 comparison of weighting schemes, whose ranking must mean something (members that differ, schemes
-that do not all tie)."""
+that do not all tie), then the chosen ensemble packaged and registered."""
 
 import subprocess
 import sys
@@ -24,6 +24,11 @@ def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     compared = run_script("ensemble.py", "experiment_name=synthetic-cnmc", "sweep_id=latest", cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-3000:]
+    packaging = ["run_id=latest", "experiment_name=synthetic-cnmc", "register_as=demo-ensemble", "alias=champion",
+                 "coverage=0.9"]
+    packaged = subprocess.run([sys.executable, "-m", "allcls.package", *packaging], cwd=tmp_path, capture_output=True,
+                              text=True)
+    assert packaged.returncode == 0, packaged.stderr[-3000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("synthetic-cnmc")
@@ -35,3 +40,5 @@ def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
     ranked = table.dropna(subset=["rank"])["cv_f1_weighted"]
     assert ranked.nunique() >= 3 and ranked.max() - ranked.min() >= 0.02, ranked.tolist()  # not a table of ties
     assert 100 <= int(members[0].data.params["n_val"])  # validated on more than a handful of cells
+    version = client.get_model_version_by_alias("demo-ensemble", "champion")  # the demo ends with a registered model
+    assert version.tags["run_id"] == ensemble.info.run_id

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,7 @@ from allcls.run_summary import summary_text
 from allcls.tracking import MissingArtifact, Tracker
 from allcls.training import train
 
-from helpers import artifacts
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from helpers import artifacts, free_port
 
 
 @pytest.fixture

@@ -1,0 +1,163 @@
+"""Runs and ensembles as MLflow pyfunc models: packaged into the run, registered with an alias, loaded
+back by every kind of URI, served by `mlflow models serve`, with a model card whose numbers are the
+logged ones."""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from allcls.errors import AllclsError
+from allcls.package import package
+
+from helpers import compose_config, free_port
+
+CLASSES = ["hem", "all"]
+
+
+def package_cfg(store, tmp_path, *overrides):
+    return compose_config("package", store["root"], ["bootstrap=100", "coverage=0.8", *overrides],
+                          output_dir=tmp_path / "package")
+
+
+@pytest.fixture(scope="module")
+def packaged(store, tmp_path_factory):
+    """The first member run, packaged and registered as `cells` with alias `champion`."""
+    folder = tmp_path_factory.mktemp("packaged")
+    uri = package(package_cfg(store, folder, f"run_id={store['members'][0]}", "register_as=cells", "alias=champion"))
+    mlflow.set_tracking_uri(f"sqlite:///{store['root']}/mlruns/mlflow.db")
+    return uri
+
+
+def sample_images(store, count=3) -> list[str]:
+    folder = next(Path(store["root"], "data", "synthetic").glob("cnmc-*"))
+    return sorted(str(p) for p in (folder / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.bmp"))[:count]
+
+
+def test_a_run_is_packaged_registered_and_found_by_every_uri(store, packaged):
+    assert packaged == "models:/cells@champion"
+    client = store["client"]
+    version = client.get_model_version_by_alias("cells", "champion")
+    assert version.tags["run_id"] == store["members"][0] and version.tags["classes"] == "hem,all"
+    assert version.tags["split_hash"] == store["split_hash"]
+    assert client.get_run(store["members"][0]).data.tags["registered_model_version"] == f"cells/{version.version}"
+    images = pd.DataFrame({"path": sample_images(store)})
+    answers = [mlflow.pyfunc.load_model(uri).predict(images) for uri in
+               (packaged, f"models:/cells/{version.version}", f"runs:/{store['members'][0]}/model")]
+    for answer in answers[1:]:
+        pd.testing.assert_frame_equal(answer, answers[0])
+    first = answers[0]
+    assert list(first.columns) == ["label", "prob_hem", "prob_all", "set", "refer", "error"]
+    assert set(first["label"]) <= set(CLASSES) and np.allclose(first[["prob_hem", "prob_all"]].sum(axis=1), 1)
+    assert (first["refer"] == first["set"].str.contains("|", regex=False)).all()
+
+
+def test_the_packaged_model_predicts_what_the_run_logged(store, packaged):
+    """Before temperature scaling the model's probabilities are the run's own test predictions."""
+    client = store["client"]
+    logged = pd.read_parquet(client.download_artifacts(store["members"][0], "predictions/test.parquet",
+                                                       str(Path(store["root"]) / "check")))
+    model = mlflow.pyfunc.load_model(packaged).unwrap_python_model()
+    folder = next(Path(store["root"], "data", "synthetic").glob("cnmc-*"))
+    rows = logged.head(5)
+    probabilities = model.predictor.predict([str(folder / sid) for sid in rows["sample_id"]])
+    assert probabilities == pytest.approx(rows[["prob_hem", "prob_all"]].to_numpy(), abs=1e-5)
+
+
+def test_the_model_card_reports_the_logged_numbers(store, packaged, tmp_path):
+    client = store["client"]
+    version = client.get_model_version_by_alias("cells", "champion")
+    card = version.description
+    assert "Not a diagnostic device" in card and "by subject" in card and store["split_hash"] in card
+    run = client.get_run(store["members"][0])
+    f1 = run.data.metrics["test/f1_weighted"]
+    line = next(row for row in card.splitlines() if row.startswith("| f1_weighted |"))
+    assert float(line.split("|")[2]) == pytest.approx(f1, abs=5e-4)
+    local = client.download_artifacts(store["members"][0], "model/model_card.md", str(tmp_path))
+    assert Path(local).read_text() == card
+
+
+def test_bad_images_get_a_reason_and_spoil_no_other_row(store, packaged, tmp_path):
+    (tmp_path / "empty.bmp").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image")
+    model = mlflow.pyfunc.load_model(packaged)
+    paths = [sample_images(store, 1)[0], str(tmp_path / "empty.bmp"), str(tmp_path / "notes.png"), "/no/such.png"]
+    rows = model.predict(pd.DataFrame({"path": paths}))
+    assert rows.loc[0, "error"] == "" and rows.loc[0, "label"] in CLASSES
+    assert "empty" in rows.loc[1, "error"] and "not an image" in rows.loc[2, "error"]
+    assert "No such file" in rows.loc[3, "error"] and rows.loc[1:, "label"].isna().all()
+
+
+def test_an_ensemble_packages_its_members_and_reports_their_votes(store, tmp_path):
+    from allcls.ensemble.search import run_ensemble
+
+    cfg = compose_config("ensemble", store["root"], ["experiment_name=synthetic-cnmc", "sweep_id=multirun",
+                                                     "bootstrap=50", "~schemes.simplex_grid"],
+                         output_dir=tmp_path / "ensemble")
+    run_ensemble(cfg)
+    client = store["client"]
+    ensemble = client.search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
+                                  order_by=["attributes.start_time DESC"])[0]
+    uri = package(package_cfg(store, tmp_path, f"run_id={ensemble.info.run_id}"))
+    rows = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": sample_images(store, 2)}))
+    votes = [c for c in rows.columns if c.startswith("member_")]
+    weighted = json.loads(Path(client.download_artifacts(ensemble.info.run_id, "ensemble/members.json",
+                                                         str(tmp_path))).read_text())["members"]
+    assert len(votes) == sum(m["weight"] > 0 for m in weighted) and rows[votes].isin(CLASSES).all().all()
+
+
+def test_packaging_again_is_refused_unless_asked_and_a_half_run_is_refused(store, packaged, tmp_path):
+    with pytest.raises(AllclsError, match="already holds a packaged model.*overwrite=true"):
+        package(package_cfg(store, tmp_path, f"run_id={store['members'][0]}"))
+    client = store["client"]
+    empty = client.create_run(store["experiment_id"], tags={"stage": "train", "classes": "hem,all"})
+    with pytest.raises(AllclsError, match="has no config/config.yaml|has no predictions"):
+        package(package_cfg(store, tmp_path, f"run_id={empty.info.run_id}"))
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_like_the_model_in_process(store, packaged, tmp_path):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store['root']}/mlruns/mlflow.db", "TQDM_DISABLE": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # it starts uvicorn by name
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", packaged, "--env-manager",
+                               "local", "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                              env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("mlflow models serve did not start:\n" + (tmp_path / "serve.log").read_text())
+                time.sleep(1)
+        paths = sample_images(store, 2)
+        encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths]
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        served = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+    in_process = mlflow.pyfunc.load_model(packaged).predict(pd.DataFrame({"image": encoded}))
+    assert served["label"].tolist() == in_process["label"].tolist()
+    assert served["prob_all"].to_numpy() == pytest.approx(in_process["prob_all"].to_numpy(), abs=1e-9)
