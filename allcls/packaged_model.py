@@ -102,13 +102,15 @@ class PackagedModel(mlflow.pyfunc.PythonModel):
             ("identity",)
         return self.rows(images, errors, views)
 
-    def rows(self, images: list[np.ndarray | None], errors: list[str], views=("identity",)) -> pd.DataFrame:
+    def rows(self, images: list[np.ndarray | None], errors: list[str], views=("identity",),
+             show_progress: bool = True) -> pd.DataFrame:
         """Output rows for decoded images (None where `errors` says why not)."""
         readable = [i for i, image in enumerate(images) if image is not None]
         table = pd.DataFrame(index=range(len(images)), columns=self.spec.output_columns())
         table["error"] = errors
         if readable:
-            per_view = self.predictor.view_probabilities([images[i] for i in readable], views, desc="Predicting")
+            per_view = self.predictor.view_probabilities([images[i] for i in readable], views, desc="Predicting",
+                                                         show_progress=show_progress)
             probabilities = self.calibrated(self.predictor.combine_views(list(per_view)))
             members = self.sets(probabilities)
             table.loc[readable, "label"] = [self.spec.classes[k] for k in probabilities.argmax(axis=1)]

@@ -11,7 +11,9 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T] | None = None, *, desc: str, total: int | None = None, unit: str = "it"
-             ) -> tqdm:
-    """A bar on stderr that stays when done, so the terminal keeps a record of what took how long."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+def progress(iterable: Iterable[T] | None = None, *, desc: str, total: int | None = None, unit: str = "it",
+             show: bool = True) -> tqdm:
+    """A bar on stderr that stays when done, so the terminal keeps a record of what took how long.
+    `show=False` for a step inside a longer one that has its own bar."""
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True,
+                disable=None if show else True)

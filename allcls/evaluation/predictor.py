@@ -92,7 +92,7 @@ class Predictor:
 
     @torch.inference_mode()
     def view_probabilities(self, images: Sequence[str | np.ndarray], views: Sequence[str] = ("identity",),
-                           desc: str = "Predicting") -> np.ndarray:
+                           desc: str = "Predicting", show_progress: bool = True) -> np.ndarray:
         """Every member's probabilities of every view (views, members, images, classes), from one
         pass over the images."""
         views = check_views(views)
@@ -100,7 +100,7 @@ class Predictor:
             member.model.eval().to(self.device)
         chunks: list[list[list[np.ndarray]]] = [[[] for _ in self.members] for _ in views]
         label = f"{desc}: {len(images)} images x {len(self.members)} model(s) x {len(views)} view(s)"
-        with progress(desc=label, total=len(images), unit="image") as bar:
+        with progress(desc=label, total=len(images), unit="image", show=show_progress) as bar:
             for batch in self.loader(images):
                 for m, member in enumerate(self.members):
                     inputs = batch[self.preprocessings.index(member.preprocessing)].to(self.device, non_blocking=True)

@@ -1,0 +1,88 @@
+"""Batch prediction with a packaged model (or a run packaged on the fly): one CSV row per image, odd
+images converted, unreadable ones skipped and listed, nothing written next to the images, and an
+existing output kept."""
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from allcls.errors import AllclsError
+from allcls.package import package
+from allcls.predict import predict
+
+from helpers import compose_config
+
+
+@pytest.fixture(scope="module")
+def model_uri(store, tmp_path_factory):
+    cfg = compose_config("package", store["root"], [f"run_id={store['members'][1]}", "bootstrap=50", "coverage=0.8",
+                                                    "register_as=batch", "alias=champion"],
+                         output_dir=tmp_path_factory.mktemp("package"))
+    return package(cfg)
+
+
+@pytest.fixture
+def odd_folder(store, tmp_path):
+    """Real cells, plus every kind of odd or broken file a folder of images can hold."""
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    cells = sorted(next(Path(store["root"], "data", "synthetic").glob("cnmc-*")).rglob("*.bmp"))[:3]
+    for cell in cells:
+        shutil.copy(cell, folder / cell.name)
+    cv2.imwrite(str(folder / "sub" / "gray.png"), np.full((40, 40), 120, np.uint8))
+    cv2.imwrite(str(folder / "rgba.png"), np.full((40, 40, 4), 200, np.uint8))
+    cv2.imwrite(str(folder / "sixteen.png"), np.full((40, 40, 3), 40000, np.uint16))
+    cv2.imwrite(str(folder / "tiny.png"), np.full((2, 2, 3), 90, np.uint8))
+    cv2.imwrite(str(folder / "wide.png"), np.full((20, 10_000, 3), 90, np.uint8))
+    cv2.imwrite(str(folder / "huge.png"), np.zeros((10_000, 10_000), np.uint8))  # 100 megapixels
+    (folder / "empty.bmp").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "readme.txt").write_text("not looked at: no image suffix")
+    return folder
+
+
+def predict_cfg(store, tmp_path, *overrides):
+    return compose_config("predict", store["root"], list(overrides), output_dir=tmp_path / "job")
+
+
+def test_a_folder_with_odd_files_gives_a_row_per_readable_image_and_lists_the_rest(store, model_uri, odd_folder,
+                                                                                   tmp_path, capsys):
+    output = predict(predict_cfg(store, tmp_path, f"model={model_uri}", f"input={odd_folder}",
+                                 f"output={tmp_path / 'out' / 'predictions.csv'}"))
+    table = pd.read_csv(output)
+    readable = {"gray.png", "rgba.png", "sixteen.png", "tiny.png", "wide.png"} | {
+        p.name for p in odd_folder.glob("*.bmp") if p.stat().st_size}
+    assert {Path(p).name for p in table["path"]} == readable
+    assert list(table.columns[:6]) == ["path", "label", "prob_hem", "prob_all", "set", "refer"]
+    assert np.allclose(table[["prob_hem", "prob_all"]].sum(axis=1), 1)
+    printed = capsys.readouterr().out
+    assert "Skipped 3 file(s)" in printed
+    assert "huge.png: 10000 x 10000 pixels" in printed and "empty.bmp: the file is empty" in printed
+    assert "notes.jpg: not an image file" in printed and "readme.txt" not in printed
+
+
+def test_tta_and_a_run_id_packaged_on_the_fly(store, odd_folder, tmp_path):
+    output = predict(predict_cfg(store, tmp_path, f"model={store['members'][2]}", f"input={odd_folder}/*.bmp",
+                                 f"output={tmp_path / 'tta.csv'}", "tta=true", "coverage=0.8"))
+    table = pd.read_csv(output)
+    assert len(table) == 3 and table["label"].isin(["hem", "all"]).all()
+
+
+def test_an_existing_output_is_kept_and_nothing_goes_next_to_the_images(store, model_uri, odd_folder, tmp_path):
+    existing = tmp_path / "kept.csv"
+    existing.write_text("mine\n")
+    with pytest.raises(AllclsError, match="exists: pass overwrite=true"):
+        predict(predict_cfg(store, tmp_path, f"model={model_uri}", f"input={odd_folder}", f"output={existing}"))
+    assert existing.read_text() == "mine\n"
+    with pytest.raises(AllclsError, match="next to the images"):
+        predict(predict_cfg(store, tmp_path, f"model={model_uri}", f"input={odd_folder}",
+                            f"output={odd_folder / 'predictions.csv'}"))
+    with pytest.raises(AllclsError, match="neither a folder, nor a file, nor a glob"):
+        predict(predict_cfg(store, tmp_path, f"model={model_uri}", "input=/no/such/place", "output=x.csv"))
+    with pytest.raises(AllclsError, match="Cannot load model models:/nobody@champion"):
+        predict(predict_cfg(store, tmp_path, "model=models:/nobody@champion", f"input={odd_folder}",
+                            f"output={tmp_path / 'x.csv'}"))
