@@ -33,7 +33,7 @@ demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficie
 	$(BIN)/python train.py -m experiment=quickstart backbone=mobilenetv2,efficientnet_lite0 seed=0,1
 	$(BIN)/python ensemble.py experiment_name=synthetic-cnmc sweep_id=latest
 	$(BIN)/python -m allcls.package run_id=latest experiment_name=synthetic-cnmc register_as=demo-ensemble \
-		alias=champion coverage=0.9
+		alias=champion coverage=0.8
 
 # Lint first (settings in pyproject.toml), then the whole suite.
 test: $(INSTALLED)

@@ -61,13 +61,27 @@ def explain(predictor: Predictor, images: Sequence[str | np.ndarray], targets: S
             ) -> tuple[np.ndarray, np.ndarray]:
     """(RGB images as the first member sees them, Grad-CAM maps of the `targets` classes): every
     member's maps, combined with the predictor's weights at the first member's input size."""
+    display, maps = member_maps(predictor, images, targets)
+    return display, combine_maps(maps, predictor.weights, display.shape[1])
+
+
+def member_maps(predictor: Predictor, images: Sequence[str | np.ndarray], targets: Sequence[int], show: bool = True
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(RGB images as the first member sees them, each member's Grad-CAM maps at its own input size)."""
     maps, display = [], None
-    for member in progress(predictor.members, desc=f"Grad-CAM of {len(images)} images", unit="model"):
+    for member in progress(predictor.members, desc=f"Grad-CAM of {len(images)} images", unit="model", show=show):
         inputs = predictor.inputs(images, member).to(predictor.device)
         maps.append(gradcam(member.model, inputs, targets))
         if display is None:
             display = to_display(inputs, member.input_spec)
-    return display, combine_maps(maps, predictor.weights, display.shape[1])
+    return display, maps
+
+
+def overlay(image: np.ndarray, cam_map: np.ndarray) -> np.ndarray:
+    """One RGB image in [0, 1] with its map laid over it (uint8 RGB)."""
+    if cam_map.shape != image.shape[:2]:
+        cam_map = cv2.resize(cam_map, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    return show_cam_on_image(image.astype(np.float32), cam_map, use_rgb=True)
 
 
 def combine_maps(maps: Sequence[np.ndarray], weights: Sequence[float], size: int) -> np.ndarray:
@@ -93,9 +107,7 @@ def overlay_grid(grid: CamGrid, path: Path, columns: int = 4) -> Path:
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, cam_map, caption in zip(axes.ravel(), grid.images, grid.maps, grid.captions):
-        if cam_map.shape != image.shape[:2]:
-            cam_map = cv2.resize(cam_map, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
-        ax.imshow(show_cam_on_image(image.astype(np.float32), cam_map, use_rgb=True))
+        ax.imshow(overlay(image, cam_map))
         ax.set_title(caption, fontsize=8)
     fig.suptitle(grid.title)
     return save_figure(fig, path, dpi=110)

@@ -71,7 +71,7 @@ def markdown(facts: CardFacts) -> str:
                      "asked for. Every image gets its top class only and is never flagged.")
     else:
         coverage, low, high, size, refer = facts.referral
-        lines.append(f"Split-conformal prediction sets (adaptive prediction sets) for {spec.coverage:.0%} coverage, "
+        lines.append(f"Split-conformal prediction sets (least ambiguous sets) for {spec.coverage:.0%} coverage, "
                      f"fitted on the validation predictions: an image whose set holds more than one class is flagged "
                      f"\"refer to a human\". On test: coverage {coverage:.3f} [{low:.3f}, {high:.3f}], mean set size "
                      f"{size:.2f}, {refer:.1%} of images referred.")

@@ -16,4 +16,4 @@ def progress(iterable: Iterable[T] | None = None, *, desc: str, total: int | Non
     """A bar on stderr that stays when done, so the terminal keeps a record of what took how long.
     `show=False` for a step inside a longer one that has its own bar."""
     return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True,
-                disable=None if show else True)
+                disable=not show)

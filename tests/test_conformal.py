@@ -1,4 +1,4 @@
-"""Prediction sets that hold the true class with a chosen probability (split conformal, APS),
+"""Prediction sets that hold the true class with a chosen probability (split conformal, least ambiguous sets),
 fitted on validation with each subject counted once; the referral they imply."""
 
 import numpy as np
@@ -28,14 +28,19 @@ def test_measured_coverage_is_within_a_few_points_of_the_target(coverage):
     assert members.any(axis=1).all()  # never an empty set
 
 
-def test_sets_grow_with_the_coverage_asked_for_and_hold_the_most_probable_classes_first():
+def test_sets_grow_with_the_coverage_asked_for_and_hold_every_class_probable_enough():
     probabilities, labels, subjects = exchangeable(1000)
     sizes = [conformal.prediction_sets(probabilities, conformal.fit_threshold(probabilities, labels, subjects, c))
              .sum(axis=1).mean() for c in (0.6, 0.8, 0.95)]
     assert sizes[0] < sizes[1] < sizes[2]
-    members = conformal.prediction_sets(np.array([[0.5, 0.3, 0.2], [0.1, 0.85, 0.05]]), 0.8)
-    assert members.tolist() == [[True, True, False], [False, True, False]]
-    assert conformal.set_labels(members, ["a", "b", "c"]) == ["a|b", "b"]
+    members = conformal.prediction_sets(np.array([[0.5, 0.3, 0.2], [0.1, 0.85, 0.05], [0.4, 0.35, 0.25]]), 0.7)
+    assert members.tolist() == [[True, True, False], [False, True, False], [True, True, False]]
+
+
+def test_two_classes_get_informative_sets_an_uncertain_cell_both_a_clear_one_its_own():
+    members = conformal.prediction_sets(np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8]]), 0.6)
+    assert members.tolist() == [[True, False], [True, True], [False, True]]
+    assert conformal.set_labels(members, ["hem", "all"]) == ["hem", "hem|all", "all"]
 
 
 def test_each_validation_subject_counts_once():
@@ -61,7 +66,7 @@ def test_evaluation_reports_coverage_set_size_and_referrals(store, tmp_path):
     assert metrics["conformal/target_coverage"] == pytest.approx(0.8)
     assert metrics["test/conformal/coverage_ci_low"] <= metrics["test/conformal/coverage"] <= 1
     assert 1 <= metrics["test/conformal/mean_set_size"] <= 2 and 0 <= metrics["test/conformal/refer_rate"] <= 1
-    assert run.data.params["prediction_sets"].startswith("split conformal (APS), 0.8 coverage")
+    assert run.data.params["prediction_sets"].startswith("split conformal (least ambiguous sets), 0.8 coverage")
     sets = client.download_artifacts(run.info.run_id, "predictions/test_sets.csv", str(tmp_path))
     assert open(sets).readline().strip() == "sample_id,set,refer"
 

@@ -1,10 +1,11 @@
-"""Prediction sets that hold the true class with a chosen probability (split conformal prediction,
-with adaptive prediction sets: Romano, Sesia and Candès 2020).
+"""Prediction sets that hold the true class with a chosen probability (split conformal prediction
+with the least-ambiguous set-valued classifier's score: Sadinle, Lei and Wasserman 2019).
 
-A cell's score is the probability mass of the classes ranked at or above its true class. The
-threshold is the score quantile of the validation cells that gives the chosen coverage; a new cell's
-set is its most probable classes, in order, while their mass stays within the threshold (and its
-top class always). Cells of one
+A cell's score is one minus the probability of its true class. The threshold is the score quantile
+of the validation cells that gives the chosen coverage; a new cell's set is every class whose
+probability is at least one minus the threshold (and its top class always). This gives the smallest
+sets on average, and, unlike adaptive prediction sets without randomisation, sets that still say
+something with two classes: an uncertain cell gets both, a clear one its class alone. Cells of one
 patient are not independent: where subjects are known, each validation subject counts once (its
 cells share its weight), so a patient with many cells does not set the threshold alone. A set of
 more than one class means the model cannot tell, at that coverage: the cell should go to a human.
@@ -34,9 +35,8 @@ class ConformalSettings:
 
 
 def scores(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The APS score of each cell (N,): the mass of the classes ranked at or above its true class."""
-    true = probabilities[np.arange(len(labels)), labels]
-    return np.where(probabilities >= true[:, None], probabilities, 0.0).sum(axis=1)
+    """The score of each cell (N,): one minus the probability of its true class."""
+    return 1.0 - probabilities[np.arange(len(labels)), labels]
 
 
 def subject_weights(subjects: Sequence) -> np.ndarray:
@@ -68,15 +68,10 @@ def fit_threshold(probabilities: np.ndarray, labels: np.ndarray, subjects: Seque
 
 
 def prediction_sets(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """Membership (N, C): each cell's most probable classes, in order, while their mass stays within
-    the threshold, so a class is in the set exactly when its score would be (the top class always:
-    a set is never empty)."""
-    order = np.argsort(-probabilities, axis=1, kind="stable")
-    ranked = np.take_along_axis(probabilities, order, axis=1)
-    keep = np.cumsum(ranked, axis=1) <= threshold + 1e-12
-    keep[:, 0] = True
-    members = np.zeros_like(keep)
-    np.put_along_axis(members, order, keep, axis=1)
+    """Membership (N, C): every class whose score would be within the threshold, i.e. whose
+    probability is at least 1 - threshold; the top class always (a set is never empty)."""
+    members = probabilities >= 1.0 - threshold - 1e-12
+    members[np.arange(len(probabilities)), probabilities.argmax(axis=1)] = True
     return members
 
 

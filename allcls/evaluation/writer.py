@@ -87,5 +87,6 @@ def log_result(tracker: Tracker, source: ModelSource, result: EvaluationResult, 
 
 def sets_param(result: EvaluationResult) -> str:
     if result.sets is not None:
-        return f"split conformal (APS), {result.sets.target:g} coverage, threshold {result.sets.threshold:.4f}"
+        sets = result.sets
+        return f"split conformal (least ambiguous sets), {sets.target:g} coverage, threshold {sets.threshold:.4f}"
     return f"not fitted ({result.sets_note})" if result.sets_note else "off"
