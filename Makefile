@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test install benchmarks
+.PHONY: demo test install benchmarks app browser
 
 $(INSTALLED): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,19 @@ demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficie
 	$(BIN)/python -m allcls.package run_id=latest experiment_name=synthetic-cnmc register_as=demo-ensemble \
 		alias=champion coverage=0.8
 
+# The diagnosis page on http://127.0.0.1:8501, reading ./mlruns (after `make demo`: demo-ensemble@champion).
+app: $(INSTALLED)
+	$(BIN)/python -m allcls.app
+
+# The page's browser test drives Debian's chromium through chromedriver: installed here when missing and
+# apt-get can (as root); elsewhere that test names what to install.
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+		  >/dev/null; } || echo "chromium could not be installed: the page's browser test will fail and say so"
+
 # Lint first (settings in pyproject.toml), then the whole suite.
-test: $(INSTALLED)
+test: $(INSTALLED) browser
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import altair as alt
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -127,9 +129,23 @@ def page() -> None:
                            "text/csv")
 
 
+def unreachable(uri: str) -> str | None:
+    """Why a tracking server cannot be reached (None if it answers, or the store is a local one): asked
+    directly, because MLflow's client retries for minutes before it gives up."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+        return None
+    except OSError as error:
+        return str(getattr(error, "reason", error))
+
+
 def choose_model() -> Choice | None:
     uri = tracking_uri()
     try:
+        if (reason := unreachable(uri)) is not None:
+            raise OSError(reason)
         registered = MlflowClient(uri).search_registered_models()
     except (MlflowException, OSError) as error:
         st.error(f"Cannot reach the MLflow store {uri}: {getattr(error, 'message', error)}. Start the page from "
@@ -174,13 +190,24 @@ def describe(model: PackagedModel, choice: Choice) -> None:
     st.sidebar.markdown(f"**Dataset** {source.get('dataset', '?')}  \n**Classes** {', '.join(spec.classes)}  \n"
                         f"**Temperature** {'none' if spec.temperature is None else f'{spec.temperature:.2f}'}  \n"
                         f"**Referral** {'none' if spec.coverage is None else f'{spec.coverage:.0%} coverage'}")
-    members = pd.DataFrame({"member": [m.name for m in spec.members], "weight": [m.weight for m in spec.members],
-                            "input": [f"{m.input_size} px" for m in spec.members]})
+    members = pd.DataFrame({"member": [m.name for m in spec.members],
+                            "weight": [round(m.weight, 3) for m in spec.members]})
     st.sidebar.dataframe(members, hide_index=True)
     card = MlflowClient(tracking_uri()).get_model_version(choice.name, choice.version).description
     with st.expander(f"What this model is: {choice.name} {choice.label} (model card: test scores with intervals, "
                      "calibration, referral, limits)"):
         st.markdown(card or "This version has no model card.")
+
+
+def probability_chart(classes: list[str], probabilities: np.ndarray) -> alt.Chart:
+    """One bar per class in the model's class order, on a fixed 0-100% axis (a half-full bar looks half full)."""
+    table = pd.DataFrame({"class": classes, "probability": probabilities})
+    return alt.Chart(table).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"),
+                title="calibrated probability"),
+        y=alt.Y("class:N", sort=classes, title=None, axis=alt.Axis(labelFontSize=14)),
+        tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
+    )
 
 
 def show_image(model: PackagedModel, name: str, data: bytes, tta: bool, gradcam: bool) -> list[dict]:
@@ -199,7 +226,8 @@ def show_image(model: PackagedModel, name: str, data: bytes, tta: bool, gradcam:
         middle.image(analysis.overlay, caption="Grad-CAM of " + analysis.label, width="stretch")
     probability = float(analysis.probabilities[classes.index(analysis.label)])
     right.markdown(f"### Predicted: {analysis.label}  \n{probability:.1%} calibrated probability")
-    right.bar_chart(pd.DataFrame({"probability": analysis.probabilities}, index=classes))
+    right.altair_chart(probability_chart(classes, analysis.probabilities), width="stretch",
+                       height=44 * len(classes) + 50)
     refer, sentence = referral_text(analysis, classes, coverage)
     (right.warning if refer else right.success)(sentence)
     if analysis.agreement is not None:
@@ -222,9 +250,15 @@ def main() -> None:
     """`python -m allcls.app [streamlit options]`: serve this page, on 127.0.0.1 unless told otherwise."""
     from streamlit.web import cli
 
+    # A server that goes away later should fail a request in seconds, not after minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     options = sys.argv[1:]
-    if not any(option.startswith("--server.address") for option in options):
-        options = ["--server.address", "127.0.0.1", *options]
+    # 127.0.0.1; no browser or e-mail prompt; no developer menu (Deploy, rerun) on a clinician's page
+    for name, default in (("--server.address", "127.0.0.1"), ("--server.headless", "true"),
+                          ("--client.toolbarMode", "viewer")):
+        if not any(option.startswith(name) for option in options):
+            options = [name, default, *options]
     sys.argv = ["streamlit", "run", str(Path(__file__).resolve()), "--browser.gatherUsageStats", "false", *options]
     sys.exit(cli.main())
 
