@@ -187,9 +187,15 @@ def load_model(uri: str) -> PackagedModel | None:
 def describe(model: PackagedModel, choice: Choice) -> None:
     spec = model.spec
     source = spec.source
+    backbones = sorted({m.backbone for m in spec.members if m.backbone})
     st.sidebar.markdown(f"**Dataset** {source.get('dataset', '?')}  \n**Classes** {', '.join(spec.classes)}  \n"
+                        f"**Backbone{'s' if len(backbones) > 1 else ''}** {', '.join(backbones) or '?'}  \n"
                         f"**Temperature** {'none' if spec.temperature is None else f'{spec.temperature:.2f}'}  \n"
                         f"**Referral** {'none' if spec.coverage is None else f'{spec.coverage:.0%} coverage'}")
+    if spec.test_scores:
+        st.sidebar.markdown("**On its test split** (95% intervals over subjects)  \n" + "  \n".join(
+            f"{name.replace('_', ' ')} {value:.3f} [{low:.3f}, {high:.3f}]"
+            for name, (value, low, high) in spec.test_scores.items()))
     members = pd.DataFrame({"member": [m.name for m in spec.members],
                             "weight": [round(m.weight, 3) for m in spec.members]})
     st.sidebar.dataframe(members, hide_index=True)

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MODEL_PATH = "model"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")  # models-from-code: the model is built, not unpickled
 CARD_FILE = "model_card.md"
+HEADLINE_SCORES = ("balanced_accuracy", "f1_weighted", "auroc", "kappa")  # carried in the spec for the page
 # The smallest valid PNG (one black pixel): an input example the MLflow UI can show.
 EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==")
 
@@ -101,18 +102,20 @@ def build(tracker: Tracker, source: ModelSource, cfg: DictConfig, workdir: Path
                                               weights_only=True)["hyper_parameters"]["backbone"])
         spec = input_spec(backbone)
         members.append(MemberSpec(member.name, member.weight, key, spec.size, spec.mean, spec.std,
-                                  bool(member.train_config.dataset.roi_crop)))
+                                  bool(member.train_config.dataset.roi_crop), backbone.name))
         backbones.append(backbone.name)
     tags = source.tags
+    scores = metric_table(probabilities_of(test), test["label"].to_numpy(), test["subject"].tolist(), source.classes,
+                          int(cfg.bootstrap), int(cfg.seed))
     model = ModelSpec(source.classes, source.rule, members, temperature, float(cfg.coverage) if threshold else None,
                       threshold, {"run_id": source.run_id, "kind": source.kind, "dataset": tags.get("dataset", ""),
-                                  "classes": ",".join(source.classes), "split_hash": tags.get("split_hash", "")})
+                                  "classes": ",".join(source.classes), "split_hash": tags.get("split_hash", "")},
+                      {row.metric: [float(row.value), float(row.ci_low), float(row.ci_high)]
+                       for row in scores.itertuples() if row.metric in HEADLINE_SCORES})
     spec_file = workdir / SPEC_FILE
     spec_file.write_text(model.to_json())
     artifacts["spec"] = str(spec_file)
-    facts = CardFacts(cfg.register_as or source.name, model, backbones, split_type(source, test),
-                      metric_table(probabilities_of(test), test["label"].to_numpy(), test["subject"].tolist(),
-                                   source.classes, int(cfg.bootstrap), int(cfg.seed)),
+    facts = CardFacts(cfg.register_as or source.name, model, backbones, split_type(source, test), scores,
                       (len(test), int(test["subject"].nunique())), calibration_facts(test, temperature),
                       referral_facts(test, scale, threshold, int(cfg.bootstrap), int(cfg.seed)))
     return model, artifacts, facts

@@ -48,6 +48,7 @@ class MemberSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     roi_crop: bool
+    backbone: str = ""  # timm's name, for people (the checkpoint says it again)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ModelSpec:
     coverage: float | None = None  # the referral rule: sets for this coverage...
     threshold: float | None = None  # ...hold classes while their mass stays within this
     source: dict[str, str] = field(default_factory=dict)  # run id, kind, dataset, classes, split hash
+    test_scores: dict[str, list[float]] = field(default_factory=dict)  # metric -> [value, ci_low, ci_high]
     format: int = FORMAT
 
     def to_json(self) -> str:

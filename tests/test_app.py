@@ -37,10 +37,10 @@ def models(store, tmp_path_factory):
 
     def register(run_id, name):
         return package(compose_config("package", root, [f"run_id={run_id}", f"register_as={name}", "alias=champion",
-                                                        "coverage=0.8", "bootstrap=50", "overwrite=true"],
+                                                        "coverage=0.8", "bootstrap=50"],
                                       output_dir=folder / name))
 
-    register(store["members"][0], "page-cells")
+    register(store["odd"], "page-cells")  # a run that no other test packages
     run_ensemble(compose_config("ensemble", root, ["experiment_name=synthetic-cnmc", "sweep_id=multirun",
                                                    "bootstrap=50", "~schemes.simplex_grid"],
                                 output_dir=folder / "ensemble"))
@@ -80,6 +80,8 @@ def test_an_upload_gets_its_class_probability_set_and_gradcam_and_a_bad_file_get
     page = pick(open_page(monkeypatch, models), "page-cells")
     assert page.sidebar.selectbox[1].value == "@champion"
     assert "Not a diagnostic device" in page.expander[0].children[0].value  # the model card
+    about = " ".join(m.value for m in page.sidebar.markdown)
+    assert "**Backbone** custom_cnn" in about and "balanced accuracy" in about and "80% coverage" in about
     data = an_image(store).read_bytes()
     page.file_uploader[0].set_value([("cell.bmp", data, "image/bmp"), ("notes.png", b"not an image", "image/png")])
     page.run()

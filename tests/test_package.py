@@ -85,6 +85,10 @@ def test_the_model_card_reports_the_logged_numbers(store, packaged, tmp_path):
     assert float(line.split("|")[2]) == pytest.approx(f1, abs=5e-4)
     local = client.download_artifacts(store["members"][0], "model/model_card.md", str(tmp_path))
     assert Path(local).read_text() == card
+    spec = mlflow.pyfunc.load_model(packaged).unwrap_python_model().spec  # what the page shows
+    assert spec.test_scores["f1_weighted"][0] == pytest.approx(f1, abs=5e-4)
+    assert spec.test_scores["f1_weighted"][1] <= f1 <= spec.test_scores["f1_weighted"][2]
+    assert {m.backbone for m in spec.members} == {"custom_cnn"}
 
 
 def test_bad_images_get_a_reason_and_spoil_no_other_row(store, packaged, tmp_path):
