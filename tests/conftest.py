@@ -3,8 +3,10 @@ The helpers they use are in helpers.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -27,8 +29,14 @@ def mlflow_client(tmp_path) -> MlflowClient:
 
 @pytest.fixture(autouse=True)
 def _no_tracking_uri_from_environment(monkeypatch):
-    """Tests decide where MLflow writes; a user's $MLFLOW_TRACKING_URI must not leak in."""
+    """Tests decide where MLflow writes; a user's $MLFLOW_TRACKING_URI must not leak in, nor one
+    test's store into the next: mlflow.set_tracking_uri (which Lightning's MLFlowLogger, the
+    packaging and the page call) also exports $MLFLOW_TRACKING_URI, and a later config would
+    compose with it."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,6 @@ def models(store, tmp_path_factory):
                                            order_by=["attributes.start_time DESC"])[0]
     register(ensemble.info.run_id, "page-ensemble")
     yield f"sqlite:///{root}/mlruns/mlflow.db"
-    mlflow.set_tracking_uri(None)  # the page points MLflow at its store; later tests choose their own
 
 
 def an_image(store) -> Path:

@@ -34,9 +34,13 @@ def package_cfg(store, tmp_path, *overrides):
 def packaged(store, tmp_path_factory):
     """The first member run, packaged and registered as `cells` with alias `champion`."""
     folder = tmp_path_factory.mktemp("packaged")
-    uri = package(package_cfg(store, folder, f"run_id={store['members'][0]}", "register_as=cells", "alias=champion"))
+    return package(package_cfg(store, folder, f"run_id={store['members'][0]}", "register_as=cells", "alias=champion"))
+
+
+@pytest.fixture(autouse=True)
+def _models_uris_read_the_store(store):
+    """`models:/` URIs are looked up in MLflow's global store (reset after every test)."""
     mlflow.set_tracking_uri(f"sqlite:///{store['root']}/mlruns/mlflow.db")
-    return uri
 
 
 def sample_images(store, count=3) -> list[str]:
