@@ -15,5 +15,6 @@ def progress(iterable: Iterable[T] | None = None, *, desc: str, total: int | Non
              show: bool = True) -> tqdm:
     """A bar on stderr that stays when done, so the terminal keeps a record of what took how long.
     `show=False` for a step inside a longer one that has its own bar."""
+    hidden = {} if show else {"disable": True}  # passing disable=False would override $TQDM_DISABLE
     return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True,
-                disable=not show)
+                **hidden)

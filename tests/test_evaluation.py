@@ -1,6 +1,9 @@
 """evaluate.py against real MLflow runs: a training run, an ensemble run, a checkpoint file, another
 dataset; what it logs, and how it refuses."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -73,6 +76,15 @@ def test_tta_and_gradcam_reload_the_checkpoint_and_log_side_by_side(store, tmp_p
     progress = capsys.readouterr().err  # every long step shows a progress bar
     for step in ("Predicting with TTA: ", "x 3 view(s)", "Grad-CAM of 4 images", "Bootstrap (200 replicates"):
         assert step in progress, step
+
+
+def test_tqdm_disable_switches_the_bars_off():
+    """As the README says: TQDM_DISABLE=1 (read by tqdm when it is imported) hides every bar."""
+    script = "from allcls.progress import progress\nfor _ in progress(range(3), desc='Predicting'): pass"
+    for disabled, shown in (("1", False), ("", True)):
+        env = {**os.environ, "TQDM_DISABLE": disabled}
+        err = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True).stderr
+        assert ("Predicting" in err) == shown, err
 
 
 def test_an_ensemble_is_evaluated_like_a_model(store, tmp_path, ensemble_run):
