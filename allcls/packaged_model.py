@@ -32,7 +32,7 @@ from allcls.evaluation import conformal
 from allcls.evaluation.calibration import apply_temperature
 from allcls.evaluation.predictor import Predictor, PredictorMember
 from allcls.metrics.names import metric_safe
-from allcls.models.lit_classifier import LitClassifier
+from allcls.models.backbones import network_from_checkpoint
 
 SPEC_FILE = "allcls_model.json"
 FORMAT = 1
@@ -91,10 +91,9 @@ class PackagedModel(mlflow.pyfunc.PythonModel):
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         members = []
         for member in self.spec.members:
-            model = LitClassifier.from_checkpoint(context.artifacts[member.checkpoint], map_location=device)
-            members.append(PredictorMember(member.name, model.model, InputSpec(member.input_size, member.mean,
-                                                                               member.std),
-                                           member.roi_crop, member.weight))
+            model = network_from_checkpoint(context.artifacts[member.checkpoint], map_location=device)
+            preprocessing = InputSpec(member.input_size, member.mean, member.std)
+            members.append(PredictorMember(member.name, model, preprocessing, member.roi_crop, member.weight))
         self.predictor = Predictor(members, self.spec.classes, self.spec.rule, device,
                                    batch_size=64 if device.type == "cuda" else 16)
 

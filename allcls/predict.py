@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hydra
@@ -22,11 +23,10 @@ import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from allcls.allocator import keep_freed_memory
 from allcls.data.images import ImageReadError, is_image_file
 from allcls.errors import AllclsError, reports_user_errors
-from allcls.evaluation.sources import resolve_source
 from allcls.models.inference import TTA_VIEWS
-from allcls.package import PYFUNC_FILE, build
 from allcls.packaged_model import PackagedModel, decode_limited, read_bytes
 from allcls.progress import progress
 from allcls.tracking import MissingArtifact, Tracker
@@ -38,6 +38,7 @@ BATCH = 256  # images decoded, predicted and written at a time
 
 def predict(cfg: DictConfig) -> Path:
     """Predict every image of `cfg.input` into `cfg.output`; return the CSV's path."""
+    keep_freed_memory()  # CPU forward passes would otherwise spend much of their time in page faults
     images = image_files(str(cfg.input))
     output = output_path(Path(cfg.output).expanduser(), images, bool(cfg.overwrite))
     with tempfile.TemporaryDirectory(prefix="allcls-predict-") as folder:
@@ -46,11 +47,16 @@ def predict(cfg: DictConfig) -> Path:
         skipped: list[tuple[str, str]] = []
         partial = output.with_name(f".{output.name}.partial")
         written = 0
+        batches = [images[start:start + BATCH] for start in range(0, len(images), BATCH)]
         with progress(desc=f"Predicting {len(images)} images" + (" with TTA" if cfg.tta else ""), total=len(images),
-                      unit="image") as bar:
-            for start in range(0, len(images), BATCH):
-                paths = images[start:start + BATCH]
-                decoded, errors = decode_files(paths)
+                      unit="image") as bar, ThreadPoolExecutor(max_workers=1) as reader:
+            # The next batch is read and decoded in a thread (the decoders release the GIL) while the
+            # models predict this one.
+            upcoming = reader.submit(decode_files, batches[0])
+            for number, paths in enumerate(batches):
+                decoded, errors = upcoming.result()
+                if number + 1 < len(batches):
+                    upcoming = reader.submit(decode_files, batches[number + 1])
                 rows = model.rows(decoded, errors, views, show_progress=False)
                 rows.insert(0, "path", paths)
                 skipped += [(path, error) for path, error in zip(paths, errors) if error]
@@ -115,6 +121,10 @@ def load(cfg: DictConfig, workdir: Path) -> PackagedModel:
 
 def package_here(cfg: DictConfig, run_id: str, workdir: Path) -> str:
     """A run packaged into `workdir` (not logged into the run): its model folder's path."""
+    # Imported here: packaging needs the training stack (Lightning), predicting with a packaged model does not.
+    from allcls.evaluation.sources import resolve_source
+    from allcls.package import PYFUNC_FILE, build
+
     log.info("Run %s holds no packaged model: packaging it here for this prediction (not logged).", run_id)
     tracker = Tracker(cfg.logger.tracking_uri, "")
     source = resolve_source(tracker, run_id, None, workdir)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pandas as pd
-from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -144,9 +143,6 @@ class Tracker:
                 table.to_parquet(local, index=False)
             self.client.log_artifact(run_id, str(local), artifact.parent.as_posix() if artifact.parent.parts else None)
 
-    def metrics_logger(self, run_id: str | None) -> "RunMetricsLogger":
-        return RunMetricsLogger(run_id=run_id, tracking_uri=self.tracking_uri, experiment_name=self.experiment_name)
-
     # --- lookup ---------------------------------------------------------------------------
 
     def find_runs(self, filter_string: str = "", run_ids: list[str] | None = None) -> list:
@@ -223,21 +219,6 @@ class Tracker:
 
 class MissingArtifact(AllclsError):
     """A run has no artifact at the path asked for."""
-
-
-class RunMetricsLogger(MLFlowLogger):
-    """Lightning's MLflow logger, writing metrics into a run that `Tracker.run` owns.
-
-    The run's status, params and artifacts are the Tracker's business: Lightning would otherwise
-    mark the run FINISHED as soon as `fit` returns, before the test predictions are logged, and
-    log every constructor argument as a param.
-    """
-
-    def log_hyperparams(self, params) -> None:
-        pass  # a small curated set is logged by the training task
-
-    def finalize(self, status: str = "success") -> None:
-        pass  # the Tracker ends the run
 
 
 def browse_command(tracking_uri: str) -> str:

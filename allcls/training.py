@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from allcls import run_schema
@@ -30,7 +31,7 @@ from allcls.models.backbones import BackboneSpec, input_spec
 from allcls.models.inference import predict_probabilities
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import make_table, write_table
-from allcls.tracking import RunMetricsLogger, Tracker
+from allcls.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def _train(cfg: DictConfig) -> float:
         try:
             tracker.log_params(run_id, run_schema.train_params(cfg, dataset, datamodule.input_spec.size, job))
             log_dataset(tracker, run_id, dataset, output_dir)
-            trainer = fit(cfg, model, datamodule, tracker.metrics_logger(run_id))
+            trainer = fit(cfg, model, datamodule, RunMetricsLogger(run_id=run_id, tracking_uri=tracker.tracking_uri,
+                                                                   experiment_name=tracker.experiment_name))
             return evaluate_best_checkpoint(tracker, run_id, trainer, model, datamodule, output_dir)
         finally:
             job_log = output_dir / f"{job.name}.log"
@@ -122,6 +124,21 @@ def build_model(cfg: DictConfig, datamodule: CellDataModule, backbone: BackboneS
         seed=cfg.seed,
         _convert_="all",
     )
+
+
+class RunMetricsLogger(MLFlowLogger):
+    """Lightning's MLflow logger, writing metrics into a run that the Tracker owns (allcls.tracking).
+
+    The run's status, params and artifacts are the Tracker's business: Lightning would otherwise
+    mark the run FINISHED as soon as `fit` returns, before the test predictions are logged, and
+    log every constructor argument as a param.
+    """
+
+    def log_hyperparams(self, params) -> None:
+        pass  # a small curated set is logged by the training task
+
+    def finalize(self, status: str = "success") -> None:
+        pass  # the Tracker ends the run
 
 
 def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logger: RunMetricsLogger) -> L.Trainer:

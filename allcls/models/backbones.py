@@ -6,9 +6,11 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import timm
+import torch
 from torch import nn
 
 import allcls.models.custom_cnn  # noqa: F401  (registers custom_cnn with timm)
@@ -72,6 +74,18 @@ def create_backbone(spec: BackboneSpec, num_classes: int) -> nn.Module:
         head_loaded = num_classes == timm.get_pretrained_cfg(name).num_classes
     if not head_loaded:
         reset_classifier(model)
+    return model
+
+
+def network_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The trained network inside a training checkpoint (`best.ckpt`), without Lightning: what
+    serving loads (weights_only=True; nothing pretrained is fetched, the checkpoint has every weight)."""
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    model = create_backbone(BackboneSpec.of({**hparams["backbone"], "pretrained": False}),
+                            num_classes=len(hparams["class_names"]))
+    model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()
+                           if key.startswith("model.")})
     return model
 
 
