@@ -57,3 +57,4 @@ benchmarks: $(INSTALLED)
 	$(BIN)/python benchmarks/ensemble_search.py
 	$(BIN)/python benchmarks/cpu_inference.py
 	$(BIN)/python benchmarks/leakage.py
+	$(BIN)/python benchmarks/serving.py
