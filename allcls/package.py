@@ -182,7 +182,8 @@ def register(tracker: Tracker, uri: str, name: str, alias: str | None, spec: Mod
     client.set_tag(spec.source["run_id"], "registered_model_version", f"{name}/{version}")
     registered = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
     print(f"Registered as {name} version {version}" + (f", alias {alias}" if alias else "")
-          + f": load it with mlflow.pyfunc.load_model('{registered}').", flush=True)
+          + f": load it with mlflow.pyfunc.load_model('{registered}') or serve it with `mlflow models serve -m "
+          f"{registered} --env-manager local`, MLFLOW_TRACKING_URI={tracker.tracking_uri} set.", flush=True)
     return registered
 
 
