@@ -19,7 +19,6 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -33,6 +32,7 @@ from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.metrics.bootstrap import bootstrap_multiplicities, metric_table, percentile_interval, resampling_groups
 from allcls.model_card import CardFacts, markdown
 from allcls.models.backbones import BackboneSpec, input_spec
+from allcls.models.checkpoints import read_checkpoint
 from allcls.packaged_model import SPEC_FILE, MemberSpec, ModelSpec
 from allcls.predictions import probabilities_of
 from allcls.tracking import MissingArtifact, Tracker, browse_command
@@ -98,8 +98,7 @@ def build(tracker: Tracker, source: ModelSource, cfg: DictConfig, workdir: Path
             artifacts[key] = str(tracker.download(member.run_id, "checkpoints/best.ckpt", workdir / key))
         except MissingArtifact:
             raise AllclsError(f"Run {member.name} ({member.run_id}) has no checkpoints/best.ckpt to package.") from None
-        backbone = BackboneSpec.of(torch.load(artifacts[key], map_location="cpu",
-                                              weights_only=True)["hyper_parameters"]["backbone"])
+        backbone = BackboneSpec.of(read_checkpoint(artifacts[key])["hyper_parameters"]["backbone"])
         spec = input_spec(backbone)
         members.append(MemberSpec(member.name, member.weight, key, spec.size, spec.mean, spec.std,
                                   bool(member.train_config.dataset.roi_crop), backbone.name))

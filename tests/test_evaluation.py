@@ -155,3 +155,46 @@ def test_a_run_without_checkpoint_says_what_can_still_be_evaluated(store, tmp_pa
         evaluate(compose_config("evaluate", store["root"], [f"run_id={run.info.run_id}", "tta.enabled=true",
                                                             "calibration.temperature_scaling=false"],
                                 output_dir=tmp_path / "eval"))
+
+
+class Payload:
+    """What a malicious checkpoint carries: unpickling it would run a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoints_that_are_not_weights_or_do_not_fit_are_refused_in_one_line(store, tmp_path):
+    """A file holding Python objects is never unpickled and the message never suggests loading it
+    unsafely; a checkpoint whose head does not fit its classes, or that is not a checkpoint at all,
+    gets one line naming the file, wherever it is loaded (evaluation, serving)."""
+    import torch
+
+    from allcls.models.backbones import network_from_checkpoint
+    from allcls.models.lit_classifier import LitClassifier
+
+    marker = tmp_path / "payload-ran"
+    malicious = tmp_path / "malicious.ckpt"
+    torch.save({"hyper_parameters": {}, "state_dict": {}, "extra": Payload(marker)}, malicious)
+    real = next(Path(store["root"], "multirun", "0").rglob("best.ckpt"))
+    checkpoint = torch.load(real, weights_only=True)
+    checkpoint["hyper_parameters"]["class_names"] = ["hem", "all", "other"]
+    misfit = tmp_path / "misfit.ckpt"
+    torch.save(checkpoint, misfit)
+    garbage = tmp_path / "notes.ckpt"
+    garbage.write_text("not a checkpoint")
+    cases = [(malicious, "holds Python objects that are not weights, so allcls will not load it"),
+             (misfit, r"its weights do not fit a custom_cnn with classes \['hem', 'all', 'other'\] \(size mismatch"),
+             (garbage, "is not a readable checkpoint")]
+    for path, message in cases:
+        for load in (LitClassifier.from_checkpoint, network_from_checkpoint):
+            with pytest.raises(AllclsError, match=message) as refused:
+                load(path)
+            text = str(refused.value)
+            assert str(path) in text and "\n" not in text and "weights_only=False" not in text
+    with pytest.raises(AllclsError, match="holds Python objects"):
+        evaluate(compose_config("evaluate", store["root"], [f"ckpt_path={malicious}"], output_dir=tmp_path / "eval"))
+    assert not marker.exists()

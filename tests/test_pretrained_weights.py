@@ -105,3 +105,23 @@ def test_a_new_head_on_pretrained_features_starts_at_nn_linear_scale(converted):
     model = create_backbone(BackboneSpec("mobilenetv2_100", pretrained=True, weights=str(converted)), num_classes=4)
     bound = 1 / np.sqrt(model.get_classifier().in_features)
     assert model.get_classifier().weight.abs().max() <= bound
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_weights_file_holding_objects_is_refused_without_unsafe_advice(tmp_path):
+    """A backbone.weights file with Python objects inside is never unpickled, and the one-line
+    message does not tell the user to load it with weights_only=False."""
+    path, marker = tmp_path / "weights.pth", tmp_path / "payload-ran"
+    torch.save({"conv.weight": torch.zeros(1), "extra": _Payload(marker)}, path)
+    model = create_backbone(BackboneSpec("custom_cnn", input_size=32), num_classes=2)
+    with pytest.raises(AllclsError, match="holds Python objects that are not weights") as refused:
+        load_weights_file(model, path)
+    assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value) and not marker.exists()

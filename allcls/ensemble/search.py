@@ -33,6 +33,9 @@ def run_ensemble(cfg: DictConfig) -> float:
         raise AllclsError(f"combine={cfg.combine!r} is not one of ['arithmetic', 'geometric'] "
                           "(majority voting is the scheme `majority_vote`).")
     run_ids = list(cfg.run_ids or [])
+    repeated = sorted({run_id for run_id in run_ids if run_ids.count(run_id) > 1})
+    if repeated:  # one model counted twice would double its weight in every scheme
+        raise AllclsError(f"run_ids lists {', '.join(repeated)} more than once: give each member run once.")
     tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name or "", cfg.logger.artifact_location)
     if not cfg.experiment_name and not run_ids:
         raise AllclsError("Say which training runs to ensemble: experiment_name=<their experiment> (one per dataset; "

@@ -5,8 +5,6 @@ and the prediction tables it already logged."""
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from allcls import run_schema
 from allcls.errors import AllclsError
+from allcls.models.checkpoints import read_checkpoint
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import validate_table
 from allcls.tracking import MissingArtifact, Tracker
-
-# What a file that is not an allcls checkpoint makes torch.load (weights_only=True) or our reading raise.
-NOT_A_CHECKPOINT = (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, KeyError,
-                    TypeError, ValueError)
 
 
 @dataclass
@@ -47,11 +42,7 @@ class Member:
                 raise AllclsError(f"Run {self.name} ({self.run_id}) has no checkpoints/best.ckpt: it cannot be "
                                   "re-run for TTA, Grad-CAM or another dataset. Evaluate its logged predictions "
                                   "(split=val or test, tta.enabled=false, gradcam.enabled=false).") from None
-        try:
-            return LitClassifier.from_checkpoint(path, map_location=device)
-        except NOT_A_CHECKPOINT as error:
-            raise AllclsError(f"{path} is not an allcls checkpoint that loads with weights_only=True "
-                              f"({error}).") from None
+        return LitClassifier.from_checkpoint(path, map_location=device)
 
 
 @dataclass
@@ -132,10 +123,5 @@ def _from_ensemble_run(tracker: Tracker, run, workdir: Path) -> ModelSource:
 def _from_checkpoint(path: Path) -> ModelSource:
     if not path.is_file():
         raise AllclsError(f"Checkpoint {path} does not exist: check ckpt_path.")
-    try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-        classes = list(hparams["class_names"])
-    except NOT_A_CHECKPOINT as error:
-        raise AllclsError(f"{path} is not an allcls checkpoint that loads with weights_only=True "
-                          f"({type(error).__name__}: {error}).") from None
+    classes = list(read_checkpoint(path)["hyper_parameters"]["class_names"])
     return ModelSource("checkpoint", path.stem, classes, [Member(path.stem, 1.0, checkpoint_file=path)])

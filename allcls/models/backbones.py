@@ -17,6 +17,7 @@ import allcls.models.custom_cnn  # noqa: F401  (registers custom_cnn with timm)
 from allcls.config import typed
 from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
+from allcls.models.checkpoints import load_weights, read_checkpoint
 from allcls.models.weights import load_weights_file
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,14 @@ def create_backbone(spec: BackboneSpec, num_classes: int) -> nn.Module:
 def network_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """The trained network inside a training checkpoint (`best.ckpt`), without Lightning: what
     serving loads (weights_only=True; nothing pretrained is fetched, the checkpoint has every weight)."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    checkpoint = read_checkpoint(path, map_location)
     hparams = checkpoint["hyper_parameters"]
-    model = create_backbone(BackboneSpec.of({**hparams["backbone"], "pretrained": False}),
-                            num_classes=len(hparams["class_names"]))
-    model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()
-                           if key.startswith("model.")})
+    spec = BackboneSpec.of({**hparams["backbone"], "pretrained": False})
+    classes = list(hparams["class_names"])
+    model = create_backbone(spec, num_classes=len(classes))
+    network = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()
+               if key.startswith("model.")}
+    load_weights(model, network, path, f"a {spec.name} with classes {classes}")
     return model
 
 

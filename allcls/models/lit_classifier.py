@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric, MinMetric
 from allcls.data.imbalance import feature_smote
 from allcls.metrics.epoch import epoch_metrics, flatten
 from allcls.models.backbones import BackboneSpec, create_backbone
+from allcls.models.checkpoints import load_weights, read_checkpoint
 
 
 class LitClassifier(L.LightningModule):
@@ -67,11 +68,12 @@ class LitClassifier(L.LightningModule):
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "LitClassifier":
         """Rebuild from a checkpoint file, loaded with weights_only=True and without fetching any
         pretrained weights (the checkpoint already holds every weight)."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = read_checkpoint(path, map_location)
         hparams = dict(checkpoint["hyper_parameters"])
         hparams["backbone"] = {**hparams["backbone"], "pretrained": False}
         model = cls(**hparams)
-        model.load_state_dict(checkpoint["state_dict"])
+        load_weights(model, checkpoint["state_dict"], path,
+                     f"a {model.backbone_spec.name} with classes {list(hparams['class_names'])}")
         return model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

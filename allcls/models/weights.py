@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import pickle
 import sys
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from allcls.errors import AllclsError
+from allcls.models.checkpoints import first_line
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
@@ -65,8 +68,14 @@ def read_state_dict(path: str | Path) -> "OrderedDict[str, torch.Tensor]":
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and safetensors errors all mean "not a weights file"
-        raise AllclsError(f"{path} is not a readable weights file ({type(error).__name__}: {error}).") from None
+    except pickle.UnpicklingError:  # never print torch's advice to load it unsafely
+        if not zipfile.is_zipfile(path):
+            raise AllclsError(f"{path} is not a readable weights file (not a file that torch.save wrote).") from None
+        raise AllclsError(f"{path} holds Python objects that are not weights, so allcls will not load it "
+                          "(loading such a file can run code it carries). Use a plain state dict or a "
+                          ".safetensors file.") from None
+    except Exception as error:  # zip and safetensors errors mean "not a weights file"
+        raise AllclsError(f"{path} is not a readable weights file ({first_line(error)}).") from None
     for key in WRAPPER_KEYS:  # checkpoints often wrap the state dict
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
