@@ -11,7 +11,9 @@ import logging
 import os
 import posixpath
 import shlex
+import signal
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,11 +93,15 @@ class Tracker:
         run_id = self.client.create_run(self.experiment_id(), tags=all_tags, run_name=run_name).info.run_id
         log.info("MLflow run %s (%s) in experiment %r", run_id, run_name, self.experiment_name)
         try:
-            yield run_id
+            with sigterm_raises():
+                yield run_id
         except BaseException as error:
-            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            self.client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:4000])
-            self.client.set_terminated(run_id, status)
+            # Stopped (SIGTERM, Ctrl-C, which Lightning turns into exit 1) is KILLED; anything else FAILED.
+            stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+            reason = ("stopped by SIGTERM" if isinstance(error, Terminated) else "interrupted (SIGINT / Ctrl-C)"
+                      if stopped else f"{type(error).__name__}: {error}")
+            self.client.set_tag(run_id, "error", reason[:4000])
+            self.client.set_terminated(run_id, "KILLED" if stopped else "FAILED")
             raise
         self.client.set_terminated(run_id, "FINISHED")
 
@@ -215,6 +221,32 @@ class Tracker:
             return []
         return self.client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{sweep_id}'",
                                        order_by=["attributes.start_time ASC"])
+
+
+class Terminated(SystemExit):
+    """SIGTERM (what `kill`, SLURM and other schedulers send) as an exception, so that the run is
+    marked KILLED on the way out and the process exits 143 (128 + 15), which schedulers read as
+    a failure. Lightning would otherwise stop at the next batch and exit 0."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated inside the block (main thread only; elsewhere signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class MissingArtifact(AllclsError):

@@ -47,6 +47,8 @@ def train(cfg: DictConfig) -> float:
 
 def _train(cfg: DictConfig) -> float:
     backbone = check_config(cfg)
+    if is_rank_zero():
+        refuse_a_used_output_dir(Path(cfg.paths.output_dir))
     L.seed_everything(cfg.seed, workers=True)
     dataset = prepare(cfg)
     check_monitor(cfg, list(dataset.classes))
@@ -76,6 +78,17 @@ def _train(cfg: DictConfig) -> float:
 
 
 # --- building ---------------------------------------------------------------------------------
+
+def refuse_a_used_output_dir(output_dir: Path) -> None:
+    """A job's folder is its record: a second job there would overwrite its checkpoints and
+    prediction tables (the default folder is new every second; a fixed hydra.run.dir is not)."""
+    used = sorted(str(p.relative_to(output_dir)) for folder in ("checkpoints", "predictions")
+                  for p in (output_dir / folder).glob("*") if p.is_file())
+    if used:
+        raise AllclsError(f"{output_dir} already holds another job's files ({', '.join(used[:3])}"
+                          f"{', ...' if len(used) > 3 else ''}): this job would overwrite them. Give it a new "
+                          "folder (leave hydra.run.dir at its default, or choose another), or move that one away.")
+
 
 def check_config(cfg: DictConfig) -> BackboneSpec:
     """Refuse what would fail later, before anything is read; returns the backbone's settings."""

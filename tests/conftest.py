@@ -3,6 +3,7 @@ The helpers they use are in helpers.py."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -17,8 +18,14 @@ from helpers import compose_train
 
 @pytest.fixture
 def train_cfg(tmp_path):
-    """Compose with overrides: train_cfg('backbone=mobilenetv2', ...)."""
-    return lambda *overrides, fast=True: compose_train(tmp_path, overrides, fast)
+    """Compose with overrides: train_cfg('backbone=mobilenetv2', ...). Each call is a job of its
+    own, as each launch of train.py is, with its own folder: tmp_path/output, then output-2, ..."""
+    calls = itertools.count(1)
+
+    def compose(*overrides, fast=True):
+        number = next(calls)
+        return compose_train(tmp_path, overrides, fast, tmp_path / ("output" if number == 1 else f"output-{number}"))
+    return compose
 
 
 @pytest.fixture

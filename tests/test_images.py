@@ -125,3 +125,42 @@ def test_image_broken_after_the_check_stops_the_epoch_naming_it(cnmc_root, tmp_p
     victim.write_bytes(b"\x00" * 10)
     with pytest.raises(ImageReadError, match=str(victim)):
         list(module.train_dataloader())
+
+
+def cells(root: Path, per_class: dict[str, int]) -> Path:
+    """A folder dataset of distinct small images, `count` per class."""
+    rng = np.random.default_rng(0)
+    for label, count in per_class.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            cv2.imwrite(str(root / label / f"{k}.png"), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one_class", r"has only the class\(es\) \['blast'\]: a classifier needs at least two"),
+    ("comma", r"class name\(s\) \['blast,early'\]: rename them without ','"),
+    ("conflict", r"1 image\(s\) appear with the same bytes under different classes .*blast/copy.png \(blast\) = "
+                 r".*normal/0.png \(normal\)"),
+])
+def test_labels_that_cannot_be_trusted_are_refused_naming_the_files(tmp_path, case, message):
+    from allcls.data.readers import FolderReader
+
+    root = tmp_path / "cells"
+    if case == "one_class":
+        cells(root, {"blast": 6})
+    elif case == "comma":
+        cells(root, {"blast,early": 6, "normal": 6})
+    else:
+        cells(root, {"blast": 6, "normal": 6})
+        shutil.copyfile(root / "normal" / "0.png", root / "blast" / "copy.png")
+    with pytest.raises(AllclsError, match=message):
+        prepare_dataset(FolderReader(root), SplitSpec(val_fraction=0.2, test_fraction=0.2))
+
+
+def test_one_class_is_fine_to_evaluate_on(tmp_path):
+    """Another dataset that holds only blasts can still be evaluated (no split, nothing trained)."""
+    from allcls.data.readers import FolderReader
+
+    dataset = prepare_dataset(FolderReader(cells(tmp_path / "cells", {"blast": 4})), None)
+    assert dataset.classes == ("blast",) and len(dataset.samples) == 4

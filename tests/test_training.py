@@ -1,5 +1,11 @@
 """The training task end to end on synthetic data: what it logs to MLflow, that it learns, how it fails."""
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +23,7 @@ from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import read_table
 from allcls.training import train
 
-from helpers import artifacts
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts
 
 
 def only_run(client, experiment="synthetic-cnmc"):
@@ -107,6 +113,21 @@ def test_a_job_that_fails_marks_its_run_failed(train_cfg, mlflow_client):
     assert "step_size" in run.data.tags["error"]
 
 
+def test_a_job_run_again_into_a_used_folder_is_refused_and_changes_nothing(tmp_path, mlflow_client):
+    """A fixed hydra.run.dir used twice: the second job must not overwrite the first one's
+    checkpoint and tables (Lightning would have saved best-v1.ckpt beside them), nor log a run."""
+    from helpers import compose_train
+
+    folder = tmp_path / "fixed"
+    train(compose_train(tmp_path, [], output_dir=folder))
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.suffix in (".ckpt", ".parquet")}
+    assert {p.name for p in before} >= {"best.ckpt", "val.parquet", "test.parquet"}
+    with pytest.raises(AllclsError, match=r"already holds another job's files \(checkpoints/best.ckpt"):
+        train(compose_train(tmp_path, ["seed=3"], output_dir=folder))
+    assert {p: p.read_bytes() for p in before} == before and not list(folder.rglob("best-v*.ckpt"))
+    assert len(mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])) == 1
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["dataset=cnmc"], "dataset.root is not set"),
     (["dataset=cnmc", "dataset.root=/no/such/place"], "does not exist"),
@@ -169,3 +190,35 @@ def test_two_phase_transfer_learning_freezes_then_unfreezes_at_a_lower_rate(cnmc
     assert not torch.equal(snapshots[0][head], before[head])      # the head learns
     assert not torch.equal(snapshots[1][conv], snapshots[0][conv])  # epoch 1: everything learns
     assert snapshots[0]["lr"] == pytest.approx(0.1) and snapshots[1]["lr"] == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_killed_and_the_job_exits_non_zero(tmp_path):
+    """What SLURM or `kill` sends, in the middle of fit: the run ends KILLED with the reason (not
+    FAILED, not left RUNNING) and the process exits 143, which a scheduler reads as a failure."""
+    from mlflow.tracking import MlflowClient
+
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    log = tmp_path / "job.log"
+    overrides = [*FAST, *SMALL_SYNTHETIC, "trainer.max_epochs=500", "callbacks.early_stopping=null"]
+    with open(log, "w") as output:
+        job = subprocess.Popen([sys.executable, str(PROJECT / "train.py"), *overrides], cwd=tmp_path, env=env,
+                               stdout=output, stderr=subprocess.STDOUT)
+    try:
+        client, run_id, deadline = None, None, time.time() + 240
+        while time.time() < deadline and job.poll() is None:  # until fit has logged an epoch
+            found = re.search(r"MLflow run ([0-9a-f]{32})", log.read_text())
+            if found:
+                run_id = found.group(1)
+                client = client or MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+                if client.get_metric_history(run_id, "train/loss_epoch"):
+                    break
+            time.sleep(0.5)
+        assert run_id and job.poll() is None, log.read_text()[-3000:]
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=120) == 143, log.read_text()[-3000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"

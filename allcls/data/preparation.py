@@ -90,6 +90,8 @@ def prepare_dataset(reader: DatasetReader, split: SplitSpec | None, checks: Imag
         samples, hashes, unreadable = _checked(samples, checks.skip_unreadable_images)
     if not samples:
         raise AllclsError(f"No readable images in the {reader.name} dataset at {reader.root}.")
+    classes = reader.class_names(samples)
+    check_labels(samples, hashes, classes, trains=split is not None, where=f"the {reader.name} dataset at {reader.root}")
 
     groups = group_ids(samples, hashes)
     leaky = split is not None and split.by == "image"
@@ -109,12 +111,35 @@ def prepare_dataset(reader: DatasetReader, split: SplitSpec | None, checks: Imag
         if not leaky:
             check_no_leakage(manifest)
         check_not_empty(manifest)
-    prepared = PreparedDataset(reader.name, reader.root, tuple(reader.class_names(samples)),
+    prepared = PreparedDataset(reader.name, reader.root, tuple(classes),
                                tuple(sorted(samples, key=lambda s: s.sample_id)), manifest, manifest_hash(manifest),
                                tuple(unreadable))
     counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
     log.info("Split %s of %s (%d images):\n%s", prepared.split_hash, reader.name, len(manifest), counts)
     return prepared
+
+
+def check_labels(samples: Sequence[Sample], hashes: Sequence[str | None], classes: Sequence[str], trains: bool,
+                 where: str) -> None:
+    """Labels a run can trust: at least two classes to train on, names the run's tags can carry
+    (they join classes with ','), and no image whose bytes appear under two classes."""
+    if trains and len(set(classes)) < 2:
+        raise AllclsError(f"{where} has only the class(es) {list(classes)}: a classifier needs at least two. "
+                          "Check dataset.root and dataset.layout.")
+    odd = [name for name in classes if "," in name or not name.strip()]
+    if odd:
+        raise AllclsError(f"{where} has class name(s) {odd}: rename them without ',' (run tags list classes "
+                          "separated by commas) and not blank.")
+    labels_of: dict[str, dict[str, str]] = {}
+    for sample, digest in zip(samples, hashes):
+        if digest is not None:
+            labels_of.setdefault(digest, {}).setdefault(sample.label, sample.path)
+    conflicts = [paths for paths in labels_of.values() if len(paths) > 1]
+    if conflicts:
+        listing = "; ".join(" = ".join(f"{path} ({label})" for label, path in paths.items()) for paths in conflicts[:5])
+        raise AllclsError(f"{len(conflicts)} image(s) appear with the same bytes under different classes in {where}, "
+                          f"so their labels cannot both be right: {listing}{'; ...' if len(conflicts) > 5 else ''}. "
+                          "Remove the wrong copy of each.")
 
 
 def _checked(samples: list[Sample], skip_unreadable: bool):
