@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from allcls.ensemble.combining import combine
 from allcls.explain import combine_maps, member_maps, overlay
 from allcls.model_card import NOTICE
 from allcls.packaged_model import PackagedModel, decode_limited
+from allcls.tracking import server_unreachable
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 PREFERRED_MODEL = "begum2025"  # the study whose model the page serves by default, where one is registered
@@ -129,22 +129,10 @@ def page() -> None:
                            "text/csv")
 
 
-def unreachable(uri: str) -> str | None:
-    """Why a tracking server cannot be reached (None if it answers, or the store is a local one): asked
-    directly, because MLflow's client retries for minutes before it gives up."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
-        return None
-    except OSError as error:
-        return str(getattr(error, "reason", error))
-
-
 def choose_model() -> Choice | None:
     uri = tracking_uri()
     try:
-        if (reason := unreachable(uri)) is not None:
+        if (reason := server_unreachable(uri)) is not None:
             raise OSError(reason)
         registered = MlflowClient(uri).search_registered_models()
     except (MlflowException, OSError) as error:

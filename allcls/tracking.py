@@ -15,6 +15,7 @@ import signal
 import tempfile
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -38,6 +39,26 @@ def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:", "/"))
 
 
+def server_unreachable(uri: str) -> str | None:
+    """Why a tracking server cannot be reached (None if it answers, or the store is a local one):
+    asked directly, in seconds, because MLflow's client retries for minutes before it gives up."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+        return None
+    except OSError as error:  # refused, timed out, unknown host, or an HTTP error status
+        return str(getattr(error, "reason", error))
+
+
+def check_reachable(uri: str) -> None:
+    """Refuse, in one line and before any work, a tracking server that does not answer."""
+    if (reason := server_unreachable(uri)) is not None:
+        raise AllclsError(f"Cannot reach the MLflow tracking server {uri} ({reason}). Start it (mlflow server "
+                          "--host 127.0.0.1 --port <port> ...), or point logger.tracking_uri / $MLFLOW_TRACKING_URI "
+                          "at one that runs.")
+
+
 class Tracker:
     """One MLflow experiment in one tracking store."""
 
@@ -48,6 +69,7 @@ class Tracker:
         self.artifact_location = artifact_location if is_local_store(tracking_uri) else None
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        check_reachable(tracking_uri)
         self.client = MlflowClient(tracking_uri)
 
     def experiment_id(self) -> str:

@@ -31,7 +31,7 @@ from allcls.models.backbones import BackboneSpec, input_spec
 from allcls.models.inference import predict_probabilities
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import make_table, write_table
-from allcls.tracking import Tracker
+from allcls.tracking import Tracker, check_reachable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def _train(cfg: DictConfig) -> float:
     backbone = check_config(cfg)
     if is_rank_zero():
         refuse_a_used_output_dir(Path(cfg.paths.output_dir))
+        check_reachable(cfg.logger.tracking_uri)  # before any data is read
     L.seed_everything(cfg.seed, workers=True)
     dataset = prepare(cfg)
     check_monitor(cfg, list(dataset.classes))

@@ -17,7 +17,7 @@ from allcls.run_summary import summary_text
 from allcls.tracking import MissingArtifact, Tracker
 from allcls.training import train
 
-from helpers import artifacts, free_port
+from helpers import FAST, SMALL_SYNTHETIC, artifacts, free_port, run_script
 
 
 @pytest.fixture
@@ -127,3 +127,17 @@ def test_summary_lists_runs_and_the_command_to_browse_them(train_cfg, tmp_path):
     assert "custom_cnn-basic-s0" in text and "FINISHED" in text
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db" in text
     assert 'tags.sweep_id = "output"' in text
+
+
+@pytest.mark.slow
+def test_an_unreachable_tracking_server_is_refused_in_one_line_before_any_work(tmp_path):
+    """Nothing listens on the port: train.py and ensemble.py each stop with one line naming the
+    URI (exit 2) instead of MLflow's minutes of retries, before a dataset is read or written."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    for script, args in (("train.py", [*FAST, *SMALL_SYNTHETIC]),
+                         ("ensemble.py", ["experiment_name=synthetic-cnmc", "sweep_id=latest"])):
+        result = run_script(script, *args, cwd=tmp_path, timeout=120, env_extra={"MLFLOW_TRACKING_URI": uri})
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"error: Cannot reach the MLflow tracking server {uri}" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # the synthetic dataset was never written
