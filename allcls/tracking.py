@@ -20,6 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+try:
+    import fcntl  # POSIX only: on Windows, open a fresh store once before starting parallel jobs
+except ImportError:
+    fcntl = None
+
 import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -37,6 +42,26 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:", "/"))
+
+
+@contextmanager
+def local_store_lock(uri: str) -> Iterator[None]:
+    """One process at a time opens a local SQLite store for the first time. MLflow creates and
+    migrates its tables then, and parallel jobs on a fresh store raced there ("duplicate column
+    name"), losing runs and sometimes the store. The lock is a file beside the database."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def server_unreachable(uri: str) -> str | None:
@@ -67,10 +92,9 @@ class Tracker:
         self.experiment_name = experiment_name
         # A local store keeps artifacts beside the database; a server decides where they go.
         self.artifact_location = artifact_location if is_local_store(tracking_uri) else None
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         check_reachable(tracking_uri)
-        self.client = MlflowClient(tracking_uri)
+        with local_store_lock(tracking_uri):  # MLflow creates and migrates the store when a client opens it
+            self.client = MlflowClient(tracking_uri)
 
     def experiment_id(self) -> str:
         try:

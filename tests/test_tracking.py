@@ -17,7 +17,7 @@ from allcls.run_summary import summary_text
 from allcls.tracking import MissingArtifact, Tracker
 from allcls.training import train
 
-from helpers import FAST, SMALL_SYNTHETIC, artifacts, free_port, run_script
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, free_port, run_script
 
 
 @pytest.fixture
@@ -141,3 +141,22 @@ def test_an_unreachable_tracking_server_is_refused_in_one_line_before_any_work(t
         assert f"error: Cannot reach the MLflow tracking server {uri}" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # the synthetic dataset was never written
+
+
+@pytest.mark.slow
+def test_four_jobs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
+    """Parallel jobs on one new SQLite store: MLflow's table creation used to race ("duplicate
+    column name") and lose runs; each job now opens the fresh store under a lock."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    jobs = [subprocess.Popen([sys.executable, str(PROJECT / "train.py"), *FAST, *SMALL_SYNTHETIC, f"seed={seed}",
+                              f"hydra.run.dir=outputs/job{seed}"], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in range(4)]
+    errors = [job.communicate(timeout=600)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("synthetic-cnmc").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert {"checkpoints/best.ckpt", "predictions/val.parquet", "predictions/test.parquet"} <= \
+            artifacts(client, run.info.run_id)
