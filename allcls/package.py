@@ -35,6 +35,7 @@ from allcls.models.backbones import BackboneSpec, input_spec
 from allcls.models.checkpoints import read_checkpoint
 from allcls.packaged_model import SPEC_FILE, MemberSpec, ModelSpec
 from allcls.predictions import probabilities_of
+from allcls.ranges import PACKAGE, check_ranges
 from allcls.tracking import MissingArtifact, Tracker, browse_command
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAA
 
 def package(cfg: DictConfig) -> str:
     """Log the run's model (and register it, when asked); return its model URI."""
+    check_ranges(cfg, PACKAGE)
     mlflow.set_tracking_uri(cfg.logger.tracking_uri)  # the registry calls below use MLflow's global store
     with tempfile.TemporaryDirectory(prefix="allcls-package-") as folder:
         workdir = Path(folder)

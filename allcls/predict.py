@@ -29,6 +29,7 @@ from allcls.errors import AllclsError, reports_user_errors
 from allcls.models.inference import TTA_VIEWS
 from allcls.packaged_model import PackagedModel, decode_limited, read_bytes
 from allcls.progress import progress
+from allcls.ranges import PREDICT, check_ranges
 from allcls.tracking import MissingArtifact, Tracker
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ BATCH = 256  # images decoded, predicted and written at a time
 
 def predict(cfg: DictConfig) -> Path:
     """Predict every image of `cfg.input` into `cfg.output`; return the CSV's path."""
+    check_ranges(cfg, PREDICT)
     keep_freed_memory()  # CPU forward passes would otherwise spend much of their time in page faults
     images = image_files(str(cfg.input))
     output = output_path(Path(cfg.output).expanduser(), images, bool(cfg.overwrite))

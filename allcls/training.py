@@ -31,6 +31,7 @@ from allcls.models.backbones import BackboneSpec, input_spec
 from allcls.models.inference import predict_probabilities
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import make_table, write_table
+from allcls.ranges import TRAIN, check_ranges
 from allcls.tracking import Tracker, check_reachable
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def _train(cfg: DictConfig) -> float:
 
 def refuse_a_used_output_dir(output_dir: Path) -> None:
     """A job's folder is its record: a second job there would overwrite its checkpoints and
-    prediction tables (the default folder is new every second; a fixed hydra.run.dir is not)."""
+    prediction tables (the default folder names the microsecond it started; a fixed hydra.run.dir does not)."""
     used = sorted(str(p.relative_to(output_dir)) for folder in ("checkpoints", "predictions")
                   for p in (output_dir / folder).glob("*") if p.is_file())
     if used:
@@ -93,6 +94,7 @@ def refuse_a_used_output_dir(output_dir: Path) -> None:
 
 def check_config(cfg: DictConfig) -> BackboneSpec:
     """Refuse what would fail later, before anything is read; returns the backbone's settings."""
+    check_ranges(cfg, TRAIN)
     if OmegaConf.is_missing(cfg.dataset, "root"):
         raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{cfg.dataset.name} "
                           "(the folder in the dataset's original layout).")

@@ -132,6 +132,8 @@ def test_a_checkpoint_file_is_evaluated_on_the_dataset_given(store, tmp_path):
     (["RUN", "dataset=synthetic", "dataset.layout=aria", *SMALL_SYNTHETIC, "split=all"],
      r"class\(es\) \['Benign', 'Early', 'Pre', 'Pro'\] are not classes of the model"),
     (["RUN", "tta.views=[mirror]"], "Unknown test-time augmentation"),
+    (["RUN", "bootstrap=-5"], "bootstrap=-5 is out of range: it takes a whole number of at least 0"),
+    (["RUN", "batch_size=0"], "batch_size=0 is out of range"),
 ])
 def test_refusals_are_clear_and_log_nothing(store, tmp_path, overrides, message):
     overrides = [f"run_id={store['members'][0]}" if o == "RUN" else o for o in overrides]

@@ -127,6 +127,9 @@ def test_an_ensemble_packages_its_members_and_reports_their_votes(store, tmp_pat
 def test_packaging_again_is_refused_unless_asked_and_a_half_run_is_refused(store, packaged, tmp_path):
     with pytest.raises(AllclsError, match="already holds a packaged model.*overwrite=true"):
         package(package_cfg(store, tmp_path, f"run_id={store['members'][0]}"))
+    for setting in ("coverage=1.2", "bootstrap=-1"):
+        with pytest.raises(AllclsError, match=f"{setting} is out of range"):
+            package(package_cfg(store, tmp_path, f"run_id={store['members'][1]}", setting))
     client = store["client"]
     empty = client.create_run(store["experiment_id"], tags={"stage": "train", "classes": "hem,all"})
     with pytest.raises(AllclsError, match="has no config/config.yaml|has no predictions"):

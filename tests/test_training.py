@@ -138,6 +138,15 @@ def test_a_job_run_again_into_a_used_folder_is_refused_and_changes_nothing(tmp_p
     (["+backbone.dropout=0.3"], r"backbone.dropout is not a setting \(did you mean backbone.drop_rate\?\)"),
     (["+dataset.split.val_frac=0.3"], r"dataset.split.val_frac is not a setting \(did you mean"),
     (["monitor=val/loss", "monitor_mode=max"], "monitor_mode='max' is the wrong way round for val/loss"),
+    (["data.batch_size=0"], r"data.batch_size=0 is out of range: it takes a whole number of at least 1"),
+    (["trainer.max_epochs=0"], r"trainer.max_epochs=0 is out of range"),
+    (["model.optimizer.lr=-0.1"], r"model.optimizer.lr=-0.1 is out of range: it takes a number above 0"),
+    (["data.num_workers=-2"], r"data.num_workers=-2 is out of range: it takes null or a whole number of at least 0"),
+    (["backbone.drop_rate=1.5"], r"backbone.drop_rate=1.5 is out of range"),
+    (["model.label_smoothing=1"], r"model.label_smoothing=1 is out of range"),
+    (["data.batch_size=true"], r"data.batch_size=True is out of range"),
+    (["dataset.split.val_fraction=0.6", "dataset.split.test_fraction=0.5"], "leaves nothing to train on"),
+    (["dataset.classes=[hem,hem]"], r"dataset.classes=\['hem', 'hem'\] must name at least two different classes"),
 ])
 def test_bad_input_stops_with_a_clear_message_before_any_run(train_cfg, mlflow_client, overrides, message):
     with pytest.raises(AllclsError, match=message):

@@ -59,6 +59,9 @@ class SplitSpec:
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise AllclsError(f"dataset.split.{name}={getattr(self, name)} must be at least 0 and below 1.")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise AllclsError(f"dataset.split.val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
+                              "leaves nothing to train on: keep their sum below 1 (e.g. 0.15 and 0.15).")
 
 
 def group_ids(samples: Sequence[Sample], content_hashes: Sequence[str | None]) -> list[str]:

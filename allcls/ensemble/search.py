@@ -22,6 +22,7 @@ from allcls.ensemble.schemes import build_schemes
 from allcls.ensemble.selection import SchemeResult, evaluate_schemes
 from allcls.errors import AllclsError
 from allcls.predictions import make_table, write_table
+from allcls.ranges import ENSEMBLE, check_ranges
 from allcls.tracking import Tracker, browse_command
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 def run_ensemble(cfg: DictConfig) -> float:
     """Compare the configured weighting schemes; return the chosen scheme's cross-validated score."""
+    check_ranges(cfg, ENSEMBLE)
     if cfg.combine not in ("arithmetic", "geometric"):
         raise AllclsError(f"combine={cfg.combine!r} is not one of ['arithmetic', 'geometric'] "
                           "(majority voting is the scheme `majority_vote`).")

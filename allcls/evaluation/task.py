@@ -35,6 +35,7 @@ from allcls.explain import CamGrid, choose_samples, explain
 from allcls.models.backbones import BackboneSpec, input_spec
 from allcls.models.inference import check_views
 from allcls.predictions import class_names_of, probabilities_of
+from allcls.ranges import EVALUATE, check_ranges
 from allcls.tracking import Tracker, browse_command
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ SPLIT_CHOICES = ("train", "val", "test", "all")
 
 def evaluate(cfg: DictConfig) -> float:
     """Evaluate as configured (conf/evaluate.yaml); return the weighted F1 of the evaluated split."""
+    check_ranges(cfg, EVALUATE)
     if cfg.split not in SPLIT_CHOICES:
         raise AllclsError(f"split={cfg.split!r} is not one of {list(SPLIT_CHOICES)}.")
     views = check_views(cfg.tta.views)  # checked even when off: a typo should not wait for tta.enabled=true
