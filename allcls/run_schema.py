@@ -6,6 +6,7 @@ and params of each stage. Later stages find runs by these names (`tags.stage = '
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -46,7 +47,10 @@ def provenance_tags(stage: str, job: JobInfo) -> dict[str, str]:
     """Where a run came from: its stage, its sweep (and job number in it), the code and its version."""
     commit = git_commit()
     tags = {"stage": stage, "sweep_id": job.sweep_id, "git_commit": commit,
-            "mlflow.source.git.commit": commit.removesuffix("-dirty"), "allcls_version": __version__}
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"), "allcls_version": __version__,
+            # the run page's Source field: the entry script (train.py, or the module of python -m)
+            "mlflow.source.name": str(Path(sys.argv[0]).resolve()) if sys.argv and sys.argv[0] else "",
+            "mlflow.source.type": "LOCAL"}
     if job.job_num is not None:
         tags["job_num"] = str(job.job_num)
     return tags

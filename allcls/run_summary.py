@@ -52,6 +52,6 @@ def summary_text(tracker: Tracker, runs: list, sweep_id: str, best_column: str) 
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
-    lines.append("Browse them: " + browse_command(tracker.tracking_uri))
+    lines.append("Browse them: " + browse_command(tracker.tracking_uri, tracker.experiment_id()))
     lines.append(f"Filter for this sweep in the UI search box: tags.sweep_id = \"{sweep_id}\"")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ $MLFLOW_TRACKING_URI or else a SQLite store at <project>/mlruns/mlflow.db with a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -26,7 +27,7 @@ except ImportError:
     fcntl = None
 
 import pandas as pd
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -181,6 +182,18 @@ class Tracker:
     def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_dir)
 
+    def log_splits(self, run_id: str, dataset_name: str, root: str, split_hash: str,
+                   counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Each split as an MLflow dataset input (named `<dataset>/<split>`, the split hash as its
+        digest, the dataset's folder as its source, images per class as its profile), so the runs
+        table's Dataset column says what every run was trained and tested on."""
+        inputs = [DatasetInput(Dataset(name=f"{dataset_name}/{split}", digest=split_hash, source_type="local",
+                                       source=str(root), profile=json.dumps({"images": sum(per_class.values()),
+                                                                             "per_class": dict(per_class)})),
+                               tags=[InputTag("mlflow.data.context", split)])
+                  for split, per_class in counts.items()]
+        self.client.log_inputs(run_id, datasets=inputs)
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
@@ -299,12 +312,18 @@ class MissingArtifact(AllclsError):
     """A run has no artifact at the path asked for."""
 
 
-def browse_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on this store (or the server's address)."""
-    if not is_local_store(tracking_uri):
-        return tracking_uri
-    command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
-    if tracking_uri.startswith("sqlite:///"):
-        artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
-        command += f" --default-artifact-root {shlex.quote(str(artifacts))}"
-    return command
+def browse_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """The command that opens the MLflow UI on this store (or the server's address) and, given the
+    experiment, the address of its runs view (or of the run): MLflow 3 opens an experiment on a
+    GenAI overview page that is empty for runs like ours."""
+    if is_local_store(tracking_uri):
+        command, address = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}", "http://127.0.0.1:5000"
+        if tracking_uri.startswith("sqlite:///"):
+            artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+            command += f" --default-artifact-root {shlex.quote(str(artifacts))}"
+    else:
+        command, address = "", tracking_uri.rstrip("/")
+    if experiment_id is None:
+        return command or address
+    view = f"{address}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{command}, then open {view}" if command else view

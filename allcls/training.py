@@ -174,8 +174,12 @@ def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logge
 # --- what the run keeps -----------------------------------------------------------------------
 
 def log_dataset(tracker: Tracker, run_id: str, dataset: PreparedDataset, output_dir: Path) -> None:
-    """The split manifest, and the images left out as unreadable (if any)."""
+    """The split manifest, each split as an MLflow dataset input, and the images left out as
+    unreadable (if any)."""
     tracker.log_file(run_id, dataset.write_manifest(output_dir / "split_manifest.csv"), "data")
+    counts = {split: {name: sum(1 for s in dataset.split_samples(split) if s.label == name) for name in dataset.classes}
+              for split in ("train", "val", "test")}
+    tracker.log_splits(run_id, dataset.name, str(dataset.root), dataset.split_hash, counts)
     if dataset.unreadable:
         tracker.log_text(run_id, "".join(f"{path}\t{problem}\n" for path, problem in dataset.unreadable),
                          "data/unreadable_images.txt")

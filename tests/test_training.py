@@ -1,5 +1,6 @@
 """The training task end to end on synthetic data: what it logs to MLflow, that it learns, how it fails."""
 
+import json
 import os
 import re
 import signal
@@ -231,3 +232,19 @@ def test_sigterm_marks_the_run_killed_and_the_job_exits_non_zero(tmp_path):
             job.kill()
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"
+
+
+def test_the_mlflow_ui_says_what_each_run_saw_and_where_it_came_from(train_cfg, mlflow_client):
+    """The runs table's Dataset column (one input per split, the split hash as digest, the data
+    folder as source), the run page's Source field, and the learning rate named like the rest."""
+    train(train_cfg("trainer.max_epochs=2"))
+    run = only_run(mlflow_client)
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    dataset = run.data.tags["dataset"]
+    assert set(inputs) == {f"{dataset}/train", f"{dataset}/val", f"{dataset}/test"}
+    for split, given in inputs.items():
+        assert given.dataset.digest == run.data.tags["split_hash"] and given.dataset.source_type == "local"
+        assert {t.key: t.value for t in given.tags}["mlflow.data.context"] == split.rsplit("/", 1)[1]
+        assert json.loads(given.dataset.profile)["images"] > 0
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.source.name"]
+    assert "train/lr" in run.data.metrics and not [m for m in run.data.metrics if m.startswith("lr-")]

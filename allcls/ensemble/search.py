@@ -78,7 +78,7 @@ def run_ensemble(cfg: DictConfig) -> float:
     print(f"Ensemble run {run_id} in experiment {tracker.experiment_name!r}; one child run per scheme.\n"
           f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
           f"python evaluate.py run_id={run_id} tta.enabled=true gradcam.enabled=true\n"
-          f"Browse: {browse_command(tracker.tracking_uri)}", flush=True)
+          f"Browse: {browse_command(tracker.tracking_uri, tracker.experiment_id(), run_id)}", flush=True)
     return chosen.cv
 
 

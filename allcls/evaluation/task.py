@@ -81,7 +81,7 @@ def evaluate(cfg: DictConfig) -> float:
         run_id = log_result(tracker, source, result, cfg, inputs.target.split_hash)
     print(f"Evaluation run {run_id} in experiment {tracker.experiment_name!r}"
           + (f", nested under run {source.run_id}" if source.run_id else "")
-          + f".\nBrowse: {browse_command(tracker.tracking_uri)}", flush=True)
+          + f".\nBrowse: {browse_command(tracker.tracking_uri, tracker.experiment_id(), run_id)}", flush=True)
     return result.metric("f1_weighted")
 
 

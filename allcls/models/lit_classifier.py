@@ -148,7 +148,8 @@ class LitClassifier(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "monitor": self.monitor}}
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "monitor": self.monitor,
+                                 "name": "train/lr"}}  # what LearningRateMonitor logs (else lr-AdamW)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         head = {id(p) for p in self.model.get_classifier().parameters()}
