@@ -13,6 +13,7 @@ import os
 import posixpath
 import shlex
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -134,7 +135,8 @@ class Tracker:
     @contextmanager
     def run(self, run_name: str, tags: Mapping[str, str], description: str = "") -> Iterator[str]:
         """A new run, marked FINISHED when the block ends, FAILED (or KILLED) when it raises."""
-        all_tags = {"mlflow.runName": run_name, **tags}
+        # host and pid: `python -m allcls.runs cleanup` can then tell a run whose process died
+        all_tags = {"mlflow.runName": run_name, **tags, "host": socket.gethostname(), "pid": str(os.getpid())}
         if description:
             all_tags["mlflow.note.content"] = description
         run_id = self.client.create_run(self.experiment_id(), tags=all_tags, run_name=run_name).info.run_id

@@ -1,0 +1,109 @@
+"""Housekeeping of the MLflow store. `cleanup` finds runs left RUNNING by a job that died without
+warning (SIGKILL, an out-of-memory kill, a lost machine) and, only when asked, marks them FAILED
+with the reason:
+
+    python -m allcls.runs cleanup                 # list them
+    python -m allcls.runs cleanup --mark          # and mark those whose process is gone
+
+Every run records the host and process that opened it (tags `host`, `pid`). A run is marked only
+when its process is proven gone: on this host and no longer alive. A run of another host, or of
+a process that still lives, is listed and left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from allcls.errors import AllclsError, user_message
+from allcls.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class LeftRunning:
+    run_id: str
+    name: str
+    experiment: str
+    host: str
+    pid: int | None
+    gone: bool  # its process is proven gone (this host, not alive)
+
+    def describe(self) -> str:
+        where = f"process {self.pid} on {self.host}" if self.pid else "a process allcls did not record"
+        state = "is gone" if self.gone else "cannot be checked from here" if self.host != socket.gethostname() \
+            or not self.pid else "is still alive"
+        return f"{self.run_id}  {self.name}  (experiment {self.experiment!r}): {where} {state}"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def left_running(tracker: Tracker) -> list[LeftRunning]:
+    """Every RUNNING run of the store, with whether its process is proven gone."""
+    client, here = tracker.client, socket.gethostname()
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    found = []
+    for run in client.search_runs(list(experiments), "attributes.status = 'RUNNING'", max_results=50_000):
+        tags = run.data.tags
+        pid = int(tags["pid"]) if tags.get("pid", "").isdigit() else None
+        host = tags.get("host", "")
+        found.append(LeftRunning(run.info.run_id, run.info.run_name or "", experiments[run.info.experiment_id],
+                                 host, pid, gone=bool(pid) and host == here and not alive(pid)))
+    return found
+
+
+def cleanup(tracker: Tracker, mark: bool) -> list[LeftRunning]:
+    """List the runs left RUNNING; with `mark`, mark FAILED those whose process is gone."""
+    runs = left_running(tracker)
+    for run in runs:
+        if mark and run.gone:
+            tracker.client.set_tag(run.run_id, "error", f"process {run.pid} on {run.host} ended without ending "
+                                                        "the run (SIGKILL, out of memory or a lost machine); "
+                                                        "marked by allcls.runs cleanup")
+            tracker.client.set_terminated(run.run_id, "FAILED")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m allcls.runs", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    clean = commands.add_parser("cleanup", help="find runs left RUNNING by jobs that died; --mark marks them FAILED")
+    clean.add_argument("--mark", action="store_true", help="mark FAILED the runs whose process is gone")
+    clean.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI")
+                       or f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}",
+                       help="the store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
+    args = parser.parse_args(argv)
+    try:
+        if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[10:]).is_file():
+            raise AllclsError(f"No MLflow store at {args.tracking_uri}: run this from the folder that holds mlruns/, "
+                              "or pass --tracking-uri.")
+        runs = cleanup(Tracker(args.tracking_uri, ""), args.mark)
+    except AllclsError as error:
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        return 2
+    if not runs:
+        print("No run is left RUNNING.")
+        return 0
+    gone = [run for run in runs if run.gone]
+    print(f"{len(runs)} run(s) RUNNING in {args.tracking_uri}:")
+    for run in runs:
+        print("  " + run.describe() + ("  -> marked FAILED" if args.mark and run.gone else ""))
+    if gone and not args.mark:
+        print(f"{len(gone)} of them belong to a process that is gone: `python -m allcls.runs cleanup --mark` marks "
+              "them FAILED.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
