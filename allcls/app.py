@@ -30,7 +30,7 @@ from allcls.ensemble.combining import combine
 from allcls.explain import combine_maps, member_maps, overlay
 from allcls.model_card import NOTICE
 from allcls.packaged_model import PackagedModel, decode_limited
-from allcls.tracking import server_unreachable
+from allcls.stores import server_unreachable
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 PREFERRED_MODEL = "begum2025"  # the study whose model the page serves by default, where one is registered

@@ -12,20 +12,12 @@ import logging
 import os
 import posixpath
 import shlex
-import signal
 import socket
 import tempfile
-import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-
-try:
-    import fcntl  # POSIX only: on Windows, open a fresh store once before starting parallel jobs
-except ImportError:
-    fcntl = None
 
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
@@ -35,7 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from allcls.config import job_info, resolved_yaml
 from allcls.errors import AllclsError
+from allcls.job_signals import Terminated, sigterm_raises
 from allcls.run_schema import TRAIN, provenance_tags
+from allcls.stores import check_reachable, local_store_lock
 
 log = logging.getLogger(__name__)
 # MLflow draws a progress bar for every artifact download; the ensemble downloads many small tables.
@@ -44,46 +38,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:", "/"))
-
-
-@contextmanager
-def local_store_lock(uri: str) -> Iterator[None]:
-    """One process at a time opens a local SQLite store for the first time. MLflow creates and
-    migrates its tables then, and parallel jobs on a fresh store raced there ("duplicate column
-    name"), losing runs and sometimes the store. The lock is a file beside the database."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".lock"), "a") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def server_unreachable(uri: str) -> str | None:
-    """Why a tracking server cannot be reached (None if it answers, or the store is a local one):
-    asked directly, in seconds, because MLflow's client retries for minutes before it gives up."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
-        return None
-    except OSError as error:  # refused, timed out, unknown host, or an HTTP error status
-        return str(getattr(error, "reason", error))
-
-
-def check_reachable(uri: str) -> None:
-    """Refuse, in one line and before any work, a tracking server that does not answer."""
-    if (reason := server_unreachable(uri)) is not None:
-        raise AllclsError(f"Cannot reach the MLflow tracking server {uri} ({reason}). Start it (mlflow server "
-                          "--host 127.0.0.1 --port <port> ...), or point logger.tracking_uri / $MLFLOW_TRACKING_URI "
-                          "at one that runs.")
 
 
 class Tracker:
@@ -282,32 +236,6 @@ class Tracker:
             return []
         return self.client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{sweep_id}'",
                                        order_by=["attributes.start_time ASC"])
-
-
-class Terminated(SystemExit):
-    """SIGTERM (what `kill`, SLURM and other schedulers send) as an exception, so that the run is
-    marked KILLED on the way out and the process exits 143 (128 + 15), which schedulers read as
-    a failure. Lightning would otherwise stop at the next batch and exit 0."""
-
-    def __init__(self) -> None:
-        super().__init__(128 + signal.SIGTERM)
-
-
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises Terminated inside the block (main thread only; elsewhere signals cannot be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class MissingArtifact(AllclsError):

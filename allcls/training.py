@@ -32,7 +32,8 @@ from allcls.models.inference import predict_probabilities
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import make_table, write_table
 from allcls.ranges import TRAIN, check_ranges
-from allcls.tracking import Tracker, check_reachable
+from allcls.stores import check_reachable
+from allcls.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,15 @@ the entry scripts run as a user runs them, and what an MLflow run holds."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -93,3 +98,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def served(command: list[str], ready_url: str, log: Path, timeout: float = 180, **popen) -> Iterator[None]:
+    """A server (`command`) started in its own process group, waited for until `ready_url` answers,
+    and stopped by PID (the whole group: SIGTERM, then SIGKILL) whatever the block does."""
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(ready_url, timeout=2)
+                    break
+                except OSError:
+                    if server.poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"{' '.join(command[:4])} did not start:\n{log.read_text()}") from None
+                    time.sleep(0.5)
+            yield
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()

@@ -5,10 +5,7 @@ logged ones."""
 import base64
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import pytest
 from allcls.errors import AllclsError
 from allcls.package import package
 
-from helpers import compose_config, free_port
+from helpers import compose_config, free_port, served
 
 CLASSES = ["hem", "all"]
 
@@ -141,34 +138,15 @@ def test_mlflow_models_serve_answers_like_the_model_in_process(store, packaged, 
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store['root']}/mlruns/mlflow.db", "TQDM_DISABLE": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # it starts uvicorn by name
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", packaged, "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                              env=env, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("mlflow models serve did not start:\n" + (tmp_path / "serve.log").read_text())
-                time.sleep(1)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", packaged, "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port)]
+    with served(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env=env):
         paths = sample_images(store, 2)
         encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths]
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                          {"Content-Type": "application/json"})
-        served = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+        served_rows = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
     in_process = mlflow.pyfunc.load_model(packaged).predict(pd.DataFrame({"image": encoded}))
-    assert served["label"].tolist() == in_process["label"].tolist()
-    assert served["prob_all"].to_numpy() == pytest.approx(in_process["prob_all"].to_numpy(), abs=1e-9)
+    assert served_rows["label"].tolist() == in_process["label"].tolist()
+    assert served_rows["prob_all"].to_numpy() == pytest.approx(in_process["prob_all"].to_numpy(), abs=1e-9)

@@ -1,11 +1,8 @@
 """MLflow tracking: local SQLite store, a real `mlflow server` on 127.0.0.1, and the run summary."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,7 +14,7 @@ from allcls.run_summary import summary_text
 from allcls.tracking import MissingArtifact, Tracker
 from allcls.training import train
 
-from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, free_port, run_script
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, free_port, run_script, served
 
 
 @pytest.fixture
@@ -27,27 +24,9 @@ def mlflow_server(tmp_path):
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
                "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"]
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text())
-                time.sleep(1)
+    with served(command, f"{url}/health", tmp_path / "server.log", timeout=120):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.mark.slow

@@ -1,0 +1,56 @@
+"""Opening a tracking store safely, before any work: a server that does not answer is refused in
+seconds, and a local SQLite store is opened for the first time by one process at a time."""
+
+from __future__ import annotations
+
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from allcls.errors import AllclsError
+
+try:
+    import fcntl  # POSIX only: on Windows, open a fresh store once before starting parallel jobs
+except ImportError:
+    fcntl = None
+
+
+@contextmanager
+def local_store_lock(uri: str) -> Iterator[None]:
+    """One process at a time opens a local SQLite store for the first time. MLflow creates and
+    migrates its tables then, and parallel jobs on a fresh store raced there ("duplicate column
+    name"), losing runs and sometimes the store. The lock is a file beside the database."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def server_unreachable(uri: str) -> str | None:
+    """Why a tracking server cannot be reached (None if it answers, or the store is a local one):
+    asked directly, in seconds, because MLflow's client retries for minutes before it gives up."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+        return None
+    except OSError as error:  # refused, timed out, unknown host, or an HTTP error status
+        return str(getattr(error, "reason", error))
+
+
+def check_reachable(uri: str) -> None:
+    """Refuse, in one line and before any work, a tracking server that does not answer."""
+    if (reason := server_unreachable(uri)) is not None:
+        raise AllclsError(f"Cannot reach the MLflow tracking server {uri} ({reason}). Start it (mlflow server "
+                          "--host 127.0.0.1 --port <port> ...), or point logger.tracking_uri / $MLFLOW_TRACKING_URI "
+                          "at one that runs.")
