@@ -73,7 +73,8 @@ def train_run_name(cfg: DictConfig, job: JobInfo) -> str:
 
 
 def train_tags(cfg: DictConfig, dataset: PreparedDataset) -> dict[str, str]:
-    tags = {**data_tags(dataset.name, dataset.classes, dataset.split_hash), "backbone": cfg.backbone.name}
+    tags = {**data_tags(dataset.name, dataset.classes, dataset.split_hash), "backbone": cfg.backbone.name,
+            "output_dir": str(Path(cfg.paths.output_dir).resolve())}  # the job's folder, for `resume`
     if cfg.dataset.split.get("by") == "image":
         tags["leaky_split"] = "image: cells of one patient on both sides; scores inflated"
     return tags

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from allcls.config import job_info, resolved_yaml
 from allcls.errors import AllclsError
-from allcls.job_signals import Terminated, sigterm_raises
+from allcls.job_signals import Terminated, stop_signals_raise
 from allcls.run_schema import TRAIN, provenance_tags
 from allcls.stores import check_reachable, local_store_lock
 
@@ -89,15 +89,30 @@ class Tracker:
     @contextmanager
     def run(self, run_name: str, tags: Mapping[str, str], description: str = "") -> Iterator[str]:
         """A new run, marked FINISHED when the block ends, FAILED (or KILLED) when it raises."""
-        # host and pid: `python -m allcls.runs cleanup` can then tell a run whose process died
-        all_tags = {"mlflow.runName": run_name, **tags, "host": socket.gethostname(), "pid": str(os.getpid())}
+        all_tags = {"mlflow.runName": run_name, **tags, **_this_process()}
         if description:
             all_tags["mlflow.note.content"] = description
         run_id = self.client.create_run(self.experiment_id(), tags=all_tags, run_name=run_name).info.run_id
         log.info("MLflow run %s (%s) in experiment %r", run_id, run_name, self.experiment_name)
+        with self._ended(run_id):
+            yield run_id
+
+    @contextmanager
+    def resumed_run(self, run_id: str, resumed_in: str) -> Iterator[str]:
+        """An unfinished run, continued by this process (`resumed_in`: this launch's sweep id)."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.set_tags(run_id, {**_this_process(), "resumed_in": resumed_in})
+        if "error" in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, "error")
+        log.info("MLflow run %s resumed in experiment %r", run_id, self.experiment_name)
+        with self._ended(run_id):
+            yield run_id
+
+    @contextmanager
+    def _ended(self, run_id: str) -> Iterator[None]:
         try:
-            with sigterm_raises():
-                yield run_id
+            with stop_signals_raise():
+                yield
         except BaseException as error:
             # Stopped (SIGTERM, Ctrl-C, which Lightning turns into exit 1) is KILLED; anything else FAILED.
             stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
@@ -189,6 +204,21 @@ class Tracker:
         except MlflowException as error:
             raise AllclsError(f"MLflow cannot read the filter {filter_string!r}: {error.message}") from None
 
+    def get_run(self, run_id: str):
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            raise AllclsError(f"No MLflow run {run_id!r} in {self.tracking_uri}.") from None
+
+    def unfinished_training_runs(self) -> list:
+        """Training runs of the experiment that did not finish (RUNNING, KILLED, FAILED), newest first."""
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return []
+        return self.client.search_runs([experiment.experiment_id],
+                                       f"attributes.status != 'FINISHED' and tags.stage = '{TRAIN}'",
+                                       order_by=["attributes.start_time DESC"], max_results=100)
+
     def latest_run_id(self, stage: str) -> str:
         """The newest finished run of `stage` in the experiment."""
         experiment = self.client.get_experiment_by_name(self.experiment_name) if self.experiment_name else None
@@ -231,11 +261,19 @@ class Tracker:
         return Path(self.client.download_artifacts(run_id, artifact_path, str(destination)))
 
     def sweep_runs(self, sweep_id: str) -> list:
+        """The runs of a launch: those it started, and those it resumed."""
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return []
-        return self.client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{sweep_id}'",
-                                       order_by=["attributes.start_time ASC"])
+        runs = [run for tag in ("sweep_id", "resumed_in")
+                for run in self.client.search_runs([experiment.experiment_id], f"tags.{tag} = '{sweep_id}'",
+                                                   order_by=["attributes.start_time ASC"])]
+        return list({run.info.run_id: run for run in runs}.values())
+
+
+def _this_process() -> dict[str, str]:
+    """host and pid: `python -m allcls.runs cleanup` and `resume` can then tell a run whose process died."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
 
 
 class MissingArtifact(AllclsError):

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import MLFlowLogger
@@ -25,6 +26,7 @@ from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_datase
 from allcls.data.splits import SplitSpec
 from allcls.ddp import distributed_job, is_rank_zero, rerun_this_job_in_ddp_children
 from allcls.errors import AllclsError
+from allcls.job_signals import stops_wait_for_the_batch
 from allcls.metrics.names import metric_names, mode
 from allcls.metrics.vectorised import confusion_frame, table_scores
 from allcls.models.backbones import BackboneSpec, input_spec
@@ -32,6 +34,17 @@ from allcls.models.inference import predict_probabilities
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import make_table, write_table
 from allcls.ranges import TRAIN, check_ranges
+from allcls.resume import (
+    RUN_FILE,
+    CheckpointOnStop,
+    ResumePoint,
+    check_resumable,
+    find_point,
+    refuse_changed_params,
+    refuse_changes,
+    remember_the_run,
+    requeued_point,
+)
 from allcls.stores import check_reachable
 from allcls.tracking import Tracker
 
@@ -48,8 +61,11 @@ def train(cfg: DictConfig) -> float:
 
 
 def _train(cfg: DictConfig) -> float:
+    point = resume_point(cfg)
+    if point is not None:
+        cfg = point.config  # the job's own config, into its own folder
     backbone = check_config(cfg)
-    if is_rank_zero():
+    if is_rank_zero() and point is None:
         refuse_a_used_output_dir(Path(cfg.paths.output_dir))
         check_reachable(cfg.logger.tracking_uri)  # before any data is read
     L.seed_everything(cfg.seed, workers=True)
@@ -57,27 +73,62 @@ def _train(cfg: DictConfig) -> float:
     check_monitor(cfg, list(dataset.classes))
     datamodule = build_datamodule(cfg, dataset, backbone)
     model = build_model(cfg, datamodule, backbone)
+    checkpoint = point.checkpoint if point else None
 
     if not is_rank_zero():
         # A DDP child process: its parent owns the MLflow run and all that is logged after fit.
-        fit(cfg, model, datamodule, RunMetricsLogger(tracking_uri=cfg.logger.tracking_uri))
+        fit(cfg, model, datamodule, RunMetricsLogger(tracking_uri=cfg.logger.tracking_uri), checkpoint)
         return float("nan")
 
     tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
-    job = job_info(cfg.paths.output_dir)
+    job = point.job if point else job_info(cfg.paths.output_dir)
     output_dir = Path(cfg.paths.output_dir)
-    with tracker.stage_run(run_schema.TRAIN, run_schema.train_run_name(cfg, job),
-                           run_schema.train_tags(cfg, dataset), cfg) as run_id:
+    if point is None:
+        opened = tracker.stage_run(run_schema.TRAIN, run_schema.train_run_name(cfg, job),
+                                   run_schema.train_tags(cfg, dataset), cfg)
+    else:
+        opened = tracker.resumed_run(point.run_id, resumed_in=job_info().sweep_id)
+    with opened as run_id:
         try:
-            tracker.log_params(run_id, run_schema.train_params(cfg, dataset, datamodule.input_spec.size, job))
-            log_dataset(tracker, run_id, dataset, output_dir)
+            params = run_schema.train_params(cfg, dataset, datamodule.input_spec.size, job)
+            if point is None:
+                remember_the_run(output_dir, run_id, cfg, job)
+                tracker.log_params(run_id, params)
+                log_dataset(tracker, run_id, dataset, output_dir)
+            else:
+                tracker.log_params(run_id, refuse_changed_params(run_id, tracker.get_run(run_id).data.params, params))
+                log.info("Resuming from %s", checkpoint)
             trainer = fit(cfg, model, datamodule, RunMetricsLogger(run_id=run_id, tracking_uri=tracker.tracking_uri,
-                                                                   experiment_name=tracker.experiment_name))
+                                                                   experiment_name=tracker.experiment_name), checkpoint)
             return evaluate_best_checkpoint(tracker, run_id, trainer, model, datamodule, output_dir)
         finally:
-            job_log = output_dir / f"{job.name}.log"
-            if job_log.is_file():
-                tracker.log_file(run_id, job_log, "logs")
+            log_job_logs(tracker, run_id, output_dir, job.name, resumed=point is not None)
+
+
+def resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """The unfinished job this one continues: the one `resume=` names, or this very job after SLURM
+    requeued it. None for a new job."""
+    requeued = None if cfg.get("resume") else requeued_point(Path(cfg.paths.output_dir))
+    if not cfg.get("resume") and requeued is None:
+        return None
+    check_reachable(cfg.logger.tracking_uri)
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
+    point = requeued or find_point(str(cfg.resume), tracker)
+    if is_rank_zero():  # a DDP child finds its parent's run RUNNING, as it should be
+        check_resumable(point, tracker.get_run(point.run_id))
+        refuse_changes(point, cfg, job_info().overrides)
+    return point
+
+
+def log_job_logs(tracker: Tracker, run_id: str, output_dir: Path, name: str, resumed: bool) -> None:
+    """The job's log file; a resumed job's log (in this launch's own folder) goes to logs/resumed/."""
+    job_log = output_dir / f"{name}.log"
+    if job_log.is_file():
+        tracker.log_file(run_id, job_log, "logs")
+    if resumed and HydraConfig.initialized():
+        launch_log = Path(HydraConfig.get().runtime.output_dir) / f"{name}.log"
+        if launch_log.is_file():
+            tracker.log_file(run_id, launch_log, f"logs/resumed/{launch_log.parent.name}")
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -85,8 +136,8 @@ def _train(cfg: DictConfig) -> float:
 def refuse_a_used_output_dir(output_dir: Path) -> None:
     """A job's folder is its record: a second job there would overwrite its checkpoints and
     prediction tables (the default folder names the microsecond it started; a fixed hydra.run.dir does not)."""
-    used = sorted(str(p.relative_to(output_dir)) for folder in ("checkpoints", "predictions")
-                  for p in (output_dir / folder).glob("*") if p.is_file())
+    used = sorted(str(p.relative_to(output_dir)) for pattern in ("checkpoints/*", "predictions/*", str(RUN_FILE))
+                  for p in output_dir.glob(pattern) if p.is_file())
     if used:
         raise AllclsError(f"{output_dir} already holds another job's files ({', '.join(used[:3])}"
                           f"{', ...' if len(used) > 3 else ''}): this job would overwrite them. Give it a new "
@@ -158,8 +209,11 @@ class RunMetricsLogger(MLFlowLogger):
         pass  # the Tracker ends the run
 
 
-def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logger: RunMetricsLogger) -> L.Trainer:
-    callbacks = instantiate_dict(cfg.callbacks)
+def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logger: RunMetricsLogger,
+        checkpoint: Path | None = None) -> L.Trainer:
+    """Fit, from `checkpoint` when resuming. A stop (SIGTERM, Ctrl-C) waits for the batch in
+    progress, then saves last.ckpt (allcls.resume.CheckpointOnStop)."""
+    callbacks = [*instantiate_dict(cfg.callbacks), CheckpointOnStop(cfg.paths.output_dir)]
     try:
         trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=logger)
     except InstantiationException as error:
@@ -168,7 +222,8 @@ def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logge
                               "Pick one that can, e.g. trainer=cpu.") from None
         raise
     rerun_this_job_in_ddp_children()
-    trainer.fit(model, datamodule=datamodule)
+    with stops_wait_for_the_batch():
+        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint)
     return trainer
 
 

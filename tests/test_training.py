@@ -1,13 +1,6 @@
 """The training task end to end on synthetic data: what it logs to MLflow, that it learns, how it fails."""
 
 import json
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -25,7 +18,7 @@ from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import read_table
 from allcls.training import train
 
-from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts
+from helpers import artifacts
 
 
 def only_run(client, experiment="synthetic-cnmc"):
@@ -201,74 +194,6 @@ def test_two_phase_transfer_learning_freezes_then_unfreezes_at_a_lower_rate(cnmc
     assert not torch.equal(snapshots[0][head], before[head])      # the head learns
     assert not torch.equal(snapshots[1][conv], snapshots[0][conv])  # epoch 1: everything learns
     assert snapshots[0]["lr"] == pytest.approx(0.1) and snapshots[1]["lr"] == pytest.approx(0.01)
-
-
-@pytest.mark.slow
-def test_sigterm_marks_the_run_killed_and_the_job_exits_non_zero(tmp_path):
-    """What SLURM or `kill` sends, in the middle of fit: the run ends KILLED with the reason (not
-    FAILED, not left RUNNING) and the process exits 143, which a scheduler reads as a failure."""
-    from mlflow.tracking import MlflowClient
-
-    log = tmp_path / "job.log"
-    job, run_id = start_training(tmp_path, log)
-    try:
-        job.send_signal(signal.SIGTERM)
-        assert job.wait(timeout=120) == 143, log.read_text()[-3000:]
-    finally:
-        if job.poll() is None:
-            job.kill()
-    run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(run_id)
-    assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"
-
-
-def start_training(tmp_path: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """train.py in a subprocess of tmp_path, running long; returns it once fit has logged an epoch."""
-    from mlflow.tracking import MlflowClient
-
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    overrides = [*FAST, *SMALL_SYNTHETIC, "trainer.max_epochs=500", "callbacks.early_stopping=null"]
-    with open(log, "w") as output:
-        job = subprocess.Popen([sys.executable, str(PROJECT / "train.py"), *overrides], cwd=tmp_path, env=env,
-                               stdout=output, stderr=subprocess.STDOUT)
-    client, deadline = None, time.time() + 240
-    while time.time() < deadline and job.poll() is None:
-        found = re.search(r"MLflow run ([0-9a-f]{32})", log.read_text())
-        if found:
-            client = client or MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-            if client.get_metric_history(found.group(1), "train/loss_epoch"):
-                return job, found.group(1)
-        time.sleep(0.5)
-    job.kill()
-    raise AssertionError(log.read_text()[-3000:])
-
-
-@pytest.mark.slow
-def test_a_run_whose_process_was_killed_is_found_and_marked_only_when_asked(tmp_path):
-    """SIGKILL leaves no chance to end the run: `python -m allcls.runs cleanup` lists it, and marks
-    it FAILED with the reason only with --mark; a live job's run is listed and left alone."""
-    from mlflow.tracking import MlflowClient
-
-    job, run_id = start_training(tmp_path, tmp_path / "job.log")
-    job.kill()
-    job.wait(timeout=60)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    alive = client.create_run(client.get_run(run_id).info.experiment_id,
-                              tags={"host": socket.gethostname(), "pid": str(os.getpid())})
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-
-    def cleanup(*args):
-        return subprocess.run([sys.executable, "-m", "allcls.runs", "cleanup", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-
-    listed = cleanup()
-    assert listed.returncode == 0 and f"{run_id}" in listed.stdout and "is gone" in listed.stdout
-    assert "is still alive" in listed.stdout and "--mark" in listed.stdout
-    assert client.get_run(run_id).info.status == "RUNNING"  # listing changes nothing
-    marked = cleanup("--mark")
-    assert marked.returncode == 0 and "marked FAILED" in marked.stdout, marked.stdout + marked.stderr
-    run = client.get_run(run_id)
-    assert run.info.status == "FAILED" and "ended without ending the run" in run.data.tags["error"]
-    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
 
 
 def test_the_mlflow_ui_says_what_each_run_saw_and_where_it_came_from(train_cfg, mlflow_client):

@@ -1,0 +1,169 @@
+"""Jobs that stop and continue: SIGTERM and SIGKILL in the middle of fit, runs left RUNNING, and
+`resume` (a folder, a run id, `last`, a SLURM requeue) continuing into the same MLflow run."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from allcls.errors import AllclsError
+from allcls.training import train
+
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, run_script
+
+# Epochs of about 90 small batches (a few seconds each): long enough to stop a job in the middle of one.
+SLOW_EPOCHS = [*FAST, *SMALL_SYNTHETIC, "dataset.reader.cells_per_subject=30", "data.batch_size=4",
+               "trainer.log_every_n_steps=1", "callbacks.early_stopping=null"]
+
+
+def start_training(tmp_path: Path, log: Path, overrides: list[str], ready, env_extra: dict | None = None):
+    """train.py in a subprocess of tmp_path; returns it and its run id once `ready(client, run_id)`."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env.update(env_extra or {})
+    with open(log, "w") as output:
+        job = subprocess.Popen([sys.executable, str(PROJECT / "train.py"), *overrides], cwd=tmp_path, env=env,
+                               stdout=output, stderr=subprocess.STDOUT)
+    client, deadline = None, time.time() + 240
+    while time.time() < deadline and job.poll() is None:
+        found = re.search(r"MLflow run ([0-9a-f]{32})", log.read_text())
+        if found:
+            client = client or MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+            if ready(client, found.group(1)):
+                return job, found.group(1)
+        time.sleep(0.1)
+    job.kill()
+    raise AssertionError(log.read_text()[-3000:])
+
+
+def after_an_epoch(client, run_id) -> bool:
+    return bool(client.get_metric_history(run_id, "train/loss_epoch"))
+
+
+def steps(client, run_id, metric) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, metric)]
+
+
+def in_the_second_epoch(client, run_id) -> bool:
+    """Epoch 0 is over (validated, last.ckpt saved) and epoch 1 has trained a few batches."""
+    validated = steps(client, run_id, "val/loss")
+    return len(validated) == 1 and max(steps(client, run_id, "train/loss_step"), default=0) >= validated[0] + 5
+
+
+def stop(job: subprocess.Popen, signum: int, log: Path) -> int:
+    try:
+        job.send_signal(signum)
+        return job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_marks_the_run_killed_and_a_requeued_job_resumes_it(tmp_path):
+    """What SLURM or `kill` sends, in the middle of an epoch: the batch ends, last.ckpt is saved
+    there, the run ends KILLED with the reason and the process exits 143 (a failure to a scheduler).
+    Started again in its own folder as SLURM requeues it, the job continues into the same run."""
+    overrides = [*SLOW_EPOCHS, "trainer.max_epochs=2"]
+    log = tmp_path / "job.log"
+    job, run_id = start_training(tmp_path, log, overrides, in_the_second_epoch)
+    assert stop(job, signal.SIGTERM, log) == 143, log.read_text()[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"
+    folder = Path(run.data.tags["output_dir"])
+    saved = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 1 and saved["global_step"] > steps(client, run_id, "val/loss")[0] + 1  # mid-epoch
+
+    requeued = run_script("train.py", *overrides, f"hydra.run.dir={folder}", cwd=tmp_path,
+                          env_extra={"SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert len(steps(client, run_id, "val/loss")) == 2
+    assert {"predictions/val.parquet", "predictions/test.parquet"} <= artifacts(client, run_id)
+
+
+@pytest.mark.slow
+def test_a_job_killed_mid_epoch_resumes_into_one_finished_run_with_its_whole_history(tmp_path):
+    """SIGKILL leaves no checkpoint of its own: `resume=last` continues from the last epoch's
+    last.ckpt, into the same run; only the interrupted epoch is trained twice. A command that
+    changes a setting is refused first, naming it, and changes nothing."""
+    overrides = [*SLOW_EPOCHS, "trainer.max_epochs=3"]
+    job, run_id = start_training(tmp_path, tmp_path / "job.log", overrides, in_the_second_epoch)
+    job.kill()
+    job.wait(timeout=60)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    changed = run_script("train.py", "resume=last", "trainer.max_epochs=5", cwd=tmp_path)
+    assert changed.returncode == 2 and "trainer.max_epochs=5" in changed.stderr and "ran with" in changed.stderr
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    resumed = run_script("train.py", "resume=last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    experiment = client.get_run(run_id).info.experiment_id
+    runs = client.search_runs([experiment])
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
+    assert "1 MLflow run(s)" in resumed.stdout and "FINISHED" in resumed.stdout  # the launch's summary
+
+    validated = steps(client, run_id, "val/loss")
+    per_epoch = validated[0] + 1
+    assert validated == [per_epoch - 1, 2 * per_epoch - 1, 3 * per_epoch - 1]  # each epoch once, at its step
+    trained = steps(client, run_id, "train/loss_step")
+    twice = {step for step in trained if trained.count(step) > 1}
+    assert twice and all(per_epoch <= step < 2 * per_epoch for step in twice)  # only the interrupted epoch
+    assert set(range(3 * per_epoch)) <= set(trained)
+    found = artifacts(client, run_id)
+    assert {"predictions/val.parquet", "predictions/test.parquet", "checkpoints/best.ckpt"} <= found
+    assert any(name.startswith("logs/resumed/") for name in found)
+
+
+@pytest.mark.slow
+def test_a_run_whose_process_was_killed_is_found_and_marked_only_when_asked(tmp_path):
+    """SIGKILL leaves no chance to end the run: `python -m allcls.runs cleanup` lists it, and marks
+    it FAILED with the reason only with --mark; a live job's run is listed and left alone."""
+    job, run_id = start_training(tmp_path, tmp_path / "job.log",
+                                 [*FAST, *SMALL_SYNTHETIC, "trainer.max_epochs=500", "callbacks.early_stopping=null"],
+                                 after_an_epoch)
+    job.kill()
+    job.wait(timeout=60)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    alive = client.create_run(client.get_run(run_id).info.experiment_id,
+                              tags={"host": socket.gethostname(), "pid": str(os.getpid())})
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+
+    def cleanup(*args):
+        return subprocess.run([sys.executable, "-m", "allcls.runs", "cleanup", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    listed = cleanup()
+    assert listed.returncode == 0 and f"{run_id}" in listed.stdout and "is gone" in listed.stdout
+    assert "is still alive" in listed.stdout and "--mark" in listed.stdout
+    assert client.get_run(run_id).info.status == "RUNNING"  # listing changes nothing
+    marked = cleanup("--mark")
+    assert marked.returncode == 0 and "marked FAILED" in marked.stdout, marked.stdout + marked.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and "ended without ending the run" in run.data.tags["error"]
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+def test_resume_refuses_what_it_cannot_continue(train_cfg, mlflow_client, tmp_path):
+    """A finished run, a folder that holds no job, a word that is neither, and `last` with nothing
+    unfinished: each one line, and the finished run is left as it was."""
+    train(train_cfg())
+    finished = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])[0]
+    for resume, says in [(finished.info.run_id, "has finished"), (str(tmp_path / "output"), "has finished"),
+                         (str(tmp_path), "holds no training job"), ("latest", "neither a folder nor"),
+                         ("last", "no unfinished training run")]:
+        with pytest.raises(AllclsError, match=says):
+            train(train_cfg(f"resume={resume}"))
+    assert mlflow_client.get_run(finished.info.run_id).info.status == "FINISHED"
+    assert {"mlflow_run.json", "config.resolved.yaml"} <= {p.name for p in (tmp_path / "output").iterdir()}
