@@ -27,7 +27,17 @@ RESOLVERS = {
     "mode_of": mode,
     # `${optuna_direction:max}` -> maximize: Optuna's word for a monitor mode
     "optuna_direction": lambda monitor_mode: {"max": "maximize", "min": "minimize"}.get(monitor_mode, monitor_mode),
+    # `${optuna_trials_left:20,sqlite:///optuna.db,name}`: the trials a stored search still needs
+    "optuna_trials_left": lambda total, storage, study: _optuna_study().trials_left(total, storage, study),
+    # `${optuna_sampler_seed:1234,sqlite:///optuna.db,name}`: a seed that moves on as the search goes
+    "optuna_sampler_seed": lambda seed, storage, study: _optuna_study().sampler_seed(seed, storage, study),
 }
+
+
+def _optuna_study():
+    from allcls import optuna_study  # imports optuna: only when a search starts
+
+    return optuna_study
 
 
 def register_resolvers() -> None:

@@ -36,7 +36,8 @@ from allcls.models.checkpoints import read_checkpoint
 from allcls.packaged_model import SPEC_FILE, MemberSpec, ModelSpec
 from allcls.predictions import probabilities_of
 from allcls.ranges import PACKAGE, check_ranges
-from allcls.tracking import MissingArtifact, Tracker, browse_command
+from allcls.stores import browse_command
+from allcls.tracking import MissingArtifact, Tracker
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,9 @@ from omegaconf import DictConfig
 
 from allcls.config import sweep_id as current_sweep_id
 from allcls.ddp import is_rank_zero
-from allcls.tracking import Tracker, browse_command
+from allcls.run_schema import SWEEP
+from allcls.stores import browse_command, ui_view
+from allcls.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,10 @@ class RunSummary(Callback):
 
 
 def summary_text(tracker: Tracker, runs: list, sweep_id: str, best_column: str) -> str:
-    """A table of the runs (best validation score, then test metrics) and how to browse them."""
+    """A table of the runs (best validation score, then test metrics) and how to browse them (the
+    sweep's own run, if the launch has one)."""
+    sweep_run = next((run for run in runs if run.data.tags.get("stage") == SWEEP), None)
+    runs = [run for run in runs if run is not sweep_run]
     lines = [f"\n{len(runs)} MLflow run(s) in experiment {tracker.experiment_name!r}, sweep_id {sweep_id!r}:"]
     columns = (best_column, *TEST_COLUMNS)
     header = ["run", "status", *columns]
@@ -53,5 +58,8 @@ def summary_text(tracker: Tracker, runs: list, sweep_id: str, best_column: str) 
     for row in [header, *rows]:
         lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
     lines.append("Browse them: " + browse_command(tracker.tracking_uri, tracker.experiment_id()))
+    if sweep_run is not None:
+        lines.append(f"The sweep's run, its jobs nested under it: "
+                     f"{ui_view(tracker.tracking_uri, tracker.experiment_id(), sweep_run.info.run_id)}")
     lines.append(f"Filter for this sweep in the UI search box: tags.sweep_id = \"{sweep_id}\"")
     return "\n".join(lines)

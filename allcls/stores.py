@@ -1,8 +1,10 @@
-"""Opening a tracking store safely, before any work: a server that does not answer is refused in
-seconds, and a local SQLite store is opened for the first time by one process at a time."""
+"""Tracking stores: opening one safely before any work (a server that does not answer is refused in
+seconds, and a local SQLite store is opened for the first time by one process at a time), and how
+a user browses one."""
 
 from __future__ import annotations
 
+import shlex
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,3 +56,32 @@ def check_reachable(uri: str) -> None:
         raise AllclsError(f"Cannot reach the MLflow tracking server {uri} ({reason}). Start it (mlflow server "
                           "--host 127.0.0.1 --port <port> ...), or point logger.tracking_uri / $MLFLOW_TRACKING_URI "
                           "at one that runs.")
+
+
+def is_local_store(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("sqlite:", "file:", "/"))
+
+
+def browse_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """The command that opens the MLflow UI on this store (or the server's address) and, given the
+    experiment, the address of its runs view (or of the run): MLflow 3 opens an experiment on a
+    GenAI overview page that is empty for runs like ours."""
+    command = ""
+    if is_local_store(tracking_uri):
+        command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+        if tracking_uri.startswith("sqlite:///"):
+            artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+            command += f" --default-artifact-root {shlex.quote(str(artifacts))}"
+    if experiment_id is None:
+        return command or ui_view(tracking_uri)
+    view = ui_view(tracking_uri, experiment_id, run_id)
+    return f"{command}, then open {view}" if command else view
+
+
+def ui_view(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """The MLflow UI's address (`mlflow ui`'s default for a local store), of an experiment's runs
+    view, or of one run."""
+    address = "http://127.0.0.1:5000" if is_local_store(tracking_uri) else tracking_uri.rstrip("/")
+    if experiment_id is None:
+        return address
+    return f"{address}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")

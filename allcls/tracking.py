@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import posixpath
-import shlex
 import socket
 import tempfile
 import time
@@ -28,16 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from allcls.config import job_info, resolved_yaml
 from allcls.errors import AllclsError
 from allcls.job_signals import Terminated, stop_signals_raise
-from allcls.run_schema import TRAIN, provenance_tags
-from allcls.stores import check_reachable, local_store_lock
+from allcls.run_schema import SWEEP, TRAIN, provenance_tags
+from allcls.stores import check_reachable, is_local_store, local_store_lock
 
 log = logging.getLogger(__name__)
 # MLflow draws a progress bar for every artifact download; the ensemble downloads many small tables.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def is_local_store(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("sqlite:", "file:", "/"))
 
 
 class Tracker:
@@ -79,6 +74,7 @@ class Tracker:
         it under another run in the MLflow UI. FINISHED when the block ends, FAILED when it raises."""
         job = job_info(cfg.paths.output_dir)
         all_tags = {**tags, **provenance_tags(stage, job)}
+        parent_run_id = parent_run_id or (self.sweep_run_id(job.sweep_id) if job.job_num is not None else None)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         with self.run(run_name, all_tags, " ".join(job.overrides)) as run_id:
@@ -89,7 +85,7 @@ class Tracker:
     @contextmanager
     def run(self, run_name: str, tags: Mapping[str, str], description: str = "") -> Iterator[str]:
         """A new run, marked FINISHED when the block ends, FAILED (or KILLED) when it raises."""
-        all_tags = {"mlflow.runName": run_name, **tags, **_this_process()}
+        all_tags = {"mlflow.runName": run_name, **tags, **this_process()}
         if description:
             all_tags["mlflow.note.content"] = description
         run_id = self.client.create_run(self.experiment_id(), tags=all_tags, run_name=run_name).info.run_id
@@ -101,7 +97,7 @@ class Tracker:
     def resumed_run(self, run_id: str, resumed_in: str) -> Iterator[str]:
         """An unfinished run, continued by this process (`resumed_in`: this launch's sweep id)."""
         self.client.update_run(run_id, status="RUNNING")
-        self.set_tags(run_id, {**_this_process(), "resumed_in": resumed_in})
+        self.set_tags(run_id, {**this_process(), "resumed_in": resumed_in})
         if "error" in self.client.get_run(run_id).data.tags:
             self.client.delete_tag(run_id, "error")
         log.info("MLflow run %s resumed in experiment %r", run_id, self.experiment_name)
@@ -210,6 +206,12 @@ class Tracker:
         except MlflowException:
             raise AllclsError(f"No MLflow run {run_id!r} in {self.tracking_uri}.") from None
 
+    def sweep_run_id(self, sweep_id: str) -> str | None:
+        """The run of the `-m` launch `sweep_id` (allcls.sweep_run), if it has one in this experiment."""
+        runs = self.client.search_runs([self.experiment_id()], f"tags.stage = '{SWEEP}' and tags.sweep_id = "
+                                       f"'{sweep_id}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
     def unfinished_training_runs(self) -> list:
         """Training runs of the experiment that did not finish (RUNNING, KILLED, FAILED), newest first."""
         experiment = self.client.get_experiment_by_name(self.experiment_name)
@@ -271,27 +273,10 @@ class Tracker:
         return list({run.info.run_id: run for run in runs}.values())
 
 
-def _this_process() -> dict[str, str]:
+def this_process() -> dict[str, str]:
     """host and pid: `python -m allcls.runs cleanup` and `resume` can then tell a run whose process died."""
     return {"host": socket.gethostname(), "pid": str(os.getpid())}
 
 
 class MissingArtifact(AllclsError):
     """A run has no artifact at the path asked for."""
-
-
-def browse_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
-    """The command that opens the MLflow UI on this store (or the server's address) and, given the
-    experiment, the address of its runs view (or of the run): MLflow 3 opens an experiment on a
-    GenAI overview page that is empty for runs like ours."""
-    if is_local_store(tracking_uri):
-        command, address = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}", "http://127.0.0.1:5000"
-        if tracking_uri.startswith("sqlite:///"):
-            artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
-            command += f" --default-artifact-root {shlex.quote(str(artifacts))}"
-    else:
-        command, address = "", tracking_uri.rstrip("/")
-    if experiment_id is None:
-        return command or address
-    view = f"{address}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
-    return f"{command}, then open {view}" if command else view

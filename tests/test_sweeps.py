@@ -1,23 +1,31 @@
 """train.py as users run it: `-m` sweeps (one MLflow run per job), DDP inside sweeps, Optuna,
 and the one-line error for a user's mistake. Each test runs the real script in a subprocess."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
 from allcls.predictions import read_table
 
-from helpers import SMALL_SYNTHETIC, run_script
+from helpers import PROJECT, SMALL_SYNTHETIC, run_script
 
 CLI_FAST = ["backbone=custom_cnn", "backbone.input_size=32", *SMALL_SYNTHETIC, "data.num_workers=0",
             "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
-def sweep_runs(folder: Path, experiment: str = "synthetic-cnmc"):
+def sweep_runs(folder: Path, experiment: str = "synthetic-cnmc", stage: str = "train"):
+    """The store's client and the runs of one stage (the jobs; `sweep`: the launches' own runs)."""
     client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
     found = client.get_experiment_by_name(experiment)
-    return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+    return client, client.search_runs([found.experiment_id], f"tags.stage = '{stage}'",
+                                      order_by=["attributes.start_time ASC"])
 
 
 def test_multirun_gives_one_tracked_run_per_job_and_a_summary(tmp_path):
@@ -33,6 +41,25 @@ def test_multirun_gives_one_tracked_run_per_job_and_a_summary(tmp_path):
     assert len({r.data.tags["split_hash"] for r in runs}) == 1  # comparable: same split
     # The launch ends with the runs' key metrics and how to browse them.
     assert "2 MLflow run(s)" in result.stdout and f"mlflow ui --backend-store-uri sqlite:///{tmp_path}" in result.stdout
+    # The launch is one run in the MLflow UI: the jobs nest under it, it says what was typed and
+    # which job did best, and its address is printed.
+    _, (sweep,) = sweep_runs(tmp_path, stage="sweep")
+    assert sweep.info.status == "FINISHED" and sweep.data.tags["sweep_id"] in sweep_ids
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {sweep.info.run_id}
+    assert sweep.data.tags["mlflow.note.content"].startswith("python train.py -m ")
+    assert "backbone=custom_cnn,mobilenetv2" in sweep.data.tags["mlflow.note.content"]
+    best = max(runs, key=lambda r: r.data.metrics["val/f1_weighted_best"])
+    assert sweep.data.metrics["val/f1_weighted_best"] == best.data.metrics["val/f1_weighted_best"]
+    assert sweep.data.tags["best_run_id"] in {r.info.run_id for r in runs}
+    assert f"#/experiments/{sweep.info.experiment_id}/runs/{sweep.info.run_id}" in result.stdout
+
+
+def test_a_launch_that_stops_early_marks_its_own_run_failed(tmp_path):
+    """A job's mistake ends the launch: its run is not left RUNNING, nor FINISHED."""
+    result = run_script("train.py", "-m", *CLI_FAST, "trainer.max_epochs=0,1", cwd=tmp_path)
+    assert result.returncode == 2 and "trainer.max_epochs" in result.stderr
+    _, (sweep,) = sweep_runs(tmp_path, stage="sweep")
+    assert sweep.info.status == "FAILED" and "before its last job" in sweep.data.tags["error"]
 
 
 def test_user_mistake_ends_with_one_line_and_no_traceback(tmp_path):
@@ -71,11 +98,41 @@ def test_ddp_jobs_inside_a_multirun_each_run_their_own_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_search_runs_each_trial_as_a_tracked_job(tmp_path):
-    result = run_script("train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *CLI_FAST,
-                        cwd=tmp_path, timeout=480)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, runs = sweep_runs(tmp_path)
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    assert len({r.data.params["lr"] for r in runs}) == 2  # the sampler chose the values
-    assert "Best parameters" in result.stdout + result.stderr
+def test_an_optuna_search_stopped_after_two_of_four_trials_continues_where_it_stopped(tmp_path):
+    """The study lives in optuna.db: the same command again runs only the missing trials, with
+    values not drawn before, and each trial is a tracked job."""
+    command = ["-m", "hparams_search=optuna", "optuna_trials=4", *CLI_FAST]
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([sys.executable, str(PROJECT / "train.py"), *command], cwd=tmp_path, env=env,
+                                 stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while first.poll() is None and time.time() < deadline:
+            started = "MLflow run " in (tmp_path / "first.log").read_text()  # the store exists
+            if started and len(finished(tmp_path)) >= 2:
+                first.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.2)
+        assert first.wait(timeout=120) != 0, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert len(finished(tmp_path)) == 2
+
+    again = run_script("train.py", *command, cwd=tmp_path, timeout=480)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 finished trial(s): 2 to go of 4" in again.stdout + again.stderr
+    runs = finished(tmp_path)
+    assert len(runs) == 4 and len({r.data.params["lr"] for r in runs}) == 4  # the sampler chose new values
+    study = optuna.load_study(study_name="synthetic-cnmc", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
+    assert "Best parameters" in again.stdout + again.stderr
+
+
+def finished(folder: Path) -> list:
+    """The finished training runs of the store in `folder` (none while it has no experiment yet)."""
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    if client.get_experiment_by_name("synthetic-cnmc") is None:
+        return []
+    return [r for r in sweep_runs(folder)[1] if r.info.status == "FINISHED"]

@@ -111,7 +111,7 @@ def test_summary_lists_runs_and_the_command_to_browse_them(train_cfg, tmp_path):
 
 
 def test_a_tracking_server_is_browsed_at_its_own_address():
-    from allcls.tracking import browse_command
+    from allcls.stores import browse_command
 
     assert browse_command("http://mlflow.lab:5000/", "7", "abc") == "http://mlflow.lab:5000/#/experiments/7/runs/abc"
     assert browse_command("http://mlflow.lab:5000") == "http://mlflow.lab:5000"

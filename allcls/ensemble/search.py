@@ -23,7 +23,8 @@ from allcls.ensemble.selection import SchemeResult, evaluate_schemes
 from allcls.errors import AllclsError
 from allcls.predictions import make_table, write_table
 from allcls.ranges import ENSEMBLE, check_ranges
-from allcls.tracking import Tracker, browse_command
+from allcls.stores import browse_command
+from allcls.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from allcls.models.backbones import BackboneSpec, input_spec
 from allcls.models.inference import check_views
 from allcls.predictions import class_names_of, probabilities_of
 from allcls.ranges import EVALUATE, check_ranges
-from allcls.tracking import Tracker, browse_command
+from allcls.stores import browse_command
+from allcls.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,45 @@
+"""The Optuna study of `hparams_search=optuna`, kept in SQLite (optuna.db beside mlruns/) so that
+running the same command again continues the search instead of starting it over.
+
+Hydra's Optuna sweeper runs `hydra.sweeper.n_trials` new trials on every launch. conf/hparams_search
+asks it instead for the trials still missing from the search's total (`optuna_trials`), counted
+here when the sweeper is set up; the sampler's seed moves on likewise (`sampler_seed`). Trials of a
+launch that was stopped stay in the study as RUNNING (or FAIL) and do not count.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def _stored_trials(storage: str | None, study_name: str, states=None) -> list:
+    if not storage:
+        return []
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet: a new search
+        return []
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def trials_left(total: int, storage: str | None, study_name: str) -> int:
+    """How many trials the search still needs to reach `total` finished ones."""
+    from optuna.trial import TrialState
+
+    done = len(_stored_trials(storage, study_name, (TrialState.COMPLETE,)))
+    left = max(int(total) - done, 0)
+    if done:
+        log.info("Optuna study %r in %s has %d finished trial(s): %d to go of %d.", study_name, storage, done,
+                 left, total)
+    return left
+
+
+def sampler_seed(seed: int, storage: str | None, study_name: str) -> int:
+    """The sampler's seed for this launch: `seed` for a new search, then moved on by the trials the
+    study already holds, so that a continued search does not draw its first trials' values again
+    (and the same sequence of launches still draws the same values)."""
+    return int(seed) + len(_stored_trials(storage, study_name))
