@@ -1,10 +1,12 @@
 """How a stopped job ends. SIGTERM (what `kill`, SLURM and other schedulers send) and SIGINT
-(Ctrl-C) become exceptions, so that the stage's run is marked KILLED on the way out
-(allcls.tracking.Tracker.run) and the process exits non-zero.
+(Ctrl-C) become exceptions, so that the stage's run is marked KILLED with the reason on the way
+out (allcls.tracking.Tracker) and the process exits non-zero. SLURM's warning before a time limit
+or a preemption (SIGUSR1/SIGUSR2, when a scheduler such as submitit listens for it) goes on to the
+scheduler's own handler, which requeues the job; the requeued job resumes (allcls.resume).
 
 While a model trains, a stop is held back until the batch in progress has finished
 (`stops_wait_for_the_batch`), so that the checkpoint saved on the way out is a consistent one
-(allcls.resume.CheckpointOnStop). A second signal stops at once.
+(allcls.resume.CheckpointOnStop). A second signal acts at once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
+
+REASONS = {signal.SIGTERM: "stopped by SIGTERM", signal.SIGINT: "interrupted (SIGINT / Ctrl-C)",
+           signal.SIGUSR1: "preempted or out of time (SIGUSR1): requeued, it resumes from last.ckpt",
+           signal.SIGUSR2: "preempted or out of time (SIGUSR2): requeued, it resumes from last.ckpt"}
 
 
 class Terminated(SystemExit):
@@ -23,34 +29,52 @@ class Terminated(SystemExit):
         super().__init__(128 + signal.SIGTERM)
 
 
-_held: list[BaseException] = []   # stops that arrived while a batch was in progress
+_held: list[Callable[[], None]] = []   # the stop that arrived while a batch was in progress
 _holding = threading.Event()
+_received: list[int] = []              # the stop signals this process received
 
 
-def _stop_for(signum: int) -> BaseException:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+def stop_reason(error: BaseException) -> str:
+    """Why the job stopped, for its run's `error` tag."""
+    if _received:
+        return REASONS[_received[-1]]
+    return "interrupted (SIGINT / Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"stopped (exit {error})"
 
 
 @contextmanager
 def stop_signals_raise() -> Iterator[None]:
-    """SIGTERM raises Terminated and SIGINT KeyboardInterrupt inside the block, or, while a model
-    trains, once its batch has finished. Main thread only (elsewhere signals cannot be set)."""
+    """Inside the block SIGTERM raises Terminated, SIGINT KeyboardInterrupt, and a scheduler's
+    preemption signal calls its handler, at once or, while a model trains, once its batch has
+    finished. Main thread only (elsewhere signals cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received.clear()
+    previous = {signum: signal.getsignal(signum) for signum in REASONS}
+
+    def act(signum: int, frame) -> None:
+        if signum == signal.SIGTERM:
+            raise Terminated()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt()
+        previous[signum](signum, frame)  # the scheduler's: it requeues the job and exits
 
     def stop(signum, frame):
+        _received.append(signum)
         if _holding.is_set() and not _held:
-            _held.append(_stop_for(signum))
+            _held.append(lambda: act(signum, None))
             return
-        raise _stop_for(signum)
+        act(signum, frame)
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    # Preemption signals only where a scheduler listens for them: elsewhere they keep their meaning.
+    ours = [signum for signum in REASONS if signum in (signal.SIGTERM, signal.SIGINT) or callable(previous[signum])]
+    for signum in ours:
+        signal.signal(signum, stop)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum in ours:
+            signal.signal(signum, previous[signum])
 
 
 @contextmanager
@@ -61,14 +85,14 @@ def stops_wait_for_the_batch() -> Iterator[None]:
     try:
         yield
         if _held:  # the stop came after the last batch: it still ends the job
-            raise _held.pop()
+            _held.pop()()
     finally:
         _holding.clear()
         _held.clear()
 
 
-def pending_stop() -> BaseException | None:
-    """The stop that arrived during the batch that just ended, if any (then it is no longer held)."""
+def pending_stop() -> Callable[[], None] | None:
+    """The stop that arrived during the batch that just ended, if any: calling it stops the job."""
     if not _held:
         return None
     _holding.clear()

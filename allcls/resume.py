@@ -6,8 +6,8 @@ epoch leaves `checkpoints/last.ckpt`, and so does a job stopped by SIGTERM or Ct
 `python train.py resume=<job folder | run id | last>` then continues from `last.ckpt` with the
 job's own config, into its own run and folder. A command that asks for a different setting than
 the job ran with is refused, naming the setting: MLflow keeps a run's params fixed.
-A job that SLURM requeues (its folder already holds a run, and $SLURM_RESTART_COUNT > 0) resumes
-by itself.
+A job that SLURM or submitit requeues (it starts again in its own folder, which holds its run)
+resumes by itself.
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ def job_folder(run) -> Path:
 
 
 def requeued_point(output_dir: Path) -> ResumePoint | None:
-    """After SLURM requeued a job, it starts again in its own folder: continue it there."""
-    if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") and (output_dir / RUN_FILE).is_file():
+    """A job that SLURM (or submitit) requeued starts again in its own folder: continue it there.
+    Elsewhere a folder that holds a run is refused, never resumed unasked."""
+    requeued = os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") or "SUBMITIT_EXECUTOR" in os.environ
+    if requeued and (output_dir / RUN_FILE).is_file():
         return read_point(output_dir)
     return None
 
@@ -177,9 +179,9 @@ class CheckpointOnStop(Callback):
             # last.ckpt stays the last epoch's.
             if trainer.world_size == 1:
                 trainer.save_checkpoint(self.path)
-            raise stop
+            stop()
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
         # Mid-validation is no state to resume from: last.ckpt stays the previous epoch's.
         if trainer.state.fn == "fit" and (stop := pending_stop()) is not None:
-            raise stop
+            stop()

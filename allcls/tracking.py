@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from allcls.config import job_info, resolved_yaml
 from allcls.errors import AllclsError
-from allcls.job_signals import Terminated, stop_signals_raise
+from allcls.job_signals import stop_reason, stop_signals_raise
 from allcls.run_schema import SWEEP, TRAIN, provenance_tags
 from allcls.stores import check_reachable, is_local_store, local_store_lock
 
@@ -112,8 +112,7 @@ class Tracker:
         except BaseException as error:
             # Stopped (SIGTERM, Ctrl-C, which Lightning turns into exit 1) is KILLED; anything else FAILED.
             stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
-            reason = ("stopped by SIGTERM" if isinstance(error, Terminated) else "interrupted (SIGINT / Ctrl-C)"
-                      if stopped else f"{type(error).__name__}: {error}")
+            reason = stop_reason(error) if stopped else f"{type(error).__name__}: {error}"
             self.client.set_tag(run_id, "error", reason[:4000])
             self.client.set_terminated(run_id, "KILLED" if stopped else "FAILED")
             raise

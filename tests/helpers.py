@@ -100,17 +100,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def answers(url: str) -> None:
+    """Raises OSError unless `url` answers: an HTTP address, or tcp://host:port that takes a connection."""
+    if url.startswith("tcp://"):
+        host, port = url.removeprefix("tcp://").rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=2).close()
+    else:
+        urllib.request.urlopen(url, timeout=2)
+
+
 @contextmanager
 def served(command: list[str], ready_url: str, log: Path, timeout: float = 180, **popen) -> Iterator[None]:
-    """A server (`command`) started in its own process group, waited for until `ready_url` answers,
-    and stopped by PID (the whole group: SIGTERM, then SIGKILL) whatever the block does."""
+    """A server (`command`) started in its own process group, waited for until `ready_url` answers
+    (see `answers`), and stopped by PID (the whole group: SIGTERM, then SIGKILL) whatever the block does."""
     with open(log, "w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, **popen)
         try:
             deadline = time.time() + timeout
             while True:
                 try:
-                    urllib.request.urlopen(ready_url, timeout=2)
+                    answers(ready_url)
                     break
                 except OSError:
                     if server.poll() is not None or time.time() > deadline:
