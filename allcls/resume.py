@@ -22,11 +22,14 @@ from typing import Any, Mapping
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from allcls.config import JobInfo, resolved_yaml
+from allcls.config import JobInfo, job_info, resolved_yaml
 from allcls.errors import AllclsError
 from allcls.job_signals import pending_stop
+from allcls.stores import check_reachable
+from allcls.tracking import Tracker
 
 RUN_FILE = Path("mlflow_run.json")
 CONFIG_FILE = Path("config.resolved.yaml")
@@ -68,7 +71,7 @@ def read_point(folder: Path) -> ResumePoint:
                        JobInfo(**record["job"]))
 
 
-def find_point(resume: str, tracker) -> ResumePoint:
+def find_point(resume: str, tracker: Tracker) -> ResumePoint:
     """The job that `resume=` names: a job folder, an MLflow run id, or `last` (the newest training
     run of the experiment that did not finish and has a checkpoint)."""
     if Path(resume).is_dir():
@@ -85,6 +88,21 @@ def find_point(resume: str, tracker) -> ResumePoint:
             return read_point(folder)
     raise AllclsError(f"resume=last: experiment {tracker.experiment_name!r} has no unfinished training run with "
                       "a checkpoint on this machine. Name the job's folder or run id instead.")
+
+
+def resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """The unfinished job this one continues: the one `resume=` names, or this very job after SLURM
+    requeued it. None for a new job."""
+    requeued = None if cfg.get("resume") else requeued_point(Path(cfg.paths.output_dir))
+    if not cfg.get("resume") and requeued is None:
+        return None
+    check_reachable(cfg.logger.tracking_uri)
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
+    point = requeued or find_point(str(cfg.resume), tracker)
+    if rank_zero_only.rank == 0:  # a DDP child finds its parent's run RUNNING, as it should be
+        check_resumable(point, tracker.get_run(point.run_id))
+        refuse_changes(point, cfg, job_info().overrides)
+    return point
 
 
 def job_folder(run) -> Path:

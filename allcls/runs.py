@@ -1,9 +1,11 @@
 """Housekeeping of the MLflow store. `cleanup` finds runs left RUNNING by a job that died without
 warning (SIGKILL, an out-of-memory kill, a lost machine) and, only when asked, marks them FAILED
-with the reason:
+with the reason; `upload` sends what a training job kept while its tracking server was away
+(allcls.offline):
 
     python -m allcls.runs cleanup                 # list them
     python -m allcls.runs cleanup --mark          # and mark those whose process is gone
+    python -m allcls.runs upload <job folder>     # once the server is back
 
 Every run records the host and process that opened it (tags `host`, `pid`). A run is marked only
 when its process is proven gone: on this host and no longer alive. A run of another host, or of
@@ -13,6 +15,7 @@ a process that still lives, is listed and left alone.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -20,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allcls.errors import AllclsError, user_message
+from allcls.offline import JOURNAL, UPLOADED, upload
+from allcls.resume import RUN_FILE
+from allcls.stores import ui_view
 from allcls.tracking import Tracker
 
 
@@ -75,6 +81,23 @@ def cleanup(tracker: Tracker, mark: bool) -> list[LeftRunning]:
     return runs
 
 
+def upload_job(folder: Path, tracking_uri: str | None) -> str:
+    """Send what a training job kept while its tracking server was away; returns what was done."""
+    record = folder / RUN_FILE
+    if not record.is_file():
+        raise AllclsError(f"{folder} is not a training job's folder (no {RUN_FILE}): give the folder the job wrote.")
+    if not (folder / JOURNAL).is_file():
+        done = " (it was uploaded already)" if (folder / UPLOADED).is_file() else ""
+        raise AllclsError(f"{folder} holds nothing to upload: no {JOURNAL}{done}.")
+    run = json.loads(record.read_text())
+    tracker = Tracker(tracking_uri or run["tracking_uri"], run["experiment_name"])  # refuses a server that is down
+    sent = upload(folder, tracker)
+    status = tracker.client.get_run(run["run_id"]).info.status
+    what = ", ".join(f"{count} {call}" for call, count in sent.items())
+    return (f"Sent to run {run['run_id']} on {tracker.tracking_uri}: {what}. The run is {status}: "
+            f"{ui_view(tracker.tracking_uri, tracker.experiment_id(), run['run_id'])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m allcls.runs", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     clean.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI")
                        or f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}",
                        help="the store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
+    send = commands.add_parser("upload", help="send what a job kept while its tracking server was away")
+    send.add_argument("folder", type=Path, help="the training job's folder")
+    send.add_argument("--tracking-uri", help="the server (default: the one the job used)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "upload":
+            print(upload_job(args.folder, args.tracking_uri))
+            return 0
         if args.tracking_uri.startswith("sqlite:///") and not Path(args.tracking_uri[10:]).is_file():
             raise AllclsError(f"No MLflow store at {args.tracking_uri}: run this from the folder that holds mlruns/, "
                               "or pass --tracking-uri.")

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from allcls.config import job_info, resolved_yaml
 from allcls.errors import AllclsError
 from allcls.job_signals import stop_reason, stop_signals_raise
+from allcls.offline import Journal, kept_when_offline
 from allcls.run_schema import SWEEP, TRAIN, provenance_tags
 from allcls.stores import check_reachable, is_local_store, local_store_lock
 
@@ -46,6 +47,7 @@ class Tracker:
         check_reachable(tracking_uri)
         with local_store_lock(tracking_uri):  # MLflow creates and migrates the store when a client opens it
             self.client = MlflowClient(tracking_uri)
+        self.journal: Journal | None = None  # a training job's: where its run's logging goes if the server goes away
 
     def experiment_id(self) -> str:
         try:
@@ -113,10 +115,10 @@ class Tracker:
             # Stopped (SIGTERM, Ctrl-C, which Lightning turns into exit 1) is KILLED; anything else FAILED.
             stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
             reason = stop_reason(error) if stopped else f"{type(error).__name__}: {error}"
-            self.client.set_tag(run_id, "error", reason[:4000])
-            self.client.set_terminated(run_id, "KILLED" if stopped else "FAILED")
+            self.set_tags(run_id, {"error": reason[:4000]})
+            self.terminate(run_id, "KILLED" if stopped else "FAILED")
             raise
-        self.client.set_terminated(run_id, "FINISHED")
+        self.terminate(run_id, "FINISHED")
 
     def child_run(self, parent_id: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any],
                   metrics: Mapping[str, float]) -> str:
@@ -130,24 +132,35 @@ class Tracker:
 
     # --- logging --------------------------------------------------------------------------
 
+    # Each of these goes to the journal, if there is one, once the server has stopped answering.
+
+    @kept_when_offline
+    def terminate(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    @kept_when_offline
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(key, str(value)[:6000]) for key, value in params.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
 
+    @kept_when_offline
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start:start + 500])
 
+    @kept_when_offline
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, str(value))
 
+    @kept_when_offline
     def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_dir)
 
+    @kept_when_offline
     def log_splits(self, run_id: str, dataset_name: str, root: str, split_hash: str,
                    counts: Mapping[str, Mapping[str, int]]) -> None:
         """Each split as an MLflow dataset input (named `<dataset>/<split>`, the split hash as its
@@ -160,6 +173,7 @@ class Tracker:
                   for split, per_class in counts.items()]
         self.client.log_inputs(run_id, datasets=inputs)
 
+    @kept_when_offline
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
@@ -172,7 +186,7 @@ class Tracker:
                 table.to_csv(local)
             else:
                 table.to_parquet(local, index=False)
-            self.client.log_artifact(run_id, str(local), artifact.parent.as_posix() if artifact.parent.parts else None)
+            self.log_file(run_id, local, artifact.parent.as_posix() if artifact.parent.parts else None)
 
     # --- lookup ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ manifest, curves, the best checkpoint, and the prediction tables of val and test
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from allcls import run_schema
@@ -32,20 +34,11 @@ from allcls.metrics.vectorised import confusion_frame, table_scores
 from allcls.models.backbones import BackboneSpec, input_spec
 from allcls.models.inference import predict_probabilities
 from allcls.models.lit_classifier import LitClassifier
+from allcls.offline import Journal
 from allcls.predictions import make_table, write_table
 from allcls.ranges import TRAIN, check_ranges
-from allcls.resume import (
-    RUN_FILE,
-    CheckpointOnStop,
-    ResumePoint,
-    check_resumable,
-    find_point,
-    refuse_changed_params,
-    refuse_changes,
-    remember_the_run,
-    requeued_point,
-)
-from allcls.stores import check_reachable
+from allcls.resume import RUN_FILE, CheckpointOnStop, refuse_changed_params, remember_the_run, resume_point
+from allcls.stores import check_reachable, is_local_store
 from allcls.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -83,6 +76,10 @@ def _train(cfg: DictConfig) -> float:
     tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
     job = point.job if point else job_info(cfg.paths.output_dir)
     output_dir = Path(cfg.paths.output_dir)
+    tracker.journal = Journal(output_dir)  # if the server goes away mid-run, the job goes on
+    if not is_local_store(tracker.tracking_uri):  # and notices within seconds, not after MLflow's minutes of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     if point is None:
         opened = tracker.stage_run(run_schema.TRAIN, run_schema.train_run_name(cfg, job),
                                    run_schema.train_tags(cfg, dataset), cfg)
@@ -98,26 +95,16 @@ def _train(cfg: DictConfig) -> float:
             else:
                 tracker.log_params(run_id, refuse_changed_params(run_id, tracker.get_run(run_id).data.params, params))
                 log.info("Resuming from %s", checkpoint)
-            trainer = fit(cfg, model, datamodule, RunMetricsLogger(run_id=run_id, tracking_uri=tracker.tracking_uri,
-                                                                   experiment_name=tracker.experiment_name), checkpoint)
-            return evaluate_best_checkpoint(tracker, run_id, trainer, model, datamodule, output_dir)
+            logger = RunMetricsLogger(tracker, run_id=run_id, tracking_uri=tracker.tracking_uri,
+                                      experiment_name=tracker.experiment_name)
+            trainer = fit(cfg, model, datamodule, logger, checkpoint)
+            score = evaluate_best_checkpoint(tracker, run_id, trainer, model, datamodule, output_dir)
         finally:
             log_job_logs(tracker, run_id, output_dir, job.name, resumed=point is not None)
-
-
-def resume_point(cfg: DictConfig) -> ResumePoint | None:
-    """The unfinished job this one continues: the one `resume=` names, or this very job after SLURM
-    requeued it. None for a new job."""
-    requeued = None if cfg.get("resume") else requeued_point(Path(cfg.paths.output_dir))
-    if not cfg.get("resume") and requeued is None:
-        return None
-    check_reachable(cfg.logger.tracking_uri)
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
-    point = requeued or find_point(str(cfg.resume), tracker)
-    if is_rank_zero():  # a DDP child finds its parent's run RUNNING, as it should be
-        check_resumable(point, tracker.get_run(point.run_id))
-        refuse_changes(point, cfg, job_info().overrides)
-    return point
+    if tracker.journal.active:
+        log.warning("The run's end is not on the tracking server yet: once it is back, "
+                    "python -m allcls.runs upload %s", output_dir)
+    return score
 
 
 def log_job_logs(tracker: Tracker, run_id: str, output_dir: Path, name: str, resumed: bool) -> None:
@@ -195,12 +182,23 @@ def build_model(cfg: DictConfig, datamodule: CellDataModule, backbone: BackboneS
 
 
 class RunMetricsLogger(MLFlowLogger):
-    """Lightning's MLflow logger, writing metrics into a run that the Tracker owns (allcls.tracking).
+    """Lightning's MLflow logger, writing metrics into a run that the Tracker owns (allcls.tracking),
+    through the Tracker: if the server goes away, they are kept with the rest (allcls.offline).
 
     The run's status, params and artifacts are the Tracker's business: Lightning would otherwise
     mark the run FINISHED as soon as `fit` returns, before the test predictions are logged, and
     log every constructor argument as a param.
     """
+
+    def __init__(self, tracker: Tracker | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.tracker = tracker
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        if self.tracker is None:
+            return super().log_metrics(metrics, step)
+        self.tracker.log_metrics(self.run_id, {name: float(value) for name, value in metrics.items()}, step or 0)
 
     def log_hyperparams(self, params) -> None:
         pass  # a small curated set is logged by the training task

@@ -1,8 +1,10 @@
 """MLflow tracking: local SQLite store, a real `mlflow server` on 127.0.0.1, and the run summary."""
 
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -150,3 +152,51 @@ def test_four_jobs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
         assert run.info.status == "FINISHED"
         assert {"checkpoints/best.ckpt", "predictions/val.parquet", "predictions/test.parquet"} <= \
             artifacts(client, run.info.run_id)
+
+
+@pytest.mark.slow
+def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_it_is_back(tmp_path):
+    """The server is stopped by PID after the first epoch: training goes on and finishes, keeping
+    what the run would have logged in its folder; `python -m allcls.runs upload` sends it to the
+    same server, restarted, and the run is FINISHED with its whole history and prediction tables."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+              "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+              "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONUNBUFFERED": "1"}
+    overrides = [*FAST, *SMALL_SYNTHETIC, "logger=mlflow_server", "dataset.reader.cells_per_subject=30",
+                 "data.batch_size=4", "trainer.max_epochs=4", "callbacks.early_stopping=null"]
+    client = MlflowClient(url)
+    with served(server, f"{url}/health", tmp_path / "server.log", timeout=120):
+        with open(tmp_path / "job.log", "w") as log:
+            job = subprocess.Popen([sys.executable, str(PROJECT / "train.py"), *overrides], cwd=tmp_path, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        run_id = None
+        deadline = time.time() + 240
+        while job.poll() is None and time.time() < deadline:
+            found = re.search(r"MLflow run ([0-9a-f]{32})", (tmp_path / "job.log").read_text())
+            run_id = found.group(1) if found else None
+            if run_id and client.get_metric_history(run_id, "val/loss"):
+                break
+            time.sleep(0.2)
+        assert run_id and job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+    assert job.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    said = (tmp_path / "job.log").read_text()
+    assert "stopped answering" in said and "python -m allcls.runs upload" in said
+    (folder,) = [p.parent for p in (tmp_path / "outputs").rglob("mlflow_run.json")]
+    assert (folder / "mlflow_offline.jsonl").is_file() and (folder / "predictions" / "test.parquet").is_file()
+
+    upload = [sys.executable, "-m", "allcls.runs", "upload", str(folder)]
+    refused = subprocess.run(upload, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and f"Cannot reach the MLflow tracking server {url}" in refused.stderr
+    with served(server, f"{url}/health", tmp_path / "server-again.log", timeout=120):
+        sent = subprocess.run(upload, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert sent.returncode == 0 and "The run is FINISHED" in sent.stdout, sent.stdout + sent.stderr
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and "test/f1_weighted" in run.data.metrics
+        assert len(client.get_metric_history(run_id, "val/loss")) == 4
+        assert {"predictions/val.parquet", "predictions/test.parquet", "checkpoints/best.ckpt"} <= \
+            artifacts(client, run_id)
+        again = subprocess.run(upload, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 2 and "uploaded already" in again.stderr
