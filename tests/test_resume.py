@@ -19,8 +19,8 @@ from allcls.training import train
 
 from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, run_script
 
-# Epochs of about 90 small batches (a few seconds each): long enough to stop a job in the middle of one.
-SLOW_EPOCHS = [*FAST, *SMALL_SYNTHETIC, "dataset.reader.cells_per_subject=30", "data.batch_size=4",
+# Epochs of about 60 small batches (a second or two each): long enough to stop a job in the middle of one.
+SLOW_EPOCHS = [*FAST, *SMALL_SYNTHETIC, "dataset.reader.cells_per_subject=20", "data.batch_size=4",
                "trainer.log_every_n_steps=1", "callbacks.early_stopping=null"]
 
 
@@ -41,10 +41,6 @@ def start_training(tmp_path: Path, log: Path, overrides: list[str], ready, env_e
         time.sleep(0.1)
     job.kill()
     raise AssertionError(log.read_text()[-3000:])
-
-
-def after_an_epoch(client, run_id) -> bool:
-    return bool(client.get_metric_history(run_id, "train/loss_epoch"))
 
 
 def steps(client, run_id, metric) -> list[int]:
@@ -92,26 +88,40 @@ def test_sigterm_saves_a_checkpoint_marks_the_run_killed_and_a_requeued_job_resu
 
 
 @pytest.mark.slow
-def test_a_job_killed_mid_epoch_resumes_into_one_finished_run_with_its_whole_history(tmp_path):
-    """SIGKILL leaves no checkpoint of its own: `resume=last` continues from the last epoch's
-    last.ckpt, into the same run; only the interrupted epoch is trained twice. A command that
-    changes a setting is refused first, naming it, and changes nothing."""
+def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_run(tmp_path):
+    """SIGKILL leaves no chance to end the run. `python -m allcls.runs cleanup` lists it, and marks
+    it FAILED with the reason only with --mark (a live process's run is listed and left alone).
+    `resume=last` then continues it from the last epoch's last.ckpt, into the same run; only the
+    interrupted epoch is trained twice. A command that changes a setting is refused first, naming
+    it, and changes nothing."""
     overrides = [*SLOW_EPOCHS, "trainer.max_epochs=3"]
     job, run_id = start_training(tmp_path, tmp_path / "job.log", overrides, in_the_second_epoch)
     job.kill()
     job.wait(timeout=60)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    assert client.get_run(run_id).info.status == "RUNNING"
+    experiment = client.get_run(run_id).info.experiment_id
+    alive = client.create_run(experiment, tags={"host": socket.gethostname(), "pid": str(os.getpid())})
+
+    listed = cleanup(tmp_path)
+    assert listed.returncode == 0 and run_id in listed.stdout and "is gone" in listed.stdout
+    assert "is still alive" in listed.stdout and "--mark" in listed.stdout
+    assert client.get_run(run_id).info.status == "RUNNING"  # listing changes nothing
+    marked = cleanup(tmp_path, "--mark")
+    assert marked.returncode == 0 and "marked FAILED" in marked.stdout, marked.stdout + marked.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and "ended without ending the run" in run.data.tags["error"]
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    client.delete_run(alive.info.run_id)
 
     changed = run_script("train.py", "resume=last", "trainer.max_epochs=5", cwd=tmp_path)
     assert changed.returncode == 2 and "trainer.max_epochs=5" in changed.stderr and "ran with" in changed.stderr
-    assert client.get_run(run_id).info.status == "RUNNING"
+    assert client.get_run(run_id).info.status == "FAILED"
 
     resumed = run_script("train.py", "resume=last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    experiment = client.get_run(run_id).info.experiment_id
     runs = client.search_runs([experiment])
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
+    assert "error" not in runs[0].data.tags
     assert "1 MLflow run(s)" in resumed.stdout and "FINISHED" in resumed.stdout  # the launch's summary
 
     validated = steps(client, run_id, "val/loss")
@@ -126,33 +136,10 @@ def test_a_job_killed_mid_epoch_resumes_into_one_finished_run_with_its_whole_his
     assert any(name.startswith("logs/resumed/") for name in found)
 
 
-@pytest.mark.slow
-def test_a_run_whose_process_was_killed_is_found_and_marked_only_when_asked(tmp_path):
-    """SIGKILL leaves no chance to end the run: `python -m allcls.runs cleanup` lists it, and marks
-    it FAILED with the reason only with --mark; a live job's run is listed and left alone."""
-    job, run_id = start_training(tmp_path, tmp_path / "job.log",
-                                 [*FAST, *SMALL_SYNTHETIC, "trainer.max_epochs=500", "callbacks.early_stopping=null"],
-                                 after_an_epoch)
-    job.kill()
-    job.wait(timeout=60)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    alive = client.create_run(client.get_run(run_id).info.experiment_id,
-                              tags={"host": socket.gethostname(), "pid": str(os.getpid())})
+def cleanup(folder: Path, *args: str) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-
-    def cleanup(*args):
-        return subprocess.run([sys.executable, "-m", "allcls.runs", "cleanup", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-
-    listed = cleanup()
-    assert listed.returncode == 0 and f"{run_id}" in listed.stdout and "is gone" in listed.stdout
-    assert "is still alive" in listed.stdout and "--mark" in listed.stdout
-    assert client.get_run(run_id).info.status == "RUNNING"  # listing changes nothing
-    marked = cleanup("--mark")
-    assert marked.returncode == 0 and "marked FAILED" in marked.stdout, marked.stdout + marked.stderr
-    run = client.get_run(run_id)
-    assert run.info.status == "FAILED" and "ended without ending the run" in run.data.tags["error"]
-    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    return subprocess.run([sys.executable, "-m", "allcls.runs", "cleanup", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_resume_refuses_what_it_cannot_continue(train_cfg, mlflow_client, tmp_path):
