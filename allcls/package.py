@@ -36,7 +36,7 @@ from allcls.models.checkpoints import read_checkpoint
 from allcls.packaged_model import SPEC_FILE, MemberSpec, ModelSpec
 from allcls.predictions import probabilities_of
 from allcls.ranges import PACKAGE, check_ranges
-from allcls.stores import browse_command
+from allcls.stores import browse_command, is_local_store, ui_view
 from allcls.tracking import MissingArtifact, Tracker
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,13 @@ def package(cfg: DictConfig) -> str:
         print(f"Packaged {source.name} as {uri} ({len(spec.members)} member(s), temperature "
               f"{'none' if spec.temperature is None else f'{spec.temperature:.3f}'}, referral "
               f"{'none' if spec.threshold is None else f'{spec.coverage:.0%} coverage'}).", flush=True)
+        page = ui_view(tracker.tracking_uri, tracker.client.get_run(run_id).info.experiment_id, run_id)
         if cfg.register_as:
-            uri = register(tracker, uri, cfg.register_as, cfg.alias, spec, card)
-    print(f"Browse (the model card is on the model's page): {browse_command(tracker.tracking_uri)}", flush=True)
+            uri, version = register(tracker, uri, cfg.register_as, cfg.alias, spec, card)
+            page = f"{ui_view(tracker.tracking_uri)}/#/models/{cfg.register_as}/versions/{version}"
+    print(f"Browse (the model card is on the model's page): {browse_command(tracker.tracking_uri)}, then open {page}"
+          if is_local_store(tracker.tracking_uri) else f"Browse (the model card is on the model's page): {page}",
+          flush=True)
     return uri
 
 
@@ -167,9 +171,10 @@ def signature(spec: ModelSpec) -> ModelSignature:
                                                                                                 False)]))
 
 
-def register(tracker: Tracker, uri: str, name: str, alias: str | None, spec: ModelSpec, card: str) -> str:
+def register(tracker: Tracker, uri: str, name: str, alias: str | None, spec: ModelSpec, card: str) -> tuple[str, str]:
     """Register the logged model; tag the version with where it came from and the run with the
-    version; the card is the version's description. Returns models:/<name>@<alias> (or /<version>)."""
+    version; the card is the version's description. Returns models:/<name>@<alias> (or /<version>)
+    and the version."""
     try:
         version = mlflow.register_model(uri, name, tags={"run_id": spec.source["run_id"],
                                                          "dataset": spec.source["dataset"],
@@ -186,7 +191,7 @@ def register(tracker: Tracker, uri: str, name: str, alias: str | None, spec: Mod
     print(f"Registered as {name} version {version}" + (f", alias {alias}" if alias else "")
           + f": load it with mlflow.pyfunc.load_model('{registered}') or serve it with `mlflow models serve -m "
           f"{registered} --env-manager local`, MLFLOW_TRACKING_URI={tracker.tracking_uri} set.", flush=True)
-    return registered
+    return registered, version
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="package")

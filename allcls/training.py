@@ -139,6 +139,7 @@ def check_config(cfg: DictConfig) -> BackboneSpec:
                           "(the folder in the dataset's original layout).")
     backbone = BackboneSpec.of(OmegaConf.to_container(cfg.backbone, resolve=True))
     input_spec(backbone)  # an unknown backbone name or a bad input size
+    build_augmentations(cfg)  # a value albumentations refuses
     if backbone.weights and not backbone.pretrained:
         log.warning("backbone.weights is set but backbone.pretrained=false: the weights file is not used.")
     return backbone
@@ -158,13 +159,27 @@ def prepare(cfg: DictConfig) -> PreparedDataset:
     return prepare_dataset(build(cfg.dataset.reader), split, ImageChecks.of(cfg.dataset))
 
 
+def build_augmentations(cfg: DictConfig) -> list:
+    """The augmentation's transforms; one that refuses its settings is one line naming it and why."""
+    for index, node in enumerate(cfg.augmentation.transforms or []):
+        try:
+            build(node, _convert_="all")
+        except InstantiationException as error:
+            cause = error.__cause__ or error
+            why = " ".join(line.split(" [type=")[0].strip() for line in str(cause).splitlines()
+                           if line.strip() and not line.strip().startswith("For further information")).rstrip(".")
+            raise AllclsError(f"augmentation.transforms[{index}] ({node.get('_target_')}) refuses its settings: {why}. "
+                              "Fix the value in the override or in conf/augmentation/.") from None
+    return build(cfg.augmentation.transforms, _convert_="all")
+
+
 def build_datamodule(cfg: DictConfig, dataset: PreparedDataset, backbone: BackboneSpec) -> CellDataModule:
     # Partial, then called: objects passed through instantiate itself would be turned into configs.
     return build(cfg.data, _partial_=True)(
         dataset=dataset,
         input_spec=input_spec(backbone),
         roi_crop=cfg.dataset.roi_crop,
-        augmentations=build(cfg.augmentation.transforms, _convert_="all"),
+        augmentations=build_augmentations(cfg),
         seed=cfg.seed,
     )
 

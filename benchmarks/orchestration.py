@@ -4,7 +4,7 @@ SQLite MLflow run through the Tracker, best.ckpt and last.ckpt every epoch) agai
 loop on the same model, data loaders and batch size (with what a plain script does too: a
 validation pass and the best weights saved every epoch). Runs alternate; the median is reported.
 
-    python benchmarks/orchestration.py [--backbone mobilenetv2] [--size 64] [--epochs 3] [--repeats 3]
+    python benchmarks/orchestration.py [--backbone mobilenetv2] [--size 64] [--epochs 3] [--repeats 3] [--cells 120]
 """
 
 from __future__ import annotations
@@ -103,12 +103,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cells", type=int, default=120,
+                        help="synthetic cells per subject: 120 gives 75 steps per epoch at batch 32")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     overrides = [f"backbone={args.backbone}", "backbone.pretrained=false", f"backbone.input_size={args.size}",
                  f"dataset.reader.image_size={args.size}", "data.num_workers=0",
                  f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}",
-                 "callbacks.early_stopping=null"]
+                 "callbacks.early_stopping=null", f"dataset.reader.cells_per_subject={args.cells}"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         timings: dict[str, list[float]] = {"plain PyTorch loop": [], "allcls (train.py's fit)": []}
@@ -117,9 +119,9 @@ def main() -> None:
             timings["plain PyTorch loop"].append(steps / seconds)
             seconds, steps = allcls_fit(config(folder, overrides, 2 * run + 1))
             timings["allcls (train.py's fit)"].append(steps / seconds)
-    print(f"\n{args.backbone} at {args.size} px, batch {args.batch_size}, {args.epochs} epochs, "
-          f"{args.repeats} alternating runs; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"\n{args.backbone} at {args.size} px, batch {args.batch_size}, {args.epochs} epochs of "
+          f"{steps // args.epochs} steps, {args.repeats} alternating runs; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     plain = statistics.median(timings["plain PyTorch loop"])
     print(f"{'':26}{'steps/s (median)':>18}{'runs':>30}{'vs plain':>10}")
     for name, values in timings.items():

@@ -29,6 +29,7 @@ def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
     packaged = subprocess.run([sys.executable, "-m", "allcls.package", *packaging], cwd=tmp_path, capture_output=True,
                               text=True)
     assert packaged.returncode == 0, packaged.stderr[-3000:]
+    assert "then open http://127.0.0.1:5000/#/models/demo-ensemble/versions/1" in packaged.stdout  # its page
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("synthetic-cnmc")

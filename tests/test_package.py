@@ -103,7 +103,7 @@ def test_bad_images_get_a_reason_and_spoil_no_other_row(store, packaged, tmp_pat
     assert "No such file" in rows.loc[3, "error"] and rows.loc[1:, "label"].isna().all()
 
 
-def test_an_ensemble_packages_its_members_and_reports_their_votes(store, tmp_path):
+def test_an_ensemble_packages_its_members_and_reports_their_votes(store, tmp_path, capsys):
     from allcls.ensemble.search import run_ensemble
 
     cfg = compose_config("ensemble", store["root"], ["experiment_name=synthetic-cnmc", "sweep_id=multirun",
@@ -114,6 +114,7 @@ def test_an_ensemble_packages_its_members_and_reports_their_votes(store, tmp_pat
     ensemble = client.search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
                                   order_by=["attributes.start_time DESC"])[0]
     uri = package(package_cfg(store, tmp_path, f"run_id={ensemble.info.run_id}"))
+    assert f"#/experiments/{store['experiment_id']}/runs/{ensemble.info.run_id}" in capsys.readouterr().out
     rows = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": sample_images(store, 2)}))
     votes = [c for c in rows.columns if c.startswith("member_")]
     weighted = json.loads(Path(client.download_artifacts(ensemble.info.run_id, "ensemble/members.json",
