@@ -59,3 +59,4 @@ benchmarks: $(INSTALLED)
 	$(BIN)/python benchmarks/cpu_inference.py
 	$(BIN)/python benchmarks/leakage.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/orchestration.py
