@@ -41,6 +41,7 @@ TRAIN: dict[str, Rule] = {
     "data.num_workers": optional(at_least(0)),
     "trainer.max_epochs": at_least(1),
     "trainer.log_every_n_steps": at_least(1),
+    "trainer.accumulate_grad_batches": at_least(1),
     "model.optimizer.lr": POSITIVE,
     "model.optimizer.weight_decay": NOT_NEGATIVE,
     "model.label_smoothing": FRACTION,

@@ -18,10 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from allcls.config import JobInfo
 from allcls.config import sweep_id as current_sweep_id
 from allcls.ddp import is_rank_zero
 from allcls.metrics.names import mode
-from allcls.run_schema import SWEEP
+from allcls.run_schema import SWEEP, provenance_tags
 from allcls.tracking import Tracker, this_process
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class SweepRun(Callback):
         name = sweep.removeprefix("multirun/")
         self.run_id = self.tracker.client.create_run(
             self.tracker.experiment_id(), run_name=name,
-            tags={"stage": SWEEP, "sweep_id": sweep, "mlflow.note.content": command, **this_process()}).info.run_id
+            tags={**provenance_tags(SWEEP, JobInfo(sweep_id=sweep)), "mlflow.note.content": command,
+                  **this_process()}).info.run_id
         log.info("MLflow run %s of the sweep %s", self.run_id, sweep)
         atexit.register(self._end, "FAILED", "the launch ended before its last job (see the jobs' runs)")
 

@@ -108,10 +108,13 @@ def _train(cfg: DictConfig) -> float:
 
 
 def log_job_logs(tracker: Tracker, run_id: str, output_dir: Path, name: str, resumed: bool) -> None:
-    """The job's log file; a resumed job's log (in this launch's own folder) goes to logs/resumed/."""
+    """The job's log file and profile (debug=profiler); a resumed job's log (in this launch's own
+    folder) goes to logs/resumed/."""
     job_log = output_dir / f"{name}.log"
     if job_log.is_file():
         tracker.log_file(run_id, job_log, "logs")
+    if (profile := output_dir / "fit-profile.txt").is_file():
+        tracker.log_file(run_id, profile, "profile")
     if resumed and HydraConfig.initialized():
         launch_log = Path(HydraConfig.get().runtime.output_dir) / f"{name}.log"
         if launch_log.is_file():
@@ -265,7 +268,7 @@ def evaluate_best_checkpoint(tracker: Tracker, run_id: str, trainer: L.Trainer, 
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)
         tracker.log_file(run_id, best_path, "checkpoints")
-    else:
+    elif not trainer.fast_dev_run:  # (a fast dev run saves none)
         log.warning("No best checkpoint was saved (did validation run?): evaluating the final weights.")
     device = trainer.strategy.root_device
     dataset, classes = datamodule.prepared, datamodule.classes

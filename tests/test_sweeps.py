@@ -47,6 +47,7 @@ def test_multirun_gives_one_tracked_run_per_job_and_a_summary(tmp_path):
     assert sweep.info.status == "FINISHED" and sweep.data.tags["sweep_id"] in sweep_ids
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {sweep.info.run_id}
     assert sweep.data.tags["mlflow.note.content"].startswith("python train.py -m ")
+    assert sweep.data.tags["mlflow.source.name"].endswith("train.py") and sweep.data.tags["git_commit"]
     assert "backbone=custom_cnn,mobilenetv2" in sweep.data.tags["mlflow.note.content"]
     best = max(runs, key=lambda r: r.data.metrics["val/f1_weighted_best"])
     assert sweep.data.metrics["val/f1_weighted_best"] == best.data.metrics["val/f1_weighted_best"]
