@@ -1,8 +1,19 @@
 """Training options one config key away (timm's train script, lightning-hydra-template's debug
 group): each test shows that the option changes what it claims to change."""
 
+import functools
+
+import lightning as L
+import pytest
 import torch
 
+from allcls.data.datamodule import CellDataModule
+from allcls.data.preparation import prepare_dataset
+from allcls.data.readers import CNMCReader
+from allcls.data.splits import SplitSpec
+from allcls.data.transforms import InputSpec
+from allcls.errors import AllclsError
+from allcls.models.lit_classifier import LitClassifier
 from allcls.training import train
 
 from helpers import artifacts
@@ -23,8 +34,6 @@ def test_gradient_accumulation_takes_one_optimiser_step_per_that_many_batches(tr
 
 
 def test_ema_weights_differ_from_the_raw_ones_and_are_the_ones_validated_and_kept(train_cfg, mlflow_client, tmp_path):
-    from allcls.models.lit_classifier import LitClassifier
-
     train(train_cfg("ema=on", "callbacks.ema.decay=0.9", "trainer.max_epochs=2"))
     best = torch.load(tmp_path / "output" / "checkpoints" / "best.ckpt", weights_only=True)
     averaged, raw = best["state_dict"], best["current_model_state"]
@@ -56,3 +65,50 @@ def test_debug_profiler_keeps_where_the_time_went(train_cfg, mlflow_client):
     assert "profile/fit-profile.txt" in artifacts(mlflow_client, run.info.run_id)
     report = mlflow_client.download_artifacts(run.info.run_id, "profile/fit-profile.txt")
     assert "run_training_epoch" in open(report).read()
+
+
+def test_layer_decay_gives_lower_layers_lower_learning_rates():
+    model = LitClassifier({"name": "mobilenetv2_100"}, ["hem", "all"], layer_decay=0.5,
+                          optimizer=functools.partial(torch.optim.AdamW, lr=0.01, weight_decay=0.05))
+    optimizer = model.configure_optimizers()  # (with no scheduler: the optimiser alone)
+    rates = sorted({group["lr"] for group in optimizer.param_groups})
+    assert rates[-1] == pytest.approx(0.01) and rates[0] < 0.01 * 0.5 ** 5 and len(rates) > 5
+    head = {id(p) for p in model.model.get_classifier().parameters()}
+    assert all(group["lr"] == pytest.approx(0.01) for group in optimizer.param_groups
+               if any(id(p) in head for p in group["params"]))  # the head keeps the full rate
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.0, 0.05}  # none on biases and norms
+    plain = LitClassifier({"name": "mobilenetv2_100"}, ["hem", "all"],
+                          optimizer=functools.partial(torch.optim.AdamW, lr=0.01)).configure_optimizers()
+    assert {group["lr"] for group in plain.param_groups} == {0.01}
+
+
+def test_mixup_mixes_pairs_of_images_and_their_labels(train_cfg, mlflow_client):
+    model = LitClassifier({"name": "custom_cnn"}, ["hem", "all"], mixup={"mixup_alpha": 1.0})
+    images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+    mixed, targets = model.mixup(images.clone(), labels)
+    assert not torch.equal(mixed, images) and targets.shape == (8, 2)
+    assert ((targets > 0) & (targets < 1)).any()  # soft labels, not one-hot
+    with pytest.raises(AllclsError, match="model.mixup.alpha is not a setting"):
+        LitClassifier({"name": "custom_cnn"}, ["hem", "all"], mixup={"alpha": 0.2})
+    train(train_cfg("+model.mixup.mixup_alpha=0.4", "+model.mixup.cutmix_alpha=1.0"))
+    run = only_run(mlflow_client)
+    assert run.info.status == "FINISHED" and run.data.metrics["train/loss_epoch"] > 0
+
+
+def test_channels_last_lays_out_the_weights_and_the_batches_as_nhwc(cnmc_root, tmp_path):
+    module = CellDataModule(prepare_dataset(CNMCReader(cnmc_root), SplitSpec()), InputSpec(32, (0.5,) * 3, (0.5,) * 3),
+                            num_workers=0, batch_size=8)
+    model = LitClassifier({"name": "mobilenetv2_050"}, module.classes, channels_last=True)
+    seen = []
+
+    def look(module, inputs):  # what the network itself receives
+        seen.append((inputs[0].is_contiguous(memory_format=torch.channels_last),
+                     module.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)))
+
+    model.model.register_forward_pre_hook(look)
+
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=module)
+    assert len(seen) == 3 and all(batch and weights for batch, weights in seen)  # 2 training batches, 1 validation

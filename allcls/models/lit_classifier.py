@@ -4,7 +4,7 @@ transfer learning (frozen backbone for the first epochs, then all layers at a lo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -12,9 +12,11 @@ from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
 from allcls.data.imbalance import feature_smote
+from allcls.errors import AllclsError
 from allcls.metrics.epoch import epoch_metrics, flatten
 from allcls.models.backbones import BackboneSpec, create_backbone
 from allcls.models.checkpoints import load_weights, read_checkpoint
+from allcls.models.training_options import layer_decay_groups, make_mixup, scale_learning_rates
 
 
 class LitClassifier(L.LightningModule):
@@ -39,6 +41,9 @@ class LitClassifier(L.LightningModule):
         monitor_mode: str = "max",
         feature_smote: bool = False,
         seed: int = 0,
+        layer_decay: float | None = None,
+        mixup: Mapping[str, float] | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         spec = BackboneSpec.of(backbone)
@@ -63,6 +68,10 @@ class LitClassifier(L.LightningModule):
         self.unfreeze_lr_factor = unfreeze_lr_factor
         self.feature_smote = feature_smote
         self.smote_generator = torch.Generator().manual_seed(seed)
+        self.layer_decay, self.channels_last = layer_decay, channels_last
+        if mixup and feature_smote:
+            raise AllclsError("model.mixup and data.imbalance=feature_smote both make synthetic samples: use one.")
+        self.mixup = make_mixup(mixup, num_classes) if mixup else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "LitClassifier":
@@ -77,6 +86,8 @@ class LitClassifier(L.LightningModule):
         return model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
     # --- steps ------------------------------------------------------------------------------
@@ -85,6 +96,10 @@ class LitClassifier(L.LightningModule):
         images, labels = batch
         if split == "train" and self.feature_smote:
             logits, loss = self._balanced_in_feature_space(images, labels)
+        elif split == "train" and self.mixup is not None and len(labels) % 2 == 0:  # timm mixes pairs
+            mixed, targets = self.mixup(images, labels)
+            logits = self(mixed)
+            loss = self.criterion(logits, targets)  # soft targets (the metrics see the images' own labels)
         else:
             logits = self(images)
             loss = self.criterion(logits, labels)
@@ -142,9 +157,18 @@ class LitClassifier(L.LightningModule):
 
     # --- optimisation and two-phase transfer learning -----------------------------------------
 
+    def configure_model(self) -> None:
+        if self.channels_last:  # NHWC: faster convolutions on GPUs with tensor cores (inputs follow)
+            self.model.to(memory_format=torch.channels_last)
+
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
-        optimizer = factory(params=self.parameters())
+        if self.layer_decay is None:
+            optimizer = factory(params=self.parameters())
+        else:  # the factory's weight decay goes to the groups that take one (a Hydra partial keeps it)
+            weight_decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0)
+            optimizer = factory(params=layer_decay_groups(self.model, weight_decay, self.layer_decay))
+            scale_learning_rates(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer,
