@@ -34,6 +34,7 @@ def optional(rule: Rule) -> Rule:
 POSITIVE: Rule = (lambda v: _number(v) and v > 0, "a number above 0")
 NOT_NEGATIVE: Rule = (lambda v: _number(v) and v >= 0, "a number of at least 0")
 FRACTION: Rule = (lambda v: _number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1")
+DECAY: Rule = (lambda v: _number(v) and 0 < v <= 1, "a number above 0, at most 1 (e.g. 0.75)")
 
 TRAIN: dict[str, Rule] = {
     "data.batch_size": at_least(1),
@@ -45,6 +46,8 @@ TRAIN: dict[str, Rule] = {
     "model.optimizer.lr": POSITIVE,
     "model.optimizer.weight_decay": NOT_NEGATIVE,
     "model.label_smoothing": FRACTION,
+    "model.layer_decay": optional(DECAY),
+    "callbacks.ema.decay": DECAY,
     "model.freeze_backbone_epochs": at_least(0),
     "model.unfreeze_lr_factor": POSITIVE,
     "backbone.drop_rate": FRACTION,

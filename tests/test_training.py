@@ -142,6 +142,8 @@ def test_a_job_run_again_into_a_used_folder_is_refused_and_changes_nothing(tmp_p
     (["data.batch_size=true"], r"data.batch_size=True is out of range"),
     (["dataset.split.val_fraction=0.6", "dataset.split.test_fraction=0.5"], "leaves nothing to train on"),
     (["dataset.classes=[hem,hem]"], r"dataset.classes=\['hem', 'hem'\] must name at least two different classes"),
+    (["model.layer_decay=1.5"], r"model.layer_decay=1.5 is out of range: it takes null or a number above 0"),
+    (["ema=on", "callbacks.ema.decay=0"], r"callbacks.ema.decay=0 is out of range"),
     (["augmentation.transforms.0.p=2"], r"augmentation.transforms\[0\] \(albumentations.HorizontalFlip\) refuses its "
                                         r"settings: .*less than or equal to 1"),
     (["augmentation=strong", "augmentation.transforms.4.brightness=-1"], r"augmentation.transforms\[4\] "

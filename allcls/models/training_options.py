@@ -16,12 +16,10 @@ MIXUP_KEYS = ("mixup_alpha", "cutmix_alpha", "prob", "switch_prob")
 def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
     """Parameter groups whose learning rates shrink by `layer_decay` per layer below the head
     (BEiT's layer-wise decay, as timm groups a model's layers); biases and norms get no weight decay.
-    Each group carries its `lr_scale`: `scale_learning_rates` applies it once the optimiser exists."""
+    Each group carries its `lr_scale`: `scale_learning_rates` applies it once the optimiser exists.
+    (`model.layer_decay` is range-checked with the other settings: allcls.ranges.)"""
     from timm.optim._param_groups import param_groups_layer_decay
 
-    if not 0 < layer_decay <= 1:
-        raise AllclsError(f"model.layer_decay={layer_decay} is out of range: it takes a number above 0, at most 1 "
-                          "(e.g. 0.75), or null for none.")
     return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
 
 
