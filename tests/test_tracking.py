@@ -19,34 +19,6 @@ from allcls.training import train
 from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, free_port, run_script, served
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real tracking server with proxied artifacts, stopped by PID (its whole process group)."""
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"]
-    url = f"http://127.0.0.1:{port}"
-    with served(command, f"{url}/health", tmp_path / "server.log", timeout=120):
-        yield url
-
-
-@pytest.mark.slow
-def test_training_logs_to_a_remote_tracking_server(train_cfg, mlflow_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    cfg = train_cfg("logger=mlflow_server")
-    assert cfg.logger.tracking_uri == mlflow_server
-    train(cfg)
-    client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("synthetic-cnmc")
-    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server decides
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED" and "test/f1_weighted" in run.data.metrics
-    local = client.download_artifacts(run.info.run_id, "predictions/test.parquet", str(tmp_path))
-    assert len(read_table(local)) > 0
-    assert not (tmp_path / "mlruns").exists()  # nothing went to a local store by the side
-
-
 def test_new_experiments_keep_artifacts_beside_the_local_database(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "exp", str(tmp_path / "mlruns" / "artifacts"))
     experiment = tracker.client.get_experiment(tracker.experiment_id())
@@ -156,7 +128,8 @@ def test_four_jobs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
 
 @pytest.mark.slow
 def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_it_is_back(tmp_path):
-    """The server is stopped by PID after the first epoch: training goes on and finishes, keeping
+    """Training logs to a real `mlflow server`, which is stopped by PID after the first epoch:
+    training goes on and finishes, keeping
     what the run would have logged in its folder; `python -m allcls.runs upload` sends it to the
     same server, restarted, and the run is FINISHED with its whole history and prediction tables."""
     port = free_port()
@@ -198,5 +171,10 @@ def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_
         assert len(client.get_metric_history(run_id, "val/loss")) == 3
         assert {"predictions/val.parquet", "predictions/test.parquet", "checkpoints/best.ckpt"} <= \
             artifacts(client, run_id)
+        experiment = client.get_experiment(run.info.experiment_id)
+        assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server decides where they go
+        local = client.download_artifacts(run_id, "predictions/test.parquet", str(tmp_path / "download"))
+        assert len(read_table(local)) > 0
+        assert not (tmp_path / "mlruns").exists()  # nothing went to a local store by the side
         again = subprocess.run(upload, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 2 and "uploaded already" in again.stderr

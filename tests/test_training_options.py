@@ -53,10 +53,10 @@ def test_debug_fdr_runs_one_batch_of_each_split(train_cfg, mlflow_client, tmp_pa
 
 
 def test_debug_overfit_drives_the_training_loss_down_on_a_few_batches(train_cfg, mlflow_client):
-    train(train_cfg("debug=overfit", "trainer.max_epochs=12", "model.optimizer.lr=0.01"))
+    train(train_cfg("debug=overfit", "trainer.max_epochs=6", "model.optimizer.lr=0.01"))
     run = only_run(mlflow_client)
     losses = [m.value for m in mlflow_client.get_metric_history(run.info.run_id, "train/loss_epoch")]
-    assert len(losses) == 12 and losses[-1] < 0.3 * losses[0], losses
+    assert len(losses) == 6 and losses[-1] < 0.3 * losses[0], losses
 
 
 def test_debug_profiler_keeps_where_the_time_went(train_cfg, mlflow_client):
