@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from allcls.config import JobInfo, job_info, resolved_yaml
@@ -198,6 +199,12 @@ class CheckpointOnStop(Callback):
             if trainer.world_size == 1:
                 trainer.save_checkpoint(self.path)
             stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        # Lightning's own SIGTERM handler may stop first, at the end of the same batch (its check
+        # comes after this callback's hook): the state is as consistent there, so save it.
+        if isinstance(exception, SIGTERMException) and trainer.training and trainer.world_size == 1:
+            trainer.save_checkpoint(self.path)
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
         # Mid-validation is no state to resume from: last.ckpt stays the previous epoch's.

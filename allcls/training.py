@@ -19,6 +19,7 @@ from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from allcls import run_schema
@@ -28,7 +29,7 @@ from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_datase
 from allcls.data.splits import SplitSpec
 from allcls.ddp import distributed_job, is_rank_zero, rerun_this_job_in_ddp_children
 from allcls.errors import AllclsError
-from allcls.job_signals import stops_wait_for_the_batch
+from allcls.job_signals import Terminated, stops_wait_for_the_batch
 from allcls.metrics.names import metric_names, mode
 from allcls.metrics.vectorised import confusion_frame, table_scores
 from allcls.models.backbones import BackboneSpec, input_spec
@@ -239,7 +240,10 @@ def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logge
         raise
     rerun_this_job_in_ddp_children()
     with stops_wait_for_the_batch():
-        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint)
+        except SIGTERMException:  # Lightning's handler stopped first: it would exit 0, a success to a scheduler
+            raise Terminated() from None
     return trainer
 
 

@@ -154,3 +154,24 @@ def test_resume_refuses_what_it_cannot_continue(train_cfg, mlflow_client, tmp_pa
             train(train_cfg(f"resume={resume}"))
     assert mlflow_client.get_run(finished.info.run_id).info.status == "FINISHED"
     assert {"mlflow_run.json", "config.resolved.yaml"} <= {p.name for p in (tmp_path / "output").iterdir()}
+
+
+def test_a_sigterm_that_lightning_sees_first_still_saves_and_fails_the_job(train_cfg, mlflow_client, tmp_path,
+                                                                          monkeypatch):
+    """Lightning's own SIGTERM handler stops at the end of a batch, after the callbacks' hooks, and
+    would exit 0. A SIGTERM that arrives after allcls's hook (here: from the model's own hook,
+    which Lightning calls after the callbacks') still saves last.ckpt there and ends KILLED, 143."""
+    from allcls.models.lit_classifier import LitClassifier
+
+    def terminate_after_the_third_batch(self, outputs, batch, batch_idx):
+        if batch_idx == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(LitClassifier, "on_train_batch_end", terminate_after_the_third_batch)
+    with pytest.raises(SystemExit) as stopped:
+        train(train_cfg("trainer.max_epochs=3"))
+    assert stopped.value.code == 143
+    saved = torch.load(tmp_path / "output" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3
+    (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"
