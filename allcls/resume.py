@@ -129,7 +129,7 @@ def check_resumable(point: ResumePoint, run) -> None:
     if status == "FINISHED":
         raise AllclsError(f"Run {point.run_id} ({point.folder}) has finished: there is nothing to resume.")
     if status == "RUNNING" and tags.get("host") == socket.gethostname() and tags.get("pid", "").isdigit() \
-            and int(tags["pid"]) != os.getpid() and _alive(int(tags["pid"])):
+            and int(tags["pid"]) != os.getpid() and alive(int(tags["pid"])):
         raise AllclsError(f"Run {point.run_id} is still being trained by process {tags['pid']}: stop it first "
                           "(kill -TERM saves a checkpoint), then resume.")
     if point.checkpoint is None:
@@ -137,7 +137,8 @@ def check_resumable(point: ResumePoint, run) -> None:
                           "again as a new job.")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (also under another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from allcls.errors import AllclsError, user_message
 from allcls.offline import JOURNAL, UPLOADED, upload
-from allcls.resume import RUN_FILE
+from allcls.resume import RUN_FILE, alive
 from allcls.stores import ui_view
 from allcls.tracking import Tracker
 
@@ -43,16 +43,6 @@ class LeftRunning:
         state = "is gone" if self.gone else "cannot be checked from here" if self.host != socket.gethostname() \
             or not self.pid else "is still alive"
         return f"{self.run_id}  {self.name}  (experiment {self.experiment!r}): {where} {state}"
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
 
 
 def left_running(tracker: Tracker) -> list[LeftRunning]:

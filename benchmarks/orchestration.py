@@ -10,7 +10,6 @@ validation pass and the best weights saved every epoch). Runs alternate; the med
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import statistics
@@ -25,7 +24,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
-from sklearn.metrics import f1_score  # noqa: E402
+from plain_finetune import evaluate  # noqa: E402  (this folder's plain script)
 
 from allcls import run_schema  # noqa: E402
 from allcls.tracking import Tracker  # noqa: E402
@@ -83,16 +82,10 @@ def plain_fit(cfg, folder: Path) -> tuple[float, int]:
             optimizer.step()
             steps += 1
         scheduler.step()
-        model.eval()
-        predicted, truth = [], []
-        with torch.no_grad():
-            for images, labels in val_loader:
-                predicted += model(images).argmax(1).tolist()
-                truth += labels.tolist()
-        score = f1_score(truth, predicted, average="weighted")
+        _, score = evaluate(model, val_loader)  # plain_finetune's: balanced accuracy, weighted F1
         if score > best:
             best = score
-            torch.save(copy.deepcopy(model.state_dict()), folder / "plain-best.pt")
+            torch.save(model.state_dict(), folder / "plain-best.pt")
     return time.perf_counter() - start, steps
 
 
