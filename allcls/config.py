@@ -23,6 +23,8 @@ T = TypeVar("T")
 RESOLVERS = {
     # `${gt:a,b}`: a > b, for settings that depend on another number (see conf/trainer/ddp.yaml)
     "gt": lambda a, b: float(a) > float(b),
+    # `${on_gpu:${trainer.accelerator}}`: whether a setting's GPU default applies (model.channels_last)
+    "on_gpu": lambda accelerator: str(accelerator) in ("gpu", "cuda"),
     # `${mode_of:val/loss}` -> min: which way a metric is better, decided once (allcls.metrics.names)
     "mode_of": mode,
     # `${optuna_direction:max}` -> maximize: Optuna's word for a monitor mode

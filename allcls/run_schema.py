@@ -92,8 +92,10 @@ def _strategy_name(strategy: Any) -> str:
     return strategy if isinstance(strategy, str) else _short_target(strategy)
 
 
-def train_params(cfg: DictConfig, dataset: PreparedDataset, input_size: int, job: JobInfo) -> dict[str, object]:
-    """A small flat set of the settings people compare runs by; the whole config is an artifact."""
+def train_params(cfg: DictConfig, dataset: PreparedDataset, input_size: int, job: JobInfo,
+                 input_pipeline: str) -> dict[str, object]:
+    """A small flat set of the settings people compare runs by; the whole config is an artifact.
+    `input_pipeline`: the one that served the training images (batch or per_sample)."""
     counts = dataset.manifest["split"].value_counts()
     optimizer, trainer = cfg.model.optimizer, cfg.trainer
     return {
@@ -104,6 +106,8 @@ def train_params(cfg: DictConfig, dataset: PreparedDataset, input_size: int, job
         "augmentation": job.choices.get("augmentation", "custom"),
         "imbalance": cfg.data.imbalance,
         "batch_size": cfg.data.batch_size,
+        "input_pipeline": input_pipeline,
+        "packed_cache": bool(cfg.data.get("cache_dir")),
         "optimizer": _short_target(optimizer),
         "lr": optimizer.get("lr"),
         "weight_decay": optimizer.get("weight_decay"),

@@ -11,11 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from allcls.errors import AllclsError
-
-try:
-    import fcntl  # POSIX only: on Windows, open a fresh store once before starting parallel jobs
-except ImportError:
-    fcntl = None
+from allcls.locks import exclusive
 
 
 @contextmanager
@@ -27,15 +23,8 @@ def local_store_lock(uri: str) -> Iterator[None]:
         yield
         return
     database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".lock"), "a") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive(database.with_name(database.name + ".lock")):
+        yield
 
 
 def server_unreachable(uri: str) -> str | None:

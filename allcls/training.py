@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from allcls import run_schema
 from allcls.config import build, instantiate_dict, job_info, typed
-from allcls.data.datamodule import CellDataModule
+from allcls.data.datamodule import CellDataModule, choose_pipeline
+from allcls.data.packed_cache import check_cache_dir
 from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_dataset
 from allcls.data.splits import SplitSpec
 from allcls.ddp import distributed_job, is_rank_zero, rerun_this_job_in_ddp_children
@@ -88,7 +89,7 @@ def _train(cfg: DictConfig) -> float:
         opened = tracker.resumed_run(point.run_id, resumed_in=job_info().sweep_id)
     with opened as run_id:
         try:
-            params = run_schema.train_params(cfg, dataset, datamodule.input_spec.size, job)
+            params = run_schema.train_params(cfg, dataset, datamodule.input_spec.size, job, datamodule.pipeline)
             if point is None:
                 remember_the_run(output_dir, run_id, cfg, job)
                 tracker.log_params(run_id, params)
@@ -143,7 +144,9 @@ def check_config(cfg: DictConfig) -> BackboneSpec:
                           "(the folder in the dataset's original layout).")
     backbone = BackboneSpec.of(OmegaConf.to_container(cfg.backbone, resolve=True))
     input_spec(backbone)  # an unknown backbone name or a bad input size
-    build_augmentations(cfg)  # a value albumentations refuses
+    choose_pipeline(cfg.data.pipeline, build_augmentations(cfg))  # a value albumentations refuses, or no batch form
+    if cfg.data.cache_dir:
+        check_cache_dir(cfg.data.cache_dir)
     if backbone.weights and not backbone.pretrained:
         log.warning("backbone.weights is set but backbone.pretrained=false: the weights file is not used.")
     return backbone
@@ -179,13 +182,16 @@ def build_augmentations(cfg: DictConfig) -> list:
 
 def build_datamodule(cfg: DictConfig, dataset: PreparedDataset, backbone: BackboneSpec) -> CellDataModule:
     # Partial, then called: objects passed through instantiate itself would be turned into configs.
-    return build(cfg.data, _partial_=True)(
+    datamodule = build(cfg.data, _partial_=True)(
         dataset=dataset,
         input_spec=input_spec(backbone),
         roi_crop=cfg.dataset.roi_crop,
         augmentations=build_augmentations(cfg),
         seed=cfg.seed,
     )
+    if is_rank_zero():
+        log.info("Input pipeline: %s", datamodule.describe())
+    return datamodule
 
 
 def build_model(cfg: DictConfig, datamodule: CellDataModule, backbone: BackboneSpec) -> LitClassifier:
@@ -278,7 +284,8 @@ def evaluate_best_checkpoint(tracker: Tracker, run_id: str, trainer: L.Trainer, 
     dataset, classes = datamodule.prepared, datamodule.classes
     for split in EVALUATED_SPLITS:
         samples = dataset.split_samples(split)
-        probabilities = predict_probabilities(model, datamodule.eval_dataloader(split), device)
+        probabilities = predict_probabilities(model, datamodule.eval_dataloader(split), device,
+                                              model_input=datamodule.model_input)
         labels = np.asarray(dataset.labels(samples), dtype=np.int64)
         table = make_table([s.sample_id for s in samples], [s.subject for s in samples], labels, probabilities, classes)
         tracker.log_file(run_id, write_table(table, output_dir / "predictions" / f"{split}.parquet"), "predictions")

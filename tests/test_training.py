@@ -18,7 +18,7 @@ from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import read_table
 from allcls.training import train
 
-from helpers import artifacts
+from helpers import PROJECT, artifacts
 
 
 def only_run(client, experiment="synthetic-cnmc"):
@@ -42,6 +42,7 @@ def test_one_epoch_run_leaves_everything_later_stages_need(train_cfg, mlflow_cli
     params = run.data.params
     assert params["backbone"] == "custom_cnn" and params["input_size"] == "32" and params["optimizer"] == "AdamW"
     assert int(params["n_train"]) > 0 and params["augmentation"] == "basic"
+    assert params["input_pipeline"] == "batch" and params["packed_cache"] == "False"  # basic has a batch form
     for metric in ("train/loss_epoch", "val/f1_weighted", "val/kappa", "val/auroc", "val/recall_hem",
                    "test/f1_weighted", "test/balanced_accuracy", "test/precision_all"):
         assert metric in run.data.metrics, metric
@@ -148,6 +149,10 @@ def test_a_job_run_again_into_a_used_folder_is_refused_and_changes_nothing(tmp_p
                                         r"settings: .*less than or equal to 1"),
     (["augmentation=strong", "augmentation.transforms.4.brightness=-1"], r"augmentation.transforms\[4\] "
                                                                    r"\(albumentations.ColorJitter\) refuses"),
+    (["data.pipeline=gpu"], r"data.pipeline='gpu' is not a pipeline: use one of \['auto', 'batch', 'per_sample'\]"),
+    (["augmentation=strong", "data.pipeline=batch"], r"data.pipeline=batch cannot apply Affine, ColorJitter, "
+                                                     r"GaussianBlur per batch .* use data.pipeline=auto"),
+    ([f"data.cache_dir={PROJECT / 'pyproject.toml' / 'cache'}"], r"data.cache_dir=.*cannot be a folder: .* is a file"),
 ])
 def test_bad_input_stops_with_a_clear_message_before_any_run(train_cfg, mlflow_client, overrides, message):
     with pytest.raises(AllclsError, match=message):

@@ -14,6 +14,7 @@ from allcls.data.splits import SplitSpec
 from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 from allcls.models.lit_classifier import LitClassifier
+from allcls.models.training_options import CompiledNetwork
 from allcls.training import train
 
 from helpers import artifacts
@@ -112,3 +113,45 @@ def test_channels_last_lays_out_the_weights_and_the_batches_as_nhwc(cnmc_root, t
                         default_root_dir=tmp_path)
     trainer.fit(model, datamodule=module)
     assert len(seen) == 3 and all(batch and weights for batch, weights in seen)  # 2 training batches, 1 validation
+
+
+@pytest.mark.slow  # inductor compiles C++ for the network's three graphs: 45 s on 2 cores
+def test_compile_trains_through_the_compiled_network_and_keeps_plain_checkpoints(train_cfg, mlflow_client, tmp_path):
+    """model.compile=true: inductor compiles the network (C++ on a CPU, Triton on a GPU) and the
+    steps run through it; the checkpoint holds the network's own names, so later stages load it
+    plainly. With EMA too: its averaged copy of the model is not compiled, the swapped weights are."""
+    torch._dynamo.reset()
+    calls = []
+    original = CompiledNetwork.__call__
+
+    def counting(self, images):
+        logits = original(self, images)
+        calls.append(logits is not None)
+        return logits
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CompiledNetwork, "__call__", counting)
+        train(train_cfg("model.compile=true", "ema=on", "+trainer.limit_train_batches=2",
+                        "+trainer.limit_val_batches=1"))
+    assert only_run(mlflow_client).info.status == "FINISHED"
+    assert len(calls) > 4 and all(calls)  # every forward pass (training, validation, tables) compiled
+    checkpoint = tmp_path / "output" / "checkpoints" / "best.ckpt"
+    keys = set(torch.load(checkpoint, weights_only=True)["state_dict"])
+    assert keys == set(LitClassifier({"name": "custom_cnn", "input_size": 32}, ["hem", "all"]).state_dict())
+    assert LitClassifier.from_checkpoint(checkpoint).compiled is None  # later stages: the plain network
+
+
+def test_compile_that_cannot_compile_here_warns_once_and_trains_on(train_cfg, mlflow_client, caplog, monkeypatch):
+    """No working C++ compiler (inductor's CPU backend needs one): one warning, the plain network."""
+    import torch._inductor.config as inductor
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "/no/such/g++"))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a cached kernel would need no compiler
+    train(train_cfg("model.compile=true", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"))
+    torch._dynamo.reset()
+    assert only_run(mlflow_client).info.status == "FINISHED"
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model.compile:")]
+    assert len(warnings) == 1 and "No working C++ compiler" in warnings[0] and "model.compile=false" in warnings[0]
+    with pytest.raises(AllclsError, match="model.compile_mode='fastest' is not a torch.compile mode"):
+        LitClassifier({"name": "custom_cnn"}, ["hem", "all"], compile=True, compile_mode="fastest")

@@ -2,10 +2,14 @@
 
 Every pipeline is: [region-of-interest crop] -> resize to the backbone's input size ->
 [train-time augmentations] -> normalise with the backbone's mean/std -> CHW float tensor.
+Training splits the pipeline after the resize: `preprocess` makes the uint8 image that loaders
+(and the packed cache) carry, and augmentations that have a batch form run on the device
+(allcls.data.batch_transforms).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -100,6 +104,14 @@ def preprocessing(spec: InputSpec, roi_crop: bool) -> list[A.BasicTransform]:
     return steps
 
 
+def preprocess(image: np.ndarray, spec: InputSpec, roi_crop: bool) -> np.ndarray:
+    """`preprocessing` as one call, without albumentations' per-call bookkeeping: H x W x 3 uint8
+    in, size x size x 3 uint8 out."""
+    if roi_crop:
+        image = crop_to_foreground(image)
+    return resize_antialiased(image, spec.size)
+
+
 def build_transform(spec: InputSpec, roi_crop: bool, augmentations: Sequence[A.BasicTransform] = (),
                     resized: bool = False, seed: int | None = None) -> A.Compose:
     """The whole pipeline for one split. `augmentations` is empty for val/test/predict.
@@ -109,4 +121,18 @@ def build_transform(spec: InputSpec, roi_crop: bool, augmentations: Sequence[A.B
     steps = [] if resized else preprocessing(spec, roi_crop)
     steps += list(augmentations)
     steps += [A.Normalize(mean=spec.mean, std=spec.std), ToTensorV2()]
-    return A.Compose(steps, seed=seed)
+    pipeline = A.Compose(steps)
+    if seed is not None:
+        seed_pipeline(pipeline, seed)
+    return pipeline
+
+
+def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
+    """Start a pipeline's random stream, one stream that its transforms draw from in turn.
+
+    Not `Compose(seed=...)` nor `set_random_seed`: albumentations 2 gives every transform its own
+    generator seeded with the same number, so all of them draw the same values. HorizontalFlip and
+    VerticalFlip (both p=0.5) then flipped together or not at all, and the `basic` preset showed a
+    cell in 4 of its 8 orientations, never mirrored (tests/test_input_pipeline.py counts them).
+    """
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -3,7 +3,7 @@ optionally averaged over test-time augmentation views."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,14 +37,19 @@ def view_probabilities(model: nn.Module, images: torch.Tensor, views: Sequence[s
 
 @torch.inference_mode()
 def predict_probabilities(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu",
-                          views: Sequence[str] = ("identity",)) -> np.ndarray:
+                          views: Sequence[str] = ("identity",),
+                          model_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """Softmax probabilities (samples x classes, float64, rows summing to 1) in the loader's order,
-    averaged over the test-time augmentation `views` (default: the image as it is)."""
+    averaged over the test-time augmentation `views` (default: the image as it is). `model_input`
+    turns a batch, on the device, into the network's input (the datamodule's uint8 batches)."""
     views = check_views(views)
     was_training = model.training
     model.eval().to(device)
     chunks = []
     for images, *_ in loader:
-        chunks.append(view_probabilities(model, images.to(device, non_blocking=True), views).cpu().numpy())
+        images = images.to(device, non_blocking=True)
+        if model_input is not None:
+            images = model_input(images)
+        chunks.append(view_probabilities(model, images, views).cpu().numpy())
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))

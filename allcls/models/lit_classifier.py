@@ -16,7 +16,13 @@ from allcls.errors import AllclsError
 from allcls.metrics.epoch import epoch_metrics, flatten
 from allcls.models.backbones import BackboneSpec, create_backbone
 from allcls.models.checkpoints import load_weights, read_checkpoint
-from allcls.models.training_options import layer_decay_groups, make_mixup, scale_learning_rates
+from allcls.models.training_options import (
+    COMPILE_MODES,
+    CompiledNetwork,
+    layer_decay_groups,
+    make_mixup,
+    scale_learning_rates,
+)
 
 
 class LitClassifier(L.LightningModule):
@@ -44,6 +50,8 @@ class LitClassifier(L.LightningModule):
         layer_decay: float | None = None,
         mixup: Mapping[str, float] | None = None,
         channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: str = "default",
     ):
         super().__init__()
         spec = BackboneSpec.of(backbone)
@@ -69,6 +77,11 @@ class LitClassifier(L.LightningModule):
         self.feature_smote = feature_smote
         self.smote_generator = torch.Generator().manual_seed(seed)
         self.layer_decay, self.channels_last = layer_decay, channels_last
+        if compile_mode not in COMPILE_MODES:
+            raise AllclsError(f"model.compile_mode={compile_mode!r} is not a torch.compile mode: use one of "
+                              f"{list(COMPILE_MODES)}.")
+        self.compile_network, self.compile_mode = compile, compile_mode
+        self.compiled: CompiledNetwork | None = None  # made when a Trainer configures the model
         if mixup and feature_smote:
             raise AllclsError("model.mixup and data.imbalance=feature_smote both make synthetic samples: use one.")
         self.mixup = make_mixup(mixup, num_classes) if mixup else None
@@ -86,8 +99,11 @@ class LitClassifier(L.LightningModule):
         return model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
+        if images.dim() == 4:  # the layout the weights have (a no-op when the batch has it already)
+            images = images.contiguous(memory_format=torch.channels_last if self.channels_last else
+                                       torch.contiguous_format)
+        if self.compiled is not None and (logits := self.compiled(images)) is not None:
+            return logits
         return self.model(images)
 
     # --- steps ------------------------------------------------------------------------------
@@ -160,6 +176,8 @@ class LitClassifier(L.LightningModule):
     def configure_model(self) -> None:
         if self.channels_last:  # NHWC: faster convolutions on GPUs with tensor cores (inputs follow)
             self.model.to(memory_format=torch.channels_last)
+        if self.compile_network and self.compiled is None:
+            self.compiled = CompiledNetwork(self.model, self.compile_mode)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))

@@ -1,14 +1,18 @@
 """Training options from timm's train script, each off by default and one config key away
-(`model.*` in conf/train.yaml): layer-wise learning-rate decay, mixup / cutmix, channels_last."""
+(`model.*` in conf/train.yaml): layer-wise learning-rate decay, mixup / cutmix, channels_last,
+torch.compile."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from allcls.errors import AllclsError
+
+log = logging.getLogger(__name__)
 
 MIXUP_KEYS = ("mixup_alpha", "cutmix_alpha", "prob", "switch_prob")
 
@@ -47,3 +51,43 @@ def make_mixup(settings: Mapping[str, float], num_classes: int):
                           "model.mixup=null for none.")
     return Mixup(mixup_alpha=values["mixup_alpha"], cutmix_alpha=values["cutmix_alpha"], prob=values["prob"],
                  switch_prob=values["switch_prob"], label_smoothing=0.0, num_classes=num_classes)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class CompiledNetwork:
+    """`torch.compile` of a network (`model.compile`), kept beside the module tree rather than in
+    it, so checkpoints keep the network's own parameter names.
+
+    Compiling happens at the first call (seconds to a minute). Where it cannot happen (no C++
+    compiler for a CPU, no Triton for a GPU, a Python that torch.compile does not support, an
+    operation its backend lacks), the error is one warning and the network runs as it is:
+    `__call__` returns None from then on and the caller runs the plain network.
+    """
+
+    def __init__(self, network: nn.Module, mode: str = "default"):
+        self.network, self.mode = network, mode
+        try:
+            self.compiled: Any = torch.compile(network, mode=mode)
+        except RuntimeError as error:  # e.g. a Python version that torch.compile does not support yet
+            self._fall_back(error)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor | None:
+        if self.compiled is None:
+            return None
+        try:
+            return self.compiled(images)
+        except torch._dynamo.exc.TorchDynamoException as error:  # the backend failed (InductorError is one)
+            self._fall_back(error)
+            return None
+
+    def _fall_back(self, error: BaseException) -> None:
+        self.compiled = None
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        log.warning("model.compile: torch.compile cannot compile %s here (%s). Training goes on without it, at the "
+                    "network's plain speed; set model.compile=false to leave it out.",
+                    type(self.network).__name__, reason[:300])
+
+    def __deepcopy__(self, memo) -> None:
+        return None  # a copy of the model (EMA's average) runs the plain network
