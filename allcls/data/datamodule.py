@@ -140,6 +140,7 @@ class CellDataModule(L.LightningDataModule):
         self.normalisation = Normalisation(input_spec)
         self.batch_augmentation: BatchAugmentation | None = None  # made on first use: it draws per process rank
         self.datasets: dict[str, CellDataset] = {}
+        self.packed: dict[str, PackedImages] = {}
 
     @property
     def classes(self) -> list[str]:
@@ -193,8 +194,13 @@ class CellDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _packed(self, split: str) -> PackedImages:
-        paths = [s.path for s in self.prepared.split_samples(split)]
-        return packed_images(self.cache_dir, f"{self.prepared.name}-{split}", paths, self.input_spec, self.roi_crop)
+        """The split's packed array, found (or written) once per process: `prepare_data` and `setup`
+        both ask, and each look-up reads every image file's size and modification time."""
+        if split not in self.packed:
+            paths = [s.path for s in self.prepared.split_samples(split)]
+            self.packed[split] = packed_images(self.cache_dir, f"{self.prepared.name}-{split}", paths,
+                                               self.input_spec, self.roi_crop)
+        return self.packed[split]
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.split_dataset("train")

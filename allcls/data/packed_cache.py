@@ -129,9 +129,8 @@ def _write(target: Path, paths: Sequence[str], spec: InputSpec, roi_crop: bool, 
         def fill(row: int) -> None:
             array[row] = preprocess(read_image(paths[row]), spec, roi_crop)
 
-        for _ in progress(pool.map(fill, range(len(paths))), total=len(paths), unit="img",
-                          desc=f"Packing {target.name.rsplit('-', 1)[0]} images into {target.parent}"):
-            pass
+        list(progress(pool.map(fill, range(len(paths))), total=len(paths), unit="img",  # runs the fills, bar ticking
+                      desc=f"Packing {target.name.rsplit('-', 1)[0]} images into {target.parent}"))
         array.flush()
         del array
         os.replace(partial, target)  # atomic: readers see the whole array or none
