@@ -1,17 +1,6 @@
-"""Train a classifier: `python train.py --help` lists the config groups; see conf/train.yaml."""
+"""Train a classifier, as `allcls-train` does: `python train.py --help` lists the config groups."""
 
-import hydra
-from omegaconf import DictConfig
-
-from allcls.errors import reports_user_errors
-from allcls.training import train
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@reports_user_errors
-def main(cfg: DictConfig) -> float:
-    return train(cfg)
-
+from allcls.training.cli import main
 
 if __name__ == "__main__":
     main()

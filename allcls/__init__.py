@@ -1,8 +1,3 @@
-"""allcls: train, track and ensemble Acute Lymphoblastic Leukemia cell classifiers."""
-
-import os
-
-# albumentations 2 checks PyPI for a newer release on import; machines here are offline.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+"""allcls: train, track, ensemble and deliver Acute Lymphoblastic Leukemia cell classifiers."""
 
 __version__ = "0.1.0"

@@ -27,8 +27,8 @@ def user_message(error: BaseException) -> str:
 
 
 def reports_user_errors(task: Callable[..., T]) -> Callable[..., T]:
-    """For @hydra.main entry points: an AllclsError ends the program with its message and exit
-    code 2; any other exception keeps its full traceback (that one is a bug to report)."""
+    """For every entry point: an AllclsError ends the program with its message and exit code 2; any
+    other exception keeps its full traceback (that one is a bug to report)."""
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):

@@ -51,9 +51,8 @@ def measure(paths: list[str], batch_size: int, allocator: bool) -> dict:
     """One variant, in this process."""
     import torch
 
-    from allcls.allocator import keep_freed_memory
-    from allcls.cores import inference_workers
-    from allcls.evaluation.predictor import Predictor, PredictorMember
+    from allcls.inference.predictor import Predictor, PredictorMember
+    from allcls.machine import inference_workers, keep_freed_memory
     from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
 
     if allocator:

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
 
-from allcls.ensemble.members import Members, SplitPredictions  # noqa: E402
+from allcls.ensemble.candidates import Members, SplitPredictions  # noqa: E402
 from allcls.ensemble.schemes import build_schemes, simplex_grid_points  # noqa: E402
 from allcls.ensemble.selection import evaluate_schemes  # noqa: E402
 

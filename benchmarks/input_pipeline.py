@@ -33,13 +33,13 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision.datasets.folder import pil_loader  # noqa: E402
 
 import allcls  # noqa: E402,F401  (before albumentations: no update check)
-from allcls.cores import default_num_workers  # noqa: E402
 from allcls.data.datamodule import CellDataModule  # noqa: E402
 from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_dataset  # noqa: E402
 from allcls.data.readers import CNMCReader  # noqa: E402
 from allcls.data.splits import SplitSpec  # noqa: E402
 from allcls.data.synthetic import SyntheticSpec, materialise  # noqa: E402
 from allcls.data.transforms import InputSpec  # noqa: E402
+from allcls.machine import default_num_workers  # noqa: E402
 
 SPEC = InputSpec(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 BATCH = 32

@@ -26,9 +26,9 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 from plain_finetune import evaluate  # noqa: E402  (this folder's plain script)
 
-from allcls import run_schema  # noqa: E402
-from allcls.tracking import Tracker  # noqa: E402
-from allcls.training import RunMetricsLogger, build_datamodule, build_model, check_config, fit, prepare  # noqa: E402
+from allcls.tracking import schema as run_schema  # noqa: E402
+from allcls.tracking.tracker import Tracker  # noqa: E402
+from allcls.training.task import RunMetricsLogger, build_datamodule, build_model, check_config, fit, prepare  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -83,8 +83,8 @@ def page_latency(models: dict, image: Path, repeats: int) -> list[tuple[str, flo
     """(variant, median ms, 90th percentile ms) of what the page does for one upload."""
     import mlflow
 
-    from allcls.app import analyse
-    from allcls.packaged_model import decode_limited
+    from allcls.serving.app import analyse
+    from allcls.serving.pyfunc_model import decode_limited
 
     mlflow.set_tracking_uri(models["store"])
     data = image.read_bytes()

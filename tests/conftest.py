@@ -63,7 +63,7 @@ def aria_root(tmp_path_factory) -> Path:
 def store(tmp_path_factory):
     """A project folder whose MLflow store holds three comparable training runs (jobs of the sweep
     'multirun'), trained after one run on another split of the same synthetic data."""
-    from allcls.training import train
+    from allcls.training.task import train
 
     root = tmp_path_factory.mktemp("store")
     other_split = ["dataset.split.hints.fold_1=val", "dataset.split.hints.fold_2=train"]

@@ -21,11 +21,10 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
-import allcls  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations loads)
-import allcls.config  # noqa: F401  (registers the config resolvers)
+from allcls.config.entry import CONF_DIR, prepare_process
 
 PROJECT = Path(__file__).resolve().parents[1]
-CONF_DIR = PROJECT / "conf"
+prepare_process()  # as every entry point does: environment defaults and conf/'s resolvers
 
 # Tiny and quick: 32 px images, the small custom CNN, one epoch, no loader processes.
 FAST = [
@@ -75,6 +74,11 @@ def compose_train(tmp_path: Path, overrides=(), fast: bool = True, output_dir: P
     if fast and not any(o.startswith("dataset=") and o != "dataset=synthetic" for o in overrides):
         fast_overrides += SMALL_SYNTHETIC
     return compose_config("train", tmp_path, [*fast_overrides, *overrides], output_dir, sweep_job)
+
+
+def console_script(name: str) -> str:
+    """The path of an installed console script (allcls-runs, ...) of this environment."""
+    return str(Path(sys.executable).parent / name)
 
 
 def run_script(*args: str, cwd: Path, timeout: int = 600, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,11 +1,10 @@
 """The diagnosis page: Streamlit's AppTest drives the real page script against a real MLflow store
 with registered models (a single run and an ensemble); one slow test serves it with `python -m
-allcls.app` and uploads an image through Debian's chromium."""
+allcls-app` and uploads an image through Debian's chromium."""
 
 import base64
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import mlflow
@@ -14,11 +13,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from allcls.package import package
+from allcls.serving.package import package
 
-from helpers import PROJECT, compose_config, free_port, served
+from helpers import PROJECT, compose_config, console_script, free_port, served
 
-PAGE = str(PROJECT / "allcls" / "app.py")
+PAGE = str(PROJECT / "allcls" / "serving" / "app.py")
 CLASSES = ["hem", "all"]
 
 
@@ -26,7 +25,7 @@ CLASSES = ["hem", "all"]
 def models(store, tmp_path_factory):
     """The store with two registered models: `page-cells` (one run) and `page-ensemble` (an ensemble
     of the sweep), both with an 80% referral rule and alias `champion`."""
-    from allcls.ensemble.search import run_ensemble
+    from allcls.ensemble.task import run_ensemble
 
     folder = tmp_path_factory.mktemp("page")
     root = store["root"]
@@ -116,7 +115,7 @@ def test_an_ensemble_shows_each_members_vote_and_map_and_tta_agreement(store, mo
 def test_a_store_without_models_says_how_to_register_one(tmp_path, monkeypatch):
     page = open_page(monkeypatch, f"sqlite:///{tmp_path}/mlflow.db")
     assert not page.exception and not page.error
-    assert "No registered model" in page.info[0].value and "python -m allcls.package" in page.info[0].value
+    assert "No registered model" in page.info[0].value and "allcls-package" in page.info[0].value
 
 
 def test_an_unreachable_store_is_named_with_the_fix(monkeypatch):
@@ -163,7 +162,7 @@ def test_the_served_page_predicts_an_uploaded_image_in_chromium(store, models, t
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1600"):
         options.add_argument(flag)
-    with served([sys.executable, "-m", "allcls.app", "--server.port", str(port)],
+    with served([console_script("allcls-app"), "--server.port", str(port)],
                 f"http://127.0.0.1:{port}/_stcore/health", tmp_path / "page.log", timeout=120, cwd=tmp_path, env=env):
         browser = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
         try:

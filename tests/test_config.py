@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from allcls.config import instantiate_dict
+from allcls.config.sections import instantiate_dict
 from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
 
 from helpers import CONF_DIR, compose_config

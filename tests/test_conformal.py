@@ -4,7 +4,7 @@ fitted on validation with each subject counted once; the referral they imply."""
 import numpy as np
 import pytest
 
-from allcls.evaluation import conformal
+from allcls.inference import conformal
 
 from helpers import compose_config
 

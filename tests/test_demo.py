@@ -3,13 +3,12 @@ comparison of weighting schemes, whose ranking must mean something (members that
 that do not all tie), then the chosen ensemble packaged and registered."""
 
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import run_script
+from helpers import console_script, run_script
 
 DEMO_SWEEP = ["-m", "experiment=quickstart", "backbone=mobilenetv2,efficientnet_lite0", "seed=0,1",
               "trainer.enable_progress_bar=false"]
@@ -18,7 +17,7 @@ DEMO_SWEEP = ["-m", "experiment=quickstart", "backbone=mobilenetv2,efficientnet_
 @pytest.mark.slow
 def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
     for name in ("mobilenetv2_100", "tf_efficientnet_lite0"):  # what `make demo` converts first
-        subprocess.run([sys.executable, "-m", "allcls.models.weights", "--packaged", name,
+        subprocess.run([console_script("allcls-weights"), "--packaged", name,
                         str(tmp_path / "data" / "weights" / f"{name}_in1k.pth")], check=True, capture_output=True)
     trained = run_script("train.py", *DEMO_SWEEP, cwd=tmp_path, timeout=900)
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -26,7 +25,7 @@ def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
     assert compared.returncode == 0, compared.stderr[-3000:]
     packaging = ["run_id=latest", "experiment_name=synthetic-cnmc", "register_as=demo-ensemble", "alias=champion",
                  "coverage=0.8"]
-    packaged = subprocess.run([sys.executable, "-m", "allcls.package", *packaging], cwd=tmp_path, capture_output=True,
+    packaged = subprocess.run([console_script("allcls-package"), *packaging], cwd=tmp_path, capture_output=True,
                               text=True)
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     assert "then open http://127.0.0.1:5000/#/models/demo-ensemble/versions/1" in packaged.stdout  # its page

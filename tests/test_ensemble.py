@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from allcls.ensemble.search import run_ensemble
+from allcls.ensemble.task import run_ensemble
 from allcls.errors import AllclsError
 from allcls.predictions import read_table
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from allcls.ensemble.combining import combine, predicted_classes
-from allcls.ensemble.members import SplitPredictions
+from allcls.ensemble.candidates import SplitPredictions
 from allcls.ensemble.schemes import (
     Scheme,
     SimplexGrid,
@@ -25,6 +24,7 @@ from allcls.ensemble.schemes import (
 from allcls.ensemble.selection import fold_indices, out_of_fold
 from allcls.ensemble.weight_search import score_weightings
 from allcls.errors import AllclsError
+from allcls.inference.combining import combine, predicted_classes
 from allcls.metrics.bootstrap import bootstrap_multiplicities, interval
 from allcls.metrics.vectorised import auroc, scores
 

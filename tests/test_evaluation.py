@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from allcls.ensemble.search import run_ensemble
+from allcls.ensemble.task import run_ensemble
 from allcls.errors import AllclsError
 from allcls.evaluation.task import evaluate
 from allcls.predictions import read_table

@@ -11,9 +11,9 @@ from allcls.data.preparation import prepare_dataset
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
 from allcls.data.transforms import InputSpec
-from allcls.models.inference import predict_probabilities
+from allcls.inference.views import predict_probabilities
 from allcls.models.lit_classifier import LitClassifier
-from allcls.training import train
+from allcls.training.task import train
 
 SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

@@ -92,7 +92,7 @@ def test_feature_smote_fills_each_class_up_to_the_largest_between_same_class_nei
 
 
 def test_training_with_feature_smote_learns(train_cfg, mlflow_client):
-    from allcls.training import train
+    from allcls.training.task import train
 
     train(train_cfg("data.imbalance=feature_smote", "trainer.max_epochs=3"))
     experiment = mlflow_client.get_experiment_by_name("synthetic-cnmc")

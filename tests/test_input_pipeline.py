@@ -16,7 +16,7 @@ from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
 from allcls.data.transforms import InputSpec, build_transform
 from allcls.errors import AllclsError
-from allcls.training import train
+from allcls.training.task import train
 
 SPEC = InputSpec(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

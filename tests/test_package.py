@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from allcls.errors import AllclsError
-from allcls.package import package
+from allcls.serving.package import package
 
 from helpers import compose_config, free_port, served
 
@@ -104,7 +104,7 @@ def test_bad_images_get_a_reason_and_spoil_no_other_row(store, packaged, tmp_pat
 
 
 def test_an_ensemble_packages_its_members_and_reports_their_votes(store, tmp_path, capsys):
-    from allcls.ensemble.search import run_ensemble
+    from allcls.ensemble.task import run_ensemble
 
     cfg = compose_config("ensemble", store["root"], ["experiment_name=synthetic-cnmc", "sweep_id=multirun",
                                                      "bootstrap=50", "~schemes.simplex_grid"],

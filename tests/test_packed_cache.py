@@ -23,7 +23,7 @@ from allcls.data.transforms import InputSpec, preprocess
 from allcls.errors import AllclsError
 from allcls.locks import exclusive
 from allcls.predictions import read_table
-from allcls.training import train
+from allcls.training.task import train
 
 from helpers import PROJECT
 

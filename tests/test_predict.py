@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from allcls.errors import AllclsError
-from allcls.package import package
-from allcls.predict import predict
+from allcls.serving.package import package
+from allcls.serving.predict import predict
 
 from helpers import compose_config
 

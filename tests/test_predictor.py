@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from allcls.cores import inference_workers, usable_cores
 from allcls.data.images import read_image
 from allcls.data.readers import CNMCReader
 from allcls.data.transforms import build_transform
-from allcls.ensemble.combining import combine
-from allcls.evaluation.predictor import Predictor, PredictorMember
+from allcls.inference.combining import combine
+from allcls.inference.predictor import Predictor, PredictorMember
+from allcls.inference.views import TTA_VIEWS
+from allcls.machine import inference_workers, usable_cores
 from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
-from allcls.models.inference import TTA_VIEWS
 
 
 def member(name: str, size: int, roi_crop: bool, weight: float, seed: int) -> PredictorMember:
@@ -83,7 +83,7 @@ def test_on_a_cpu_loader_workers_and_torch_threads_never_outnumber_the_cores():
 FORWARD_PASSES = """
 import resource, sys
 import torch
-from allcls.allocator import keep_freed_memory
+from allcls.machine import keep_freed_memory
 taken = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.set_num_threads(1)
 conv = torch.nn.Conv2d(3, 16, 3, padding=1)
@@ -117,7 +117,7 @@ def test_freed_activation_buffers_are_reused_instead_of_faulted_in_again():
 def test_a_predictor_that_has_predicted_can_still_explain(paths):
     """Grad-CAM after a prediction (what the page does): the models' parameters stay ordinary
     tensors, in channels-last, whatever inference mode the prediction ran in."""
-    from allcls.explain import member_maps
+    from allcls.inference.gradcam import member_maps
 
     predictor = Predictor([member("a", 32, True, 1.0, 0)], ["hem", "all"], batch_size=4)
     predicted = predictor.predict(paths[:2])

@@ -15,9 +15,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from allcls.errors import AllclsError
-from allcls.training import train
+from allcls.training.task import train
 
-from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, run_script
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, console_script, run_script
 
 # Epochs of about 60 small batches (a second or two each): long enough to stop a job in the middle of one.
 SLOW_EPOCHS = [*FAST, *SMALL_SYNTHETIC, "dataset.reader.cells_per_subject=20", "data.batch_size=4",
@@ -89,7 +89,7 @@ def test_sigterm_saves_a_checkpoint_marks_the_run_killed_and_a_requeued_job_resu
 
 @pytest.mark.slow
 def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_run(tmp_path):
-    """SIGKILL leaves no chance to end the run. `python -m allcls.runs cleanup` lists it, and marks
+    """SIGKILL leaves no chance to end the run. `allcls-runs cleanup` lists it, and marks
     it FAILED with the reason only with --mark (a live process's run is listed and left alone).
     `resume=last` then continues it from the last epoch's last.ckpt, into the same run; only the
     interrupted epoch is trained twice. A command that changes a setting is refused first, naming
@@ -138,7 +138,7 @@ def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_ru
 
 def cleanup(folder: Path, *args: str) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "allcls.runs", "cleanup", *args], cwd=folder, env=env,
+    return subprocess.run([console_script("allcls-runs"), "cleanup", *args], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -5,7 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from allcls.config import typed
+from allcls.config.sections import typed
 from allcls.data.preparation import prepare_dataset
 from allcls.data.readers import ARIAReader, CNMCReader, Sample
 from allcls.data.splits import (

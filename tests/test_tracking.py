@@ -9,14 +9,14 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from allcls import run_schema
 from allcls.errors import AllclsError
+from allcls.jobs.summary import summary_text
 from allcls.predictions import read_table
-from allcls.run_summary import summary_text
-from allcls.tracking import MissingArtifact, Tracker
-from allcls.training import train
+from allcls.tracking import schema as run_schema
+from allcls.tracking.tracker import MissingArtifact, Tracker
+from allcls.training.task import train
 
-from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, free_port, run_script, served
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, console_script, free_port, run_script, served
 
 
 def test_new_experiments_keep_artifacts_beside_the_local_database(tmp_path):
@@ -85,7 +85,7 @@ def test_summary_lists_runs_and_the_command_to_browse_them(train_cfg, tmp_path):
 
 
 def test_a_tracking_server_is_browsed_at_its_own_address():
-    from allcls.stores import browse_command
+    from allcls.tracking.store import browse_command
 
     assert browse_command("http://mlflow.lab:5000/", "7", "abc") == "http://mlflow.lab:5000/#/experiments/7/runs/abc"
     assert browse_command("http://mlflow.lab:5000") == "http://mlflow.lab:5000"
@@ -130,7 +130,7 @@ def test_four_jobs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
 def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_it_is_back(tmp_path):
     """Training logs to a real `mlflow server`, which is stopped by PID after the first epoch:
     training goes on and finishes, keeping
-    what the run would have logged in its folder; `python -m allcls.runs upload` sends it to the
+    what the run would have logged in its folder; `allcls-runs upload` sends it to the
     same server, restarted, and the run is FINISHED with its whole history and prediction tables."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -156,11 +156,11 @@ def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_
         assert run_id and job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
     assert job.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
     said = (tmp_path / "job.log").read_text()
-    assert "stopped answering" in said and "python -m allcls.runs upload" in said
+    assert "stopped answering" in said and "allcls-runs upload" in said
     (folder,) = [p.parent for p in (tmp_path / "outputs").rglob("mlflow_run.json")]
     assert (folder / "mlflow_offline.jsonl").is_file() and (folder / "predictions" / "test.parquet").is_file()
 
-    upload = [sys.executable, "-m", "allcls.runs", "upload", str(folder)]
+    upload = [console_script("allcls-runs"), "upload", str(folder)]
     refused = subprocess.run(upload, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and f"Cannot reach the MLflow tracking server {url}" in refused.stderr
     with served(server, f"{url}/health", tmp_path / "server-again.log", timeout=120):

@@ -16,7 +16,7 @@ from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import read_table
-from allcls.training import train
+from allcls.training.task import train
 
 from helpers import PROJECT, artifacts
 

@@ -15,7 +15,7 @@ from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 from allcls.models.lit_classifier import LitClassifier
 from allcls.models.training_options import CompiledNetwork
-from allcls.training import train
+from allcls.training.task import train
 
 from helpers import artifacts
 

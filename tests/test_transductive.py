@@ -4,7 +4,7 @@ wherever its numbers go; it helps where neighbours share a subject, and refuses 
 import numpy as np
 import pytest
 
-from allcls.config import typed
+from allcls.config.sections import typed
 from allcls.errors import AllclsError
 from allcls.evaluation.transductive import NeighbourCorrection, neighbour_correction
 

@@ -21,7 +21,7 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate, get_worker_info
 
-from allcls.cores import default_num_workers
+from allcls.machine import default_num_workers
 from allcls.data import imbalance as balancing
 from allcls.data.batch_transforms import BatchAugmentation, Normalisation, lacks_batch_form
 from allcls.data.images import read_image

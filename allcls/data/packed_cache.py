@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from allcls.cores import usable_cores
+from allcls.machine import usable_cores
 from allcls.data.images import ImageReadError, read_image
 from allcls.data.transforms import InputSpec, preprocess
 from allcls.errors import AllclsError

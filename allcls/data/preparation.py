@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from allcls.cores import default_num_workers
+from allcls.machine import default_num_workers
 from allcls.data.images import check_images
 from allcls.data.readers import DatasetReader, Sample
 from allcls.data.splits import (ALL, SplitSpec, assign_splits, build_manifest, check_no_leakage, check_not_empty,

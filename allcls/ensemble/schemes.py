@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from scipy.optimize import minimize
 
-from allcls.config import typed
+from allcls.config.sections import typed
 from allcls.ensemble.weight_search import Additions, best_weighting, best_weighting_per_fold
 from allcls.errors import AllclsError
 from allcls.metrics.names import regret

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from allcls.ensemble.combining import combine
-from allcls.ensemble.members import Members, SplitPredictions
+from allcls.ensemble.candidates import Members, SplitPredictions
 from allcls.ensemble.schemes import Scheme, best_single
 from allcls.errors import AllclsError
+from allcls.inference.combining import combine
 from allcls.metrics.bootstrap import bootstrap_multiplicities, interval
 from allcls.metrics.names import RANKING, regret
 from allcls.metrics.vectorised import scores

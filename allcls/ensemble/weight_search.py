@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from allcls.ensemble.combining import combine, decision_base, predicted_classes
+from allcls.inference.combining import combine, decision_base, predicted_classes
 from allcls.metrics.names import regret
 from allcls.metrics.vectorised import CONFUSION_METRICS, EPS, confusion, confusion_metrics, scores
 

@@ -10,9 +10,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from allcls.evaluation import conformal
-from allcls.evaluation.calibration import apply_temperature, fit_temperature
-from allcls.explain import CamGrid
+from allcls.inference import conformal
+from allcls.inference.calibration import apply_temperature, fit_temperature
+from allcls.inference.gradcam import CamGrid
 from allcls.metrics.bootstrap import bootstrap_multiplicities, metric_table, percentile_interval, resampling_groups
 from allcls.predictions import probabilities_of
 

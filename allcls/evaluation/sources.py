@@ -13,12 +13,12 @@ import torch
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from allcls import run_schema
 from allcls.errors import AllclsError
 from allcls.models.checkpoints import read_checkpoint
 from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import validate_table
-from allcls.tracking import MissingArtifact, Tracker
+from allcls.tracking import schema as run_schema
+from allcls.tracking.tracker import MissingArtifact, Tracker
 
 
 @dataclass

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from allcls.config import build, typed
+from allcls.config.sections import build, typed
 from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_dataset
 from allcls.data.splits import ALL, SplitSpec
 from allcls.errors import AllclsError
 from allcls.evaluation.sources import Member, ModelSource
 from allcls.predictions import make_table
-from allcls.tracking import Tracker
+from allcls.tracking.tracker import Tracker
 
 
 @dataclass(frozen=True)

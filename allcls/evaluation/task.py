@@ -20,24 +20,23 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from allcls.allocator import keep_freed_memory
-from allcls.config import typed
-from allcls.cores import inference_workers
+from allcls.config.ranges import EVALUATE, check_ranges
+from allcls.config.sections import typed
 from allcls.errors import AllclsError
-from allcls.evaluation.conformal import ConformalSettings
-from allcls.evaluation.predictor import Predictor, PredictorMember
 from allcls.evaluation.result import Calibration, compute_result
 from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.evaluation.targets import Target, make_target
 from allcls.evaluation.transductive import NeighbourCorrection, neighbour_correction
 from allcls.evaluation.writer import log_result
-from allcls.explain import CamGrid, choose_samples, explain
+from allcls.inference.conformal import ConformalSettings
+from allcls.inference.gradcam import CamGrid, choose_samples, explain
+from allcls.inference.predictor import Predictor, PredictorMember
+from allcls.inference.views import check_views
+from allcls.machine import inference_workers, keep_freed_memory
 from allcls.models.backbones import BackboneSpec, input_spec
-from allcls.models.inference import check_views
 from allcls.predictions import class_names_of, probabilities_of
-from allcls.ranges import EVALUATE, check_ranges
-from allcls.stores import browse_command
-from allcls.tracking import Tracker
+from allcls.tracking.store import browse_command
+from allcls.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

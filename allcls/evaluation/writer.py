@@ -8,13 +8,14 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from allcls import run_schema
-from allcls.evaluation import conformal, plots
+from allcls.evaluation import plots
 from allcls.evaluation.result import EvaluationResult
 from allcls.evaluation.sources import ModelSource
-from allcls.explain import overlay_grid
+from allcls.inference import conformal
+from allcls.inference.gradcam import overlay_grid
 from allcls.predictions import probabilities_of, write_table
-from allcls.tracking import Tracker
+from allcls.tracking import schema as run_schema
+from allcls.tracking.tracker import Tracker
 
 
 def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Path]]:

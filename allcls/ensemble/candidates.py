@@ -1,0 +1,105 @@
+"""The ensemble's members: training runs chosen in MLflow, checked to be comparable, with their
+logged prediction tables aligned into one probability array per split."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from allcls.errors import AllclsError
+from allcls.metrics.bootstrap import resampling_groups
+from allcls.predictions import align, validate_table
+from allcls.tracking.schema import DATA_TAGS
+from allcls.tracking.tracker import MissingArtifact, Tracker
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    """All members' predictions for one split: probs is (models, samples, classes)."""
+
+    sample_ids: np.ndarray
+    subjects: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+
+    def subset(self, index: np.ndarray) -> "SplitPredictions":
+        return SplitPredictions(self.sample_ids[index], self.subjects[index], self.labels[index], self.probs[:, index])
+
+    def groups(self) -> np.ndarray:
+        """Resampling and cross-validation units: the subject where known, else the sample itself."""
+        return resampling_groups(self.subjects)
+
+
+@dataclass(frozen=True)
+class Members:
+    run_ids: list[str]
+    names: list[str]
+    tags: dict[str, str]  # the data tags every member shares: dataset, classes, split_hash
+    val: SplitPredictions
+    test: SplitPredictions
+    experiment_id: str  # the first member's
+
+    @property
+    def classes(self) -> list[str]:
+        return self.tags["classes"].split(",")
+
+
+def member_names(runs) -> list[str]:
+    """Run names, made unique with the run id where two runs share one."""
+    names = [run.info.run_name or run.info.run_id[:8] for run in runs]
+    counts = defaultdict(int)
+    for name in names:
+        counts[name] += 1
+    return [f"{name}@{run.info.run_id[:6]}" if counts[name] > 1 else name for name, run in zip(names, runs)]
+
+
+def check_comparable(runs, names: list[str]) -> dict[str, str]:
+    """Refuse members trained on different data, classes or splits, listing which run has what."""
+    shared = {}
+    for tag in DATA_TAGS:
+        values = defaultdict(list)
+        for run, name in zip(runs, names):
+            values[run.data.tags.get(tag, "<missing>")].append(name)
+        if len(values) > 1:
+            listing = "; ".join(f"{tag}={value}: {', '.join(members)}" for value, members in values.items())
+            raise AllclsError(f"The runs do not share one {tag} ({listing}). Select runs of one dataset and "
+                              "one split, e.g. with a filter on tags.sweep_id or tags.split_hash.")
+        shared[tag] = next(iter(values))
+    return shared
+
+
+def load_members(tracker: Tracker, filter_string: str = "", run_ids: list[str] | None = None) -> Members:
+    runs = tracker.find_runs(filter_string, run_ids)
+    where = f"run ids {run_ids}" if run_ids else f"experiment {tracker.experiment_name!r} with filter {filter_string!r}"
+    if not runs:
+        raise AllclsError(f"No finished training runs match {where}. Check experiment_name and filter "
+                          "(MLflow syntax, e.g. 'tags.sweep_id = \"multirun/2026-01-01/10-00-00\"').")
+    if len(runs) < 2:
+        raise AllclsError(f"Only one run matches {where} ({runs[0].info.run_id}): an ensemble needs two or more.")
+    names = member_names(runs)
+    tags = check_comparable(runs, names)
+    tables = {"val": [], "test": []}
+    with tempfile.TemporaryDirectory(prefix="allcls-ensemble-") as folder:
+        for run, name in zip(runs, names):
+            for split in tables:
+                try:
+                    local = tracker.download(run.info.run_id, f"predictions/{split}.parquet",
+                                             Path(folder) / run.info.run_id)
+                except MissingArtifact:
+                    raise AllclsError(f"Run {name} ({run.info.run_id}) has no predictions/{split}.parquet: "
+                                      "did it finish training? Leave it out of the selection.") from None
+                tables[split].append(validate_table(pd.read_parquet(local), tags["classes"].split(","),
+                                                    where=f"predictions/{split}.parquet of run {name}"))
+    splits = {}
+    for split, split_tables in tables.items():
+        keys, probs = align(split_tables, [f"{name} ({split})" for name in names])
+        splits[split] = SplitPredictions(keys["sample_id"].to_numpy(dtype=object),
+                                         keys["subject"].to_numpy(dtype=object),
+                                         keys["label"].to_numpy(dtype=np.int64), probs)
+    return Members([run.info.run_id for run in runs], names, tags, splits["val"], splits["test"],
+                   runs[0].info.experiment_id)

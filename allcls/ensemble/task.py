@@ -1,0 +1,131 @@
+"""The ensemble task behind ensemble.py: members -> schemes -> honest selection -> MLflow.
+
+Everything is computed before the MLflow run is created, so a refusal (no runs, runs that do not
+match, broken tables) leaves nothing behind that looks like a result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from allcls.config.ranges import ENSEMBLE, check_ranges
+from allcls.ensemble.candidates import Members, load_members
+from allcls.ensemble.report import comparison_table, html, markdown, score_chart, terminal_text, weight_heatmap
+from allcls.ensemble.schemes import build_schemes
+from allcls.ensemble.selection import SchemeResult, evaluate_schemes
+from allcls.errors import AllclsError
+from allcls.inference.combining import combine
+from allcls.predictions import make_table, write_table
+from allcls.tracking import schema as run_schema
+from allcls.tracking.store import browse_command
+from allcls.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def run_ensemble(cfg: DictConfig) -> float:
+    """Compare the configured weighting schemes; return the chosen scheme's cross-validated score."""
+    check_ranges(cfg, ENSEMBLE)
+    if cfg.combine not in ("arithmetic", "geometric"):
+        raise AllclsError(f"combine={cfg.combine!r} is not one of ['arithmetic', 'geometric'] "
+                          "(majority voting is the scheme `majority_vote`).")
+    run_ids = list(cfg.run_ids or [])
+    repeated = sorted({run_id for run_id in run_ids if run_ids.count(run_id) > 1})
+    if repeated:  # one model counted twice would double its weight in every scheme
+        raise AllclsError(f"run_ids lists {', '.join(repeated)} more than once: give each member run once.")
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name or "", cfg.logger.artifact_location)
+    if not cfg.experiment_name and not run_ids:
+        raise AllclsError("Say which training runs to ensemble: experiment_name=<their experiment> (one per dataset; "
+                          f"this store has {tracker.experiment_names()}) with sweep_id or filter, or run_ids=[...].")
+    members = load_members(tracker, member_filter(tracker, cfg), run_ids)
+    if not cfg.experiment_name:  # explicit run ids: the ensemble goes where its first member is
+        tracker = Tracker(cfg.logger.tracking_uri, tracker.client.get_experiment(members.experiment_id).name,
+                          cfg.logger.artifact_location)
+    schemes = build_schemes(OmegaConf.to_container(cfg.schemes, resolve=True), cfg.metric, cfg.combine, cfg.seed,
+                            len(members.names))
+    log.info("Comparing %d weighting schemes over %d members (%d validation, %d test samples)",
+             len(schemes), len(members.names), len(members.val.labels), len(members.test.labels))
+    results, single = evaluate_schemes(schemes, members, cfg.metric, cfg.cv_folds, cfg.bootstrap, cfg.seed,
+                                       cfg.report_top)
+    table = comparison_table(results, single, members.names, cfg.metric)
+    print("\n" + terminal_text(table, cfg.metric, members.names) + "\n", flush=True)
+
+    output_dir = Path(cfg.paths.output_dir)
+    files = write_outputs(output_dir, table, results[0], members, cfg.metric)
+    chosen = results[0]
+    tags = run_schema.ensemble_tags(members.tags, chosen.name, members.run_ids, members.names)
+    with tracker.stage_run(run_schema.ENSEMBLE, f"ensemble-{cfg.metric}-{cfg.combine}", tags, cfg) as run_id:
+        tracker.log_params(run_id, run_schema.ensemble_params(
+            cfg.metric, cfg.combine, cfg.cv_folds, cfg.bootstrap, cfg.seed, len(results), chosen.name,
+            members.names, chosen.weights))
+        tracker.log_metrics(run_id, {**result_metrics(chosen, cfg.metric),
+                                     **{f"best_single/{k}": v for k, v in result_metrics(single, cfg.metric).items()}})
+        for path in files["comparison"]:
+            tracker.log_file(run_id, path, "comparison")
+        for path in files["predictions"]:
+            tracker.log_file(run_id, path, "predictions")
+        tracker.log_file(run_id, files["members"], "ensemble")
+        for result in results:
+            tracker.child_run(run_id, result.name, run_schema.scheme_tags(result.family, result.rule, result.rank),
+                              run_schema.weight_params(members.names, result.weights),
+                              result_metrics(result, cfg.metric))
+    log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, cfg.metric, chosen.cv)
+    print(f"Ensemble run {run_id} in experiment {tracker.experiment_name!r}; one child run per scheme.\n"
+          f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
+          f"python evaluate.py run_id={run_id} tta.enabled=true gradcam.enabled=true\n"
+          f"Browse: {browse_command(tracker.tracking_uri, tracker.experiment_id(), run_id)}", flush=True)
+    return chosen.cv
+
+
+def member_filter(tracker: Tracker, cfg: DictConfig) -> str:
+    """The MLflow filter for the members: `filter`, narrowed to `sweep_id` when one is given
+    (`latest`: the sweep of the most recent finished training run)."""
+    clauses = [cfg.filter] if cfg.filter else []
+    if cfg.sweep_id:
+        sweep = tracker.latest_sweep_id() if cfg.sweep_id == "latest" else cfg.sweep_id
+        log.info("Members: the training runs of sweep %s", sweep)
+        clauses.append(f"tags.sweep_id = '{sweep}'")
+    return " and ".join(clauses)
+
+
+def result_metrics(result: SchemeResult, metric: str) -> dict[str, float]:
+    values = {f"val/{k}": v for k, v in result.val.items()}
+    values.update({f"cv/{metric}": result.cv, f"cv/{metric}_ci_low": result.cv_interval[0],
+                   f"cv/{metric}_ci_high": result.cv_interval[1]})
+    values.update({f"test/{k}": v for k, v in result.test.items()})
+    if result.test_interval:
+        low, high = result.test_interval
+        values.update({f"test/{metric}_ci_low": low, f"test/{metric}_ci_high": high})
+    return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+
+
+def write_outputs(output_dir: Path, table: pd.DataFrame, chosen: SchemeResult, members: Members, metric: str
+                  ) -> dict[str, list[Path] | Path]:
+    """The comparison (CSV, Markdown, HTML, charts), the chosen ensemble's prediction tables in the
+    training runs' schema, and members.json (what is needed to rebuild the ensemble)."""
+    folder = output_dir / "comparison"
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, md, page = folder / "comparison.csv", folder / "comparison.md", folder / "comparison.html"
+    table.to_csv(csv, index=False)
+    md.write_text(markdown(table))
+    page.write_text(html(table, f"Ensemble weighting schemes ({metric})"))
+    charts = [score_chart(table, metric, folder / "scores.png"),
+              weight_heatmap(table, members.names, folder / "weights.png")]
+    predictions = []
+    for split, data in (("val", members.val), ("test", members.test)):
+        probabilities = combine(data.probs, chosen.weights, chosen.rule)
+        ensemble_table = make_table(data.sample_ids, data.subjects, data.labels, probabilities, members.classes)
+        predictions.append(write_table(ensemble_table, output_dir / "predictions" / f"{split}.parquet"))
+    members_file = output_dir / "members.json"
+    members_file.write_text(json.dumps({
+        "scheme": chosen.name, "combine": chosen.rule, "metric": metric, "classes": members.classes,
+        "members": [{"run_id": r, "name": n, "weight": float(w)}
+                    for r, n, w in zip(members.run_ids, members.names, chosen.weights)],
+    }, indent=2))
+    return {"comparison": [csv, md, page, *charts], "predictions": predictions, "members": members_file}

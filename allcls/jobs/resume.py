@@ -1,0 +1,213 @@
+"""Resuming a training job into the same MLflow run.
+
+When a job's run starts, its folder gets, beside checkpoints/, the run's id and store
+(`mlflow_run.json`) and the job's resolved config (`config.resolved.yaml`); every
+epoch leaves `checkpoints/last.ckpt`, and so does a job stopped by SIGTERM or Ctrl-C.
+`python train.py resume=<job folder | run id | last>` then continues from `last.ckpt` with the
+job's own config, into its own run and folder. A command that asks for a different setting than
+the job ran with is refused, naming the setting: MLflow keeps a run's params fixed.
+A job that SLURM or submitit requeues (it starts again in its own folder, which holds its run)
+resumes by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from allcls.config.hydra_job import JobInfo, job_info, resolved_yaml
+from allcls.errors import AllclsError
+from allcls.jobs.signals import pending_stop
+from allcls.tracking.store import check_reachable
+from allcls.tracking.tracker import Tracker
+
+RUN_FILE = Path("mlflow_run.json")
+CONFIG_FILE = Path("config.resolved.yaml")
+LAST = Path("checkpoints/last.ckpt")
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """An unfinished job: its folder, its MLflow run, its config and how Hydra launched it."""
+
+    folder: Path
+    run_id: str
+    config: DictConfig
+    job: JobInfo
+
+    @property
+    def checkpoint(self) -> Path | None:
+        last = self.folder / LAST
+        return last if last.is_file() else None
+
+
+def remember_the_run(folder: Path, run_id: str, cfg: DictConfig, job: JobInfo) -> None:
+    """Written when the run starts: what `resume` needs to find and continue this job."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(resolved_yaml(cfg))
+    record = {"run_id": run_id, "tracking_uri": cfg.logger.tracking_uri, "experiment_name": cfg.experiment_name,
+              "job": asdict(job)}
+    (folder / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_point(folder: Path) -> ResumePoint:
+    """The unfinished job in `folder`."""
+    if not (folder / RUN_FILE).is_file():
+        raise AllclsError(f"{folder} holds no training job that can be resumed (no {RUN_FILE}): give resume= the "
+                          "folder of a training job (the one holding checkpoints/), its MLflow run id, or `last`.")
+    record = json.loads((folder / RUN_FILE).read_text())
+    return ResumePoint(folder.resolve(), record["run_id"], OmegaConf.create((folder / CONFIG_FILE).read_text()),
+                       JobInfo(**record["job"]))
+
+
+def find_point(resume: str, tracker: Tracker) -> ResumePoint:
+    """The job that `resume=` names: a job folder, an MLflow run id, or `last` (the newest training
+    run of the experiment that did not finish and has a checkpoint)."""
+    if Path(resume).is_dir():
+        return read_point(Path(resume))
+    if RUN_ID.match(resume):
+        run = tracker.get_run(resume)
+        return read_point(job_folder(run))
+    if resume != "last":
+        raise AllclsError(f"resume={resume!r} is neither a folder nor an MLflow run id: give the folder of a "
+                          "training job, its run id, or `last`.")
+    for run in tracker.unfinished_training_runs():
+        folder = Path(run.data.tags.get("output_dir", ""))
+        if run.data.tags.get("output_dir") and (folder / LAST).is_file():
+            return read_point(folder)
+    raise AllclsError(f"resume=last: experiment {tracker.experiment_name!r} has no unfinished training run with "
+                      "a checkpoint on this machine. Name the job's folder or run id instead.")
+
+
+def resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """The unfinished job this one continues: the one `resume=` names, or this very job after SLURM
+    requeued it. None for a new job."""
+    requeued = None if cfg.get("resume") else requeued_point(Path(cfg.paths.output_dir))
+    if not cfg.get("resume") and requeued is None:
+        return None
+    check_reachable(cfg.logger.tracking_uri)
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
+    point = requeued or find_point(str(cfg.resume), tracker)
+    if rank_zero_only.rank == 0:  # a DDP child finds its parent's run RUNNING, as it should be
+        check_resumable(point, tracker.get_run(point.run_id))
+        refuse_changes(point, cfg, job_info().overrides)
+    return point
+
+
+def job_folder(run) -> Path:
+    folder = run.data.tags.get("output_dir")
+    if not folder:
+        raise AllclsError(f"Run {run.info.run_id} does not say where its job's folder is (it predates resume): "
+                          "give resume= that folder instead.")
+    return Path(folder)
+
+
+def requeued_point(output_dir: Path) -> ResumePoint | None:
+    """A job that SLURM (or submitit) requeued starts again in its own folder: continue it there.
+    Elsewhere a folder that holds a run is refused, never resumed unasked."""
+    requeued = os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") or "SUBMITIT_EXECUTOR" in os.environ
+    if requeued and (output_dir / RUN_FILE).is_file():
+        return read_point(output_dir)
+    return None
+
+
+def check_resumable(point: ResumePoint, run) -> None:
+    """Refuse a run that finished, or whose process still runs."""
+    status, tags = run.info.status, run.data.tags
+    if status == "FINISHED":
+        raise AllclsError(f"Run {point.run_id} ({point.folder}) has finished: there is nothing to resume.")
+    if status == "RUNNING" and tags.get("host") == socket.gethostname() and tags.get("pid", "").isdigit() \
+            and int(tags["pid"]) != os.getpid() and alive(int(tags["pid"])):
+        raise AllclsError(f"Run {point.run_id} is still being trained by process {tags['pid']}: stop it first "
+                          "(kill -TERM saves a checkpoint), then resume.")
+    if point.checkpoint is None:
+        raise AllclsError(f"{point.folder} has no {LAST}: the job stopped before its first epoch ended. Start it "
+                          "again as a new job.")
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (also under another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def refuse_changes(point: ResumePoint, command: DictConfig, overrides: list[str]) -> None:
+    """The settings this command sets (its overrides) must be the ones the job ran with."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or key.startswith(("hydra.", "hydra/")) or key.split(".")[0] == "paths":
+            continue
+        key = key.replace("/", ".")
+        asked, ran = _value(command, key), _value(point.config, key)
+        if asked != ran:
+            raise AllclsError(f"resume: this command sets {key}={_short(asked)}, but the job ran with "
+                              f"{key}={_short(ran)}. MLflow keeps a run's settings fixed: drop {override!r} to "
+                              "resume, or start a new job for the new setting.")
+
+
+def refuse_changed_params(run_id: str, logged: Mapping[str, str], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params to log on resume: none that the run has with the same value; a changed one is refused."""
+    for key, value in params.items():
+        if key in logged and logged[key] != str(value):
+            raise AllclsError(f"resume: param {key} of run {run_id} was {logged[key]!r} and would now be "
+                              f"{str(value)!r} (the data or the code changed since the job started). MLflow keeps "
+                              "a run's params fixed: start a new job.")
+    return {key: value for key, value in params.items() if key not in logged}
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    node = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, list)) or \
+        OmegaConf.is_config(node) else node
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class CheckpointOnStop(Callback):
+    """A job asked to stop (SIGTERM, Ctrl-C) finishes its batch, saves `last.ckpt` there and stops:
+    `resume` then continues from that batch. The stop is held back by allcls.job_signals while fit
+    runs. (Lightning warns on such a resume that the rest of that one epoch starts again from the
+    loader's first batch: a loader's position is not part of a checkpoint.)"""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / LAST
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        stop = pending_stop()
+        if stop is not None:
+            # Saving is a collective step under DDP, and only this process got the signal: there,
+            # last.ckpt stays the last epoch's.
+            if trainer.world_size == 1:
+                trainer.save_checkpoint(self.path)
+            stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        # Lightning's own SIGTERM handler may stop first, at the end of the same batch (its check
+        # comes after this callback's hook): the state is as consistent there, so save it.
+        if isinstance(exception, SIGTERMException) and trainer.training and trainer.world_size == 1:
+            trainer.save_checkpoint(self.path)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
+        # Mid-validation is no state to resume from: last.ckpt stays the previous epoch's.
+        if trainer.state.fn == "fit" and (stop := pending_stop()) is not None:
+            stop()

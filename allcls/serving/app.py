@@ -1,0 +1,243 @@
+"""The diagnosis page: pick a registered model, upload cell images, see for each the predicted class
+and its calibrated probability, the prediction set with the referral flag, the Grad-CAM overlay and,
+for an ensemble, each member's vote.
+
+    allcls-app              # or `make app`; serves http://127.0.0.1:8501
+    allcls-app --server.port 8600 --server.address 0.0.0.0
+
+It reads the same MLflow store as everything else: $MLFLOW_TRACKING_URI, else mlruns/ in the folder
+it is started from. A research tool, not a diagnostic device: the page says so.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import altair as alt
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import streamlit as st
+import streamlit.runtime
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from allcls.data.images import ImageReadError
+from allcls.inference.combining import combine
+from allcls.inference.gradcam import combine_maps, member_maps, overlay
+from allcls.serving.model_card import NOTICE
+from allcls.serving.pyfunc_model import PackagedModel, decode_limited
+from allcls.tracking.store import server_unreachable
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
+PREFERRED_MODEL = "begum2025"  # the study whose model the page serves by default, where one is registered
+TTA = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    version: str
+    label: str  # "@champion" or "version 3"
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.label[1:]}" if self.label.startswith("@") else \
+            f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the page shows for one image."""
+
+    label: str
+    probabilities: np.ndarray  # calibrated, per class
+    members: list[bool]  # the prediction set
+    votes: dict[str, str]  # member -> its label (an ensemble)
+    agreement: tuple[int, int] | None  # TTA views agreeing with the label, of all views
+    overlay: np.ndarray | None  # the weighted Grad-CAM over the image
+    member_overlays: dict[str, np.ndarray]
+
+
+def analyse(model: PackagedModel, image: np.ndarray, tta: bool, gradcam: bool) -> Analysis:
+    """One decoded image through a packaged model."""
+    predictor, spec = model.predictor, model.spec
+    views = TTA if tta else ("identity",)
+    per_view = predictor.view_probabilities([image], views, show_progress=False)  # (views, members, 1, classes)
+    probabilities = model.calibrated(predictor.combine_views(list(per_view)))
+    target = int(probabilities[0].argmax())
+    own = (sum(per_view) / len(per_view))[:, 0]  # each member, averaged over the views
+    votes = {m.name: spec.classes[int(p.argmax())] for m, p in zip(spec.members, own)} if len(spec.members) > 1 else {}
+    agreement = None
+    if tta:
+        by_view = [int(combine(view, predictor.weights, predictor.rule)[0].argmax()) for view in per_view]
+        agreement = (sum(k == target for k in by_view), len(by_view))
+    shown, per_member = None, {}
+    if gradcam:
+        display, maps = member_maps(predictor, [image], [target], show=False)
+        shown = overlay(display[0], combine_maps(maps, predictor.weights, display.shape[1])[0])
+        if len(spec.members) > 1:
+            per_member = {m.name: overlay(display[0], combine_maps([member], [1.0], display.shape[1])[0])
+                          for m, member in zip(spec.members, maps)}
+    return Analysis(spec.classes[target], probabilities[0], model.sets(probabilities)[0].tolist(), votes, agreement,
+                    shown, per_member)
+
+
+def referral_text(analysis: Analysis, classes: list[str], coverage: float | None) -> tuple[bool, str]:
+    """(refer?, one plain sentence saying why)."""
+    inside = [c for c, member in zip(classes, analysis.members) if member]
+    if coverage is None:
+        return False, "This model has no referral rule (its validation set was too small to fit one)."
+    if len(inside) > 1:
+        return True, (f"Refer to a human: to be right {coverage:.0%} of the time the model has to keep "
+                      f"{' or '.join(inside)} open for this image; it cannot tell them apart here.")
+    return False, (f"The prediction set is {inside[0]} alone: at {coverage:.0%} coverage the model excludes the "
+                   "other classes for this image.")
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+def page() -> None:
+    st.set_page_config(page_title="allcls: ALL cell classifier", layout="wide")
+    st.title("Acute Lymphoblastic Leukemia: cell classifier")
+    st.warning(NOTICE.replace("**", ""))
+    choice = choose_model()
+    if choice is None:
+        return
+    model = load_model(choice.uri)
+    if model is None:
+        return
+    describe(model, choice)
+    uploads = st.file_uploader("Cell images (png, jpg, bmp, tif)", type=UPLOAD_TYPES, accept_multiple_files=True)
+    tta = st.checkbox("Test-time augmentation: average six flipped and rotated views", value=False)
+    gradcam = st.checkbox("Grad-CAM: where the model looked", value=True)
+    rows = []
+    for upload in uploads or []:
+        rows += show_image(model, upload.name, upload.getvalue(), tta, gradcam)
+    if rows:
+        table = pd.DataFrame(rows)
+        st.subheader("All images")
+        st.dataframe(table, hide_index=True)
+        st.download_button("Download the results (CSV)", table.to_csv(index=False).encode(), "predictions.csv",
+                           "text/csv")
+
+
+def choose_model() -> Choice | None:
+    uri = tracking_uri()
+    try:
+        if (reason := server_unreachable(uri)) is not None:
+            raise OSError(reason)
+        registered = MlflowClient(uri).search_registered_models()
+    except (MlflowException, OSError) as error:
+        st.error(f"Cannot reach the MLflow store {uri}: {getattr(error, 'message', error)}. Start the page from "
+                 "the folder that holds mlruns/, or set MLFLOW_TRACKING_URI.")
+        return None
+    if not registered:
+        st.info(f"No registered model in {uri} yet. Package and register one: `allcls-package "
+                "run_id=<run> register_as=<name> alias=champion` (`make demo` registers demo-ensemble).")
+        return None
+    names = [m.name for m in sorted(registered, key=lambda m: -m.last_updated_timestamp)]
+    default = names.index(PREFERRED_MODEL) if PREFERRED_MODEL in names else 0
+    name = st.sidebar.selectbox("Model", names, index=default)
+    model = next(m for m in registered if m.name == name)
+    aliases = sorted(getattr(model, "aliases", {}) or {})
+    versions = sorted((v.version for v in model.latest_versions or []), key=int, reverse=True)
+    all_versions = sorted({v.version for v in MlflowClient(uri).search_model_versions(f"name='{name}'")},
+                          key=int, reverse=True) or versions
+    labels = [f"@{a}" for a in aliases] + [f"version {v}" for v in all_versions]
+    label = st.sidebar.selectbox("Version", labels)
+    version = model.aliases[label[1:]] if label.startswith("@") else label.removeprefix("version ")
+    return Choice(name, str(version), label)
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def cached_model(model_uri: str, store: str) -> PackagedModel:
+    mlflow.set_tracking_uri(store)
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+
+
+def load_model(uri: str) -> PackagedModel | None:
+    try:
+        return cached_model(uri, tracking_uri())
+    except (MlflowException, OSError, KeyError) as error:
+        st.error(f"The model {uri} cannot be loaded ({getattr(error, 'message', error)}). It may have been deleted "
+                 "or moved: pick another one.")
+        return None
+
+
+def describe(model: PackagedModel, choice: Choice) -> None:
+    spec = model.spec
+    source = spec.source
+    backbones = sorted({m.backbone for m in spec.members if m.backbone})
+    st.sidebar.markdown(f"**Dataset** {source.get('dataset', '?')}  \n**Classes** {', '.join(spec.classes)}  \n"
+                        f"**Backbone{'s' if len(backbones) > 1 else ''}** {', '.join(backbones) or '?'}  \n"
+                        f"**Temperature** {'none' if spec.temperature is None else f'{spec.temperature:.2f}'}  \n"
+                        f"**Referral** {'none' if spec.coverage is None else f'{spec.coverage:.0%} coverage'}")
+    if spec.test_scores:
+        st.sidebar.markdown("**On its test split** (95% intervals over subjects)  \n" + "  \n".join(
+            f"{name.replace('_', ' ')} {value:.3f} [{low:.3f}, {high:.3f}]"
+            for name, (value, low, high) in spec.test_scores.items()))
+    members = pd.DataFrame({"member": [m.name for m in spec.members],
+                            "weight": [round(m.weight, 3) for m in spec.members]})
+    st.sidebar.dataframe(members, hide_index=True)
+    card = MlflowClient(tracking_uri()).get_model_version(choice.name, choice.version).description
+    with st.expander(f"What this model is: {choice.name} {choice.label} (model card: test scores with intervals, "
+                     "calibration, referral, limits)"):
+        st.markdown(card or "This version has no model card.")
+
+
+def probability_chart(classes: list[str], probabilities: np.ndarray) -> alt.Chart:
+    """One bar per class in the model's class order, on a fixed 0-100% axis (a half-full bar looks half full)."""
+    table = pd.DataFrame({"class": classes, "probability": probabilities})
+    return alt.Chart(table).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"),
+                title="calibrated probability"),
+        y=alt.Y("class:N", sort=classes, title=None, axis=alt.Axis(labelFontSize=14)),
+        tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
+    )
+
+
+def show_image(model: PackagedModel, name: str, data: bytes, tta: bool, gradcam: bool) -> list[dict]:
+    """One uploaded image's section; its row for the results table (none if it cannot be read)."""
+    st.subheader(name)
+    try:
+        image = decode_limited(data, name)
+    except ImageReadError as error:
+        st.error(f"{name} cannot be used: {error.reason}.")
+        return []
+    analysis = analyse(model, image, tta, gradcam)
+    classes, coverage = model.spec.classes, model.spec.coverage
+    left, middle, right = st.columns([1, 1, 2])
+    left.image(image, caption="uploaded", width="stretch")
+    if analysis.overlay is not None:
+        middle.image(analysis.overlay, caption="Grad-CAM of " + analysis.label, width="stretch")
+    probability = float(analysis.probabilities[classes.index(analysis.label)])
+    right.markdown(f"### Predicted: {analysis.label}  \n{probability:.1%} calibrated probability")
+    right.altair_chart(probability_chart(classes, analysis.probabilities), width="stretch",
+                       height=44 * len(classes) + 50)
+    refer, sentence = referral_text(analysis, classes, coverage)
+    (right.warning if refer else right.success)(sentence)
+    if analysis.agreement is not None:
+        agree, views = analysis.agreement
+        right.caption(f"Test-time augmentation: {agree} of {views} views agree on {analysis.label}.")
+    if analysis.votes:
+        right.markdown("Members' votes: " + ", ".join(f"{m}: **{label}**" for m, label in analysis.votes.items()))
+        if analysis.member_overlays:
+            with st.expander("Each member's Grad-CAM"):
+                columns = st.columns(len(analysis.member_overlays))
+                for column, (member, shown) in zip(columns, analysis.member_overlays.items()):
+                    column.image(shown, caption=member, width="stretch")
+    row = {"file": name, "label": analysis.label,
+           **{f"prob_{c}": float(p) for c, p in zip(classes, analysis.probabilities)},
+           "set": "|".join(c for c, inside in zip(classes, analysis.members) if inside), "refer": refer}
+    return [{**row, **{f"member_{m}": label for m, label in analysis.votes.items()}}]
+
+
+if __name__ == "__main__":  # streamlit runs this file as its script (`allcls-app` starts it)
+    page()

@@ -1,0 +1,34 @@
+"""The serving commands: `allcls-package` (a run or an ensemble as a registered MLflow model, with
+its card; conf/package.yaml), `allcls-predict` (a folder of images into one CSV; conf/predict.yaml)
+and `allcls-app` (the diagnosis page)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from allcls.config.entry import hydra_entry, prepare_process
+
+package = hydra_entry("package", "allcls.serving.package:package")
+predict = hydra_entry("predict", "allcls.serving.predict:predict")
+
+PAGE = Path(__file__).resolve().with_name("app.py")
+
+
+def app() -> None:
+    """`allcls-app [streamlit options]`: serve the page, on 127.0.0.1 unless told otherwise."""
+    from streamlit.web import cli
+
+    prepare_process()
+    # A server that goes away later should fail a request in seconds, not after minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    options = sys.argv[1:]
+    # 127.0.0.1; no browser or e-mail prompt; no developer menu (Deploy, rerun) on a clinician's page
+    for name, default in (("--server.address", "127.0.0.1"), ("--server.headless", "true"),
+                          ("--client.toolbarMode", "viewer")):
+        if not any(option.startswith(name) for option in options):
+            options = [name, default, *options]
+    sys.argv = ["streamlit", "run", str(PAGE), "--browser.gatherUsageStats", "false", *options]
+    sys.exit(cli.main())

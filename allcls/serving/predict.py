@@ -1,0 +1,159 @@
+"""Batch prediction: a packaged model (or any run, packaged on the fly) over a folder, a file or a
+glob of images, into one CSV:
+
+    allcls-predict model=models:/all-ensemble@champion input=/data/new_cells output=predictions.csv
+
+One row per image (`path, label, prob_<class>..., set, refer`, each member's label for an ensemble),
+written batch by batch, so an interruption keeps every finished row. Odd images are converted as
+training converts them; unreadable ones are skipped and listed at the end with the reason. The CSV
+never goes next to the user's images, and an existing one is kept unless `overwrite=true`.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+
+from allcls.config.ranges import PREDICT, check_ranges
+from allcls.data.images import ImageReadError, is_image_file
+from allcls.errors import AllclsError
+from allcls.inference.views import TTA_VIEWS
+from allcls.machine import keep_freed_memory
+from allcls.progress import progress
+from allcls.serving.pyfunc_model import PackagedModel, decode_limited, read_bytes
+from allcls.tracking.tracker import MissingArtifact, Tracker
+
+log = logging.getLogger(__name__)
+
+BATCH = 256  # images decoded, predicted and written at a time
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Predict every image of `cfg.input` into `cfg.output`; return the CSV's path."""
+    check_ranges(cfg, PREDICT)
+    keep_freed_memory()  # CPU forward passes would otherwise spend much of their time in page faults
+    images = image_files(str(cfg.input))
+    output = output_path(Path(cfg.output).expanduser(), images, bool(cfg.overwrite))
+    with tempfile.TemporaryDirectory(prefix="allcls-predict-") as folder:
+        model = load(cfg, Path(folder))
+        views = tuple(TTA_VIEWS) if cfg.tta else ("identity",)
+        skipped: list[tuple[str, str]] = []
+        partial = output.with_name(f".{output.name}.partial")
+        written = 0
+        batches = [images[start:start + BATCH] for start in range(0, len(images), BATCH)]
+        with progress(desc=f"Predicting {len(images)} images" + (" with TTA" if cfg.tta else ""), total=len(images),
+                      unit="image") as bar, ThreadPoolExecutor(max_workers=1) as reader:
+            # The next batch is read and decoded in a thread (the decoders release the GIL) while the
+            # models predict this one.
+            upcoming = reader.submit(decode_files, batches[0])
+            for number, paths in enumerate(batches):
+                decoded, errors = upcoming.result()
+                if number + 1 < len(batches):
+                    upcoming = reader.submit(decode_files, batches[number + 1])
+                rows = model.rows(decoded, errors, views, show_progress=False)
+                rows.insert(0, "path", paths)
+                skipped += [(path, error) for path, error in zip(paths, errors) if error]
+                kept = rows[rows["error"] == ""].drop(columns="error")
+                kept.to_csv(partial, mode="a", header=written == 0, index=False)
+                written += len(kept)
+                bar.update(len(paths))
+        if written:
+            partial.replace(output)
+    report(output, written, skipped)
+    return output
+
+
+def image_files(source: str) -> list[str]:
+    """The image files of a folder (recursively), a single file, or a glob, sorted."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found = [p for p in path.rglob("*") if p.is_file() and is_image_file(p)]
+    elif path.is_file():
+        found = [path]
+    else:
+        found = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+        if not found:
+            raise AllclsError(f"input={source} is neither a folder, nor a file, nor a glob that matches files: "
+                              "check the path.")
+    files = sorted(str(p) for p in found)
+    if not files:
+        raise AllclsError(f"No image files in {source} (looked for {sorted({'.bmp', '.jpg', '.png', '.tif'})} and "
+                          "other image suffixes).")
+    return files
+
+
+def output_path(output: Path, images: list[str], overwrite: bool) -> Path:
+    if output.suffix.lower() != ".csv":
+        raise AllclsError(f"output={output} should be a .csv file.")
+    if output.exists() and not overwrite:
+        raise AllclsError(f"{output} exists: pass overwrite=true to replace it, or another output=.")
+    folders = {str(Path(p).resolve().parent) for p in images}
+    if str(output.resolve().parent) in folders:
+        raise AllclsError(f"output={output} would be written next to the images: give a path outside their folders.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def load(cfg: DictConfig, workdir: Path) -> PackagedModel:
+    """The model `cfg.model` names: a model URI (models:/..., runs:/...), or a run id, whose packaged
+    model is used when it has one and which is packaged here on the fly (not logged) when not."""
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    uri = str(cfg.model)
+    if "://" not in uri and ":/" not in uri:
+        tracker = Tracker(cfg.logger.tracking_uri, "")
+        if tracker.has_artifact(uri, "model/MLmodel"):
+            uri = f"runs:/{uri}/model"
+        else:
+            uri = package_here(cfg, uri, workdir)
+    try:
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    except (OSError, MlflowException, MissingArtifact) as error:
+        raise AllclsError(f"Cannot load model {cfg.model}: {getattr(error, 'message', error)}. Give a registered "
+                          "model (models:/<name>@<alias> or /<version>), runs:/<run id>/model, or a run id.") from None
+
+
+def package_here(cfg: DictConfig, run_id: str, workdir: Path) -> str:
+    """A run packaged into `workdir` (not logged into the run): its model folder's path."""
+    # Imported here: packaging needs the training stack (Lightning), predicting with a packaged model does not.
+    from allcls.evaluation.sources import resolve_source
+    from allcls.serving.package import PYFUNC_FILE, build
+
+    log.info("Run %s holds no packaged model: packaging it here for this prediction (not logged).", run_id)
+    tracker = Tracker(cfg.logger.tracking_uri, "")
+    source = resolve_source(tracker, run_id, None, workdir)
+    settings = OmegaConf.create({"coverage": cfg.coverage, "bootstrap": 0, "seed": 0, "register_as": None})
+    spec, artifacts, _ = build(tracker, source, settings, workdir)
+    folder = workdir / "model"
+    mlflow.pyfunc.save_model(str(folder), python_model=str(PYFUNC_FILE), artifacts=artifacts)
+    return str(folder)
+
+
+def decode_files(paths: list[str]):
+    images, errors = [], []
+    for path in paths:
+        try:
+            images.append(decode_limited(read_bytes(path), path))
+            errors.append("")
+        except ImageReadError as error:
+            images.append(None)
+            errors.append(error.reason)
+    return images, errors
+
+
+def report(output: Path, written: int, skipped: list[tuple[str, str]]) -> None:
+    if written:
+        print(f"Wrote {written} prediction(s) to {output}.", flush=True)
+    else:
+        print("No image could be read: nothing was written.", flush=True)
+    if skipped:
+        print(f"Skipped {len(skipped)} file(s):", flush=True)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", flush=True)

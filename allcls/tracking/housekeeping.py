@@ -1,0 +1,85 @@
+"""Housekeeping of the MLflow store. `cleanup` finds runs left RUNNING by a job that died without
+warning (SIGKILL, an out-of-memory kill, a lost machine) and, only when asked, marks them FAILED
+with the reason; `upload` sends what a training job kept while its tracking server was away
+(allcls.offline):
+
+    allcls-runs cleanup                 # list them
+    allcls-runs cleanup --mark          # and mark those whose process is gone
+    allcls-runs upload <job folder>     # once the server is back
+
+Every run records the host and process that opened it (tags `host`, `pid`). A run is marked only
+when its process is proven gone: on this host and no longer alive. A run of another host, or of
+a process that still lives, is listed and left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from allcls.errors import AllclsError
+from allcls.jobs.resume import RUN_FILE, alive
+from allcls.tracking.journal import JOURNAL, UPLOADED, upload
+from allcls.tracking.store import ui_view
+from allcls.tracking.tracker import Tracker
+
+
+@dataclass(frozen=True)
+class LeftRunning:
+    run_id: str
+    name: str
+    experiment: str
+    host: str
+    pid: int | None
+    gone: bool  # its process is proven gone (this host, not alive)
+
+    def describe(self) -> str:
+        where = f"process {self.pid} on {self.host}" if self.pid else "a process allcls did not record"
+        state = "is gone" if self.gone else "cannot be checked from here" if self.host != socket.gethostname() \
+            or not self.pid else "is still alive"
+        return f"{self.run_id}  {self.name}  (experiment {self.experiment!r}): {where} {state}"
+
+
+def left_running(tracker: Tracker) -> list[LeftRunning]:
+    """Every RUNNING run of the store, with whether its process is proven gone."""
+    client, here = tracker.client, socket.gethostname()
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    found = []
+    for run in client.search_runs(list(experiments), "attributes.status = 'RUNNING'", max_results=50_000):
+        tags = run.data.tags
+        pid = int(tags["pid"]) if tags.get("pid", "").isdigit() else None
+        host = tags.get("host", "")
+        found.append(LeftRunning(run.info.run_id, run.info.run_name or "", experiments[run.info.experiment_id],
+                                 host, pid, gone=bool(pid) and host == here and not alive(pid)))
+    return found
+
+
+def cleanup(tracker: Tracker, mark: bool) -> list[LeftRunning]:
+    """List the runs left RUNNING; with `mark`, mark FAILED those whose process is gone."""
+    runs = left_running(tracker)
+    for run in runs:
+        if mark and run.gone:
+            tracker.client.set_tag(run.run_id, "error", f"process {run.pid} on {run.host} ended without ending "
+                                                        "the run (SIGKILL, out of memory or a lost machine); "
+                                                        "marked by allcls.runs cleanup")
+            tracker.client.set_terminated(run.run_id, "FAILED")
+    return runs
+
+
+def upload_job(folder: Path, tracking_uri: str | None) -> str:
+    """Send what a training job kept while its tracking server was away; returns what was done."""
+    record = folder / RUN_FILE
+    if not record.is_file():
+        raise AllclsError(f"{folder} is not a training job's folder (no {RUN_FILE}): give the folder the job wrote.")
+    if not (folder / JOURNAL).is_file():
+        done = " (it was uploaded already)" if (folder / UPLOADED).is_file() else ""
+        raise AllclsError(f"{folder} holds nothing to upload: no {JOURNAL}{done}.")
+    run = json.loads(record.read_text())
+    tracker = Tracker(tracking_uri or run["tracking_uri"], run["experiment_name"])  # refuses a server that is down
+    sent = upload(folder, tracker)
+    status = tracker.client.get_run(run["run_id"]).info.status
+    what = ", ".join(f"{count} {call}" for call, count in sent.items())
+    return (f"Sent to run {run['run_id']} on {tracker.tracking_uri}: {what}. The run is {status}: "
+            f"{ui_view(tracker.tracking_uri, tracker.experiment_id(), run['run_id'])}")

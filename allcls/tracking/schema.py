@@ -1,0 +1,177 @@
+"""What allcls runs carry in MLflow: the stage names, the provenance every run gets, and the tags
+and params of each stage. Later stages find runs by these names (`tags.stage = 'train'`,
+`tags.sweep_id`, the data tags an ensemble's members must share): they are defined here only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from allcls import __version__
+from allcls.config.hydra_job import JobInfo
+from allcls.metrics.names import metric_safe
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from allcls.data.preparation import PreparedDataset
+
+# The `stage` tag of each kind of run.
+TRAIN = "train"
+ENSEMBLE = "ensemble"
+ENSEMBLE_SCHEME = "ensemble_scheme"  # one child of an ensemble run per weighting scheme compared
+EVALUATE = "evaluate"
+SWEEP = "sweep"  # the run of a whole `-m` launch; its jobs' runs nest under it (allcls.sweep_run)
+
+# Runs whose predictions are compared or combined must agree on these tags.
+DATA_TAGS = ("dataset", "classes", "split_hash")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def git_commit() -> str:
+    """The commit of the allcls code that ran, with '-dirty' if it has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_DIR,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def provenance_tags(stage: str, job: JobInfo) -> dict[str, str]:
+    """Where a run came from: its stage, its sweep (and job number in it), the code and its version."""
+    commit = git_commit()
+    tags = {"stage": stage, "sweep_id": job.sweep_id, "git_commit": commit,
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"), "allcls_version": __version__,
+            # the run page's Source field: the entry script (train.py, or the module of python -m)
+            "mlflow.source.name": str(Path(sys.argv[0]).resolve()) if sys.argv and sys.argv[0] else "",
+            "mlflow.source.type": "LOCAL"}
+    if job.job_num is not None:
+        tags["job_num"] = str(job.job_num)
+    return tags
+
+
+def data_tags(dataset: str, classes: Sequence[str], split_hash: str | None = None) -> dict[str, str]:
+    tags = {"dataset": dataset, "classes": ",".join(classes)}
+    if split_hash:
+        tags["split_hash"] = split_hash
+    return tags
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def train_run_name(cfg: DictConfig, job: JobInfo) -> str:
+    """`<backbone>-<augmentation>-s<seed>`, with the config choices' names where Hydra knows them."""
+    backbone = job.choices.get("backbone", cfg.backbone.name)
+    augmentation = job.choices.get("augmentation", "")
+    return "-".join(part for part in (backbone, augmentation, f"s{cfg.seed}") if part)
+
+
+def train_tags(cfg: DictConfig, dataset: PreparedDataset) -> dict[str, str]:
+    tags = {**data_tags(dataset.name, dataset.classes, dataset.split_hash), "backbone": cfg.backbone.name,
+            "output_dir": str(Path(cfg.paths.output_dir).resolve())}  # the job's folder, for `resume`
+    if cfg.dataset.split.get("by") == "image":
+        tags["leaky_split"] = "image: cells of one patient on both sides; scores inflated"
+    return tags
+
+
+def _short_target(node: Any) -> str:
+    return str(node["_target_"]).rsplit(".", 1)[-1] if node else "none"
+
+
+def _strategy_name(strategy: Any) -> str:
+    """'ddp' for a strategy given by name, 'DDPStrategy' for one given as a config."""
+    if not strategy:
+        return "auto"
+    return strategy if isinstance(strategy, str) else _short_target(strategy)
+
+
+def train_params(cfg: DictConfig, dataset: PreparedDataset, input_size: int, job: JobInfo,
+                 input_pipeline: str) -> dict[str, object]:
+    """A small flat set of the settings people compare runs by; the whole config is an artifact.
+    `input_pipeline`: the one that served the training images (batch or per_sample)."""
+    counts = dataset.manifest["split"].value_counts()
+    optimizer, trainer = cfg.model.optimizer, cfg.trainer
+    return {
+        "dataset": dataset.name,
+        "backbone": cfg.backbone.name,
+        "pretrained": cfg.backbone.pretrained,
+        "input_size": input_size,
+        "augmentation": job.choices.get("augmentation", "custom"),
+        "imbalance": cfg.data.imbalance,
+        "batch_size": cfg.data.batch_size,
+        "input_pipeline": input_pipeline,
+        "packed_cache": bool(cfg.data.get("cache_dir")),
+        "optimizer": _short_target(optimizer),
+        "lr": optimizer.get("lr"),
+        "weight_decay": optimizer.get("weight_decay"),
+        "scheduler": _short_target(cfg.model.get("scheduler")),
+        "freeze_backbone_epochs": cfg.model.freeze_backbone_epochs,
+        "max_epochs": trainer.get("max_epochs"),
+        "precision": trainer.get("precision"),
+        "accelerator": trainer.get("accelerator"),
+        "devices": trainer.get("devices"),
+        "strategy": _strategy_name(trainer.get("strategy")),
+        "seed": cfg.seed,
+        "split_seed": cfg.dataset.split.seed,
+        "split_by": cfg.dataset.split.get("by", "subject"),
+        "n_train": int(counts.get("train", 0)),
+        "n_val": int(counts.get("val", 0)),
+        "n_test": int(counts.get("test", 0)),
+    }
+
+
+# --- ensembles -----------------------------------------------------------------------------------
+
+def ensemble_tags(shared_data_tags: dict[str, str], chosen_scheme: str, run_ids: Sequence[str],
+                  names: Sequence[str]) -> dict[str, str]:
+    return {**shared_data_tags, "chosen_scheme": chosen_scheme, "member_run_ids": ",".join(run_ids),
+            "member_names": ",".join(names)}
+
+
+def weight_params(names: Sequence[str], weights: Sequence[float]) -> dict[str, str]:
+    """`weight/<member>`: the weight of each member, as params (MLflow compares params side by side)."""
+    return {f"weight/{metric_safe(name)}": f"{w:.4f}" for name, w in zip(names, weights)}
+
+
+def ensemble_params(metric: str, rule: str, cv_folds: int, bootstrap: int, seed: int, schemes: int,
+                    chosen_scheme: str, names: Sequence[str], weights: Sequence[float]) -> dict[str, object]:
+    return {"metric": metric, "combine": rule, "cv_folds": cv_folds, "bootstrap": bootstrap, "seed": seed,
+            "n_members": len(names), "n_schemes": schemes, "chosen_scheme": chosen_scheme,
+            **weight_params(names, weights)}
+
+
+def scheme_tags(family: str, rule: str, rank: int) -> dict[str, str]:
+    return {"stage": ENSEMBLE_SCHEME, "scheme_family": family, "combine": rule, "rank": str(rank)}
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def evaluation_run_name(split: str, dataset: str, with_tta: bool, transductive: bool = False) -> str:
+    return f"eval-{split}-{dataset}" + ("-tta" if with_tta else "") + ("-transductive" if transductive else "")
+
+
+def evaluation_tags(kind: str, dataset: str, classes: Sequence[str], split: str, evaluated_run_id: str | None,
+                    split_hash: str | None, transductive: str | None = None) -> dict[str, str]:
+    """`transductive`: the method of a step that used the whole evaluated batch at once, if any."""
+    tags = {"evaluated_kind": kind, **data_tags(dataset, classes, split_hash), "split": split}
+    if evaluated_run_id:
+        tags["evaluated_run_id"] = evaluated_run_id
+    if transductive:
+        tags["transductive"] = transductive
+    return tags
+
+
+def evaluation_params(evaluated: str, split: str, dataset: str, samples: int, origin: str,
+                      tta_views: Sequence[str] | None, temperature: str, bootstrap: int, seed: int,
+                      transductive: str | None = None, prediction_sets: str = "off") -> dict[str, object]:
+    return {"evaluated": evaluated, "split": split, "dataset": dataset, "n_samples": samples, "predictions": origin,
+            "tta": ",".join(tta_views) if tta_views else "off", "temperature": temperature,
+            "bootstrap": bootstrap, "seed": seed, "transductive": transductive or "off",
+            "prediction_sets": prediction_sets}

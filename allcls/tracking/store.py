@@ -1,0 +1,89 @@
+"""Tracking stores: opening one safely before any work (a server that does not answer is refused in
+seconds, and a local SQLite store is opened for the first time by one process at a time), and how
+a user browses one."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from allcls.errors import AllclsError
+from allcls.locks import exclusive
+
+
+def default_uri(folder: str | Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI when set, else the SQLite store in <folder>/mlruns/ (default: the folder
+    the command runs in), with artifacts beside it in mlruns/artifacts/."""
+    local = Path(folder or Path.cwd()).absolute() / "mlruns" / "mlflow.db"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local}"
+
+
+def default_artifact_location(folder: str | Path | None = None) -> str:
+    """Where a new experiment of the default local store keeps its artifacts."""
+    return str(Path(folder or Path.cwd()).absolute() / "mlruns" / "artifacts")
+
+
+@contextmanager
+def local_store_lock(uri: str) -> Iterator[None]:
+    """One process at a time opens a local SQLite store for the first time. MLflow creates and
+    migrates its tables then, and parallel jobs on a fresh store raced there ("duplicate column
+    name"), losing runs and sometimes the store. The lock is a file beside the database."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    with exclusive(database.with_name(database.name + ".lock")):
+        yield
+
+
+def server_unreachable(uri: str) -> str | None:
+    """Why a tracking server cannot be reached (None if it answers, or the store is a local one):
+    asked directly, in seconds, because MLflow's client retries for minutes before it gives up."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+        return None
+    except OSError as error:  # refused, timed out, unknown host, or an HTTP error status
+        return str(getattr(error, "reason", error))
+
+
+def check_reachable(uri: str) -> None:
+    """Refuse, in one line and before any work, a tracking server that does not answer."""
+    if (reason := server_unreachable(uri)) is not None:
+        raise AllclsError(f"Cannot reach the MLflow tracking server {uri} ({reason}). Start it (mlflow server "
+                          "--host 127.0.0.1 --port <port> ...), or point logger.tracking_uri / $MLFLOW_TRACKING_URI "
+                          "at one that runs.")
+
+
+def is_local_store(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("sqlite:", "file:", "/"))
+
+
+def browse_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """The command that opens the MLflow UI on this store (or the server's address) and, given the
+    experiment, the address of its runs view (or of the run): MLflow 3 opens an experiment on a
+    GenAI overview page that is empty for runs like ours."""
+    command = ""
+    if is_local_store(tracking_uri):
+        command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+        if tracking_uri.startswith("sqlite:///"):
+            artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+            command += f" --default-artifact-root {shlex.quote(str(artifacts))}"
+    if experiment_id is None:
+        return command or ui_view(tracking_uri)
+    view = ui_view(tracking_uri, experiment_id, run_id)
+    return f"{command}, then open {view}" if command else view
+
+
+def ui_view(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """The MLflow UI's address (`mlflow ui`'s default for a local store), of an experiment's runs
+    view, or of one run."""
+    address = "http://127.0.0.1:5000" if is_local_store(tracking_uri) else tracking_uri.rstrip("/")
+    if experiment_id is None:
+        return address
+    return f"{address}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")

@@ -1,0 +1,2 @@
+"""The training task: settings -> prepared data, model, trainer -> fit -> the best checkpoint
+tested -> MLflow."""
