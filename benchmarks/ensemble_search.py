@@ -20,14 +20,14 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
 
-from allcls.ensemble.candidates import Members, SplitPredictions  # noqa: E402
+from allcls.ensemble.candidates import Candidates, SplitPredictions  # noqa: E402
 from allcls.ensemble.schemes import build_schemes, simplex_grid_points  # noqa: E402
 from allcls.ensemble.selection import evaluate_schemes  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "ensemble.yaml"
 
 
-def members(models: int, samples: int, seed: int = 0) -> Members:
+def members(models: int, samples: int, seed: int = 0) -> Candidates:
     rng = np.random.default_rng(seed)
 
     def split(n):
@@ -38,7 +38,7 @@ def members(models: int, samples: int, seed: int = 0) -> Members:
         return SplitPredictions(np.array([f"{i}.bmp" for i in range(n)], dtype=object), subjects, labels, probs)
 
     names = [f"model{m}" for m in range(models)]
-    return Members([f"run{m}" for m in range(models)], names, {"classes": "hem,all"}, split(samples), split(samples),
+    return Candidates([f"run{m}" for m in range(models)], names, {"classes": "hem,all"}, split(samples), split(samples),
                    experiment_id="0")
 
 

@@ -7,13 +7,15 @@ import torch
 from sklearn import metrics as sk
 
 from allcls.errors import AllclsError
+from allcls.evaluation.gradcam import choose_samples
 from allcls.evaluation.targets import label_index
 from allcls.inference.calibration import apply_temperature, fit_temperature
-from allcls.inference.gradcam import choose_samples, combine_maps, gradcam, target_layer
-from allcls.inference.views import TTA_VIEWS, predict_probabilities
+from allcls.inference.gradcam import combine_maps, gradcam, target_layer
+from allcls.inference.views import TTA_VIEWS
 from allcls.metrics.bootstrap import metric_table
 from allcls.metrics.vectorised import expected_calibration_error
 from allcls.models.backbones import BackboneSpec, create_backbone
+from allcls.training.best_checkpoint import predict_probabilities
 
 CLASSES = ["hem", "all"]
 

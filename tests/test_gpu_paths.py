@@ -8,11 +8,11 @@ import torch
 
 from allcls.data.datamodule import CellDataModule
 from allcls.data.preparation import prepare_dataset
+from allcls.data.preprocessing import InputSpec
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
-from allcls.data.transforms import InputSpec
-from allcls.inference.views import predict_probabilities
 from allcls.models.lit_classifier import LitClassifier
+from allcls.training.best_checkpoint import predict_probabilities
 from allcls.training.task import train
 
 SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -11,9 +11,9 @@ from PIL import Image
 from allcls.data.datamodule import CellDataModule
 from allcls.data.images import ImageReadError, check_image, read_image
 from allcls.data.preparation import ImageChecks, prepare_dataset
+from allcls.data.preprocessing import InputSpec
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
-from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 
 SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -10,9 +10,9 @@ import torch
 from allcls.data import imbalance
 from allcls.data.datamodule import CellDataModule
 from allcls.data.preparation import prepare_dataset
+from allcls.data.preprocessing import InputSpec
 from allcls.data.readers import FolderReader
 from allcls.data.splits import SplitSpec
-from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency
 
-from allcls.data.batch_transforms import SYMMETRIES, BatchAugmentation, Normalisation
+from allcls.data.batch_transforms import SYMMETRIES, BatchAugmentation
 from allcls.data.datamodule import CellDataModule, choose_pipeline
 from allcls.data.preparation import prepare_dataset
+from allcls.data.preprocessing import InputSpec, Normalisation
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
-from allcls.data.transforms import InputSpec, build_transform
+from allcls.data.transforms import build_transform
 from allcls.errors import AllclsError
 from allcls.training.task import train
 

@@ -17,9 +17,9 @@ from allcls.data.datamodule import CellDataModule
 from allcls.data.images import ImageReadError, read_image
 from allcls.data.packed_cache import packed_images
 from allcls.data.preparation import prepare_dataset
+from allcls.data.preprocessing import InputSpec, preprocess
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
-from allcls.data.transforms import InputSpec, preprocess
 from allcls.errors import AllclsError
 from allcls.locks import exclusive
 from allcls.predictions import read_table

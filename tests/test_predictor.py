@@ -12,16 +12,22 @@ from allcls.data.images import read_image
 from allcls.data.readers import CNMCReader
 from allcls.data.transforms import build_transform
 from allcls.inference.combining import combine
-from allcls.inference.predictor import Predictor, PredictorMember
+from allcls.inference.members import Member, Preprocessing
+from allcls.inference.predictor import Predictor
 from allcls.inference.views import TTA_VIEWS
 from allcls.machine import inference_workers, usable_cores
 from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
 
 
-def member(name: str, size: int, roi_crop: bool, weight: float, seed: int) -> PredictorMember:
+def member(name: str, size: int, roi_crop: bool, weight: float, seed: int) -> tuple[Member, torch.nn.Module]:
     torch.manual_seed(seed)
     spec = BackboneSpec("custom_cnn", input_size=size)
-    return PredictorMember(name, create_backbone(spec, num_classes=2).eval(), input_spec(spec), roi_crop, weight)
+    return (Member(name, weight, "custom_cnn", Preprocessing(input_spec(spec), roi_crop)),
+            create_backbone(spec, num_classes=2).eval())
+
+
+def predictor(members: list[tuple[Member, torch.nn.Module]], **settings) -> Predictor:
+    return Predictor([m for m, _ in members], [n for _, n in members], ["hem", "all"], **settings)
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +38,24 @@ def paths(cnmc_root) -> list[str]:
 @pytest.fixture(scope="module")
 def ensemble() -> Predictor:
     members = [member("a", 32, True, 3.0, 0), member("b", 48, False, 1.0, 1), member("c", 32, True, 0.0, 2)]
-    return Predictor(members, ["hem", "all"], rule="geometric", batch_size=4)
+    return predictor(members, rule="geometric", batch_size=4)
 
 
 def by_hand(predictor: Predictor, paths: list[str], views: list[str]) -> np.ndarray:
     """Each member on its own preprocessing, its views averaged, combined with the normalised weights."""
     per_member = []
-    for m in predictor.members:
-        transform = build_transform(m.input_spec, m.roi_crop)
+    for m, network in zip(predictor.members, predictor.networks):
+        transform = build_transform(m.preprocessing.spec, m.preprocessing.roi_crop)
         images = torch.stack([transform(image=read_image(p))["image"] for p in paths])
         with torch.no_grad():
-            per_member.append((sum(m.model(TTA_VIEWS[v](images)).double().softmax(1) for v in views) / len(views))
+            per_member.append((sum(network(TTA_VIEWS[v](images)).double().softmax(1) for v in views) / len(views))
                               .numpy())
     return combine(np.stack(per_member), np.array([0.75, 0.25, 0.0]), "geometric")
 
 
 def test_an_ensemble_predicts_what_its_members_give_combined_with_their_weights(ensemble, paths):
-    assert ensemble.preprocessings == [(ensemble.members[0].input_spec, True), (ensemble.members[1].input_spec, False)]
+    assert ensemble.preprocessings == [ensemble.members[0].preprocessing, ensemble.members[1].preprocessing]
+    assert [p.roi_crop for p in ensemble.preprocessings] == [True, False]
     for views in (["identity"], ["identity", "hflip", "rot90"]):
         predicted = ensemble.predict(paths, views)
         assert predicted.shape == (len(paths), 2) and np.allclose(predicted.sum(axis=1), 1)
@@ -119,9 +126,9 @@ def test_a_predictor_that_has_predicted_can_still_explain(paths):
     tensors, in channels-last, whatever inference mode the prediction ran in."""
     from allcls.inference.gradcam import member_maps
 
-    predictor = Predictor([member("a", 32, True, 1.0, 0)], ["hem", "all"], batch_size=4)
-    predicted = predictor.predict(paths[:2])
-    _, maps = member_maps(predictor, paths[:2], predicted.argmax(1), show=False)
+    single = predictor([member("a", 32, True, 1.0, 0)], batch_size=4)
+    predicted = single.predict(paths[:2])
+    _, maps = member_maps(single, paths[:2], predicted.argmax(1), show=False)
     assert len(maps) == 1 and maps[0].shape[0] == 2 and np.isfinite(maps[0]).all()
-    conv = next(m for m in predictor.members[0].model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv = next(m for m in single.networks[0].modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_inference()

@@ -8,9 +8,10 @@ import torch
 from allcls.data.datamodule import CellDataModule, seed_worker
 from allcls.data.images import read_image
 from allcls.data.preparation import prepare_dataset
+from allcls.data.preprocessing import InputSpec, crop_to_foreground, resize_antialiased
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
-from allcls.data.transforms import InputSpec, build_transform, crop_to_foreground, resize_antialiased
+from allcls.data.transforms import build_transform
 
 SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

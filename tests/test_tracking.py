@@ -9,6 +9,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from allcls.config.hydra_job import job_info, resolved_yaml
 from allcls.errors import AllclsError
 from allcls.jobs.summary import summary_text
 from allcls.predictions import read_table
@@ -20,49 +21,57 @@ from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, console_script, f
 
 
 def test_new_experiments_keep_artifacts_beside_the_local_database(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "exp", str(tmp_path / "mlruns" / "artifacts"))
-    experiment = tracker.client.get_experiment(tracker.experiment_id())
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", str(tmp_path / "mlruns" / "artifacts"))
+    created = tracker.experiment("exp", create=True)
+    experiment = MlflowClient(tracker.tracking_uri).get_experiment(created.id)
     assert experiment.artifact_location == (tmp_path / "mlruns" / "artifacts").as_uri()
-    assert tracker.experiment_id() == experiment.experiment_id  # found again, not created twice
+    assert tracker.experiment("exp", create=True) == tracker.experiment("exp") == created  # found again, not twice
+    with pytest.raises(AllclsError, match=r"No MLflow experiment 'other' in .* \(there are \['exp', "
+                                          r"'Default'\]\): set experiment_name"):
+        tracker.experiment("other")
 
 
 def test_a_deleted_experiment_is_reported_not_silently_recreated(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "gone", str(tmp_path / "artifacts"))
-    tracker.client.delete_experiment(tracker.experiment_id())
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
+    MlflowClient(tracker.tracking_uri).delete_experiment(tracker.experiment("gone", create=True).id)
     with pytest.raises(AllclsError, match="experiment 'gone' is deleted: restore it"):
-        tracker.experiment_id()
+        tracker.experiment("gone", create=True)
 
 
 def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", str(tmp_path / "artifacts"))
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
     with pytest.raises(ValueError):
-        with tracker.run("doomed", {"stage": "train"}) as run_id:
+        with tracker.open_run(tracker.experiment("exp", create=True), "doomed", {"stage": "train"}) as opened:
             raise ValueError("boom")
-    run = tracker.client.get_run(run_id)
+    run = tracker.get_run(opened.run_id)
     assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: boom"
 
 
 def test_a_stage_run_carries_its_provenance_and_config_and_fails_honestly(train_cfg, tmp_path):
     cfg = train_cfg()
-    tracker = Tracker(cfg.logger.tracking_uri, "exp", cfg.logger.artifact_location)
-    with tracker.stage_run(run_schema.EVALUATE, "eval-test", {"dataset": "d"}, cfg) as run_id:
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.logger.artifact_location)
+    experiment, job, config = tracker.experiment("exp", create=True), job_info(cfg.paths.output_dir), resolved_yaml(cfg)
+    with tracker.stage_run(experiment, run_schema.EVALUATE, "eval-test", {"dataset": "d"}, job, config) as opened:
         pass
-    run = tracker.client.get_run(run_id)
+    run = tracker.get_run(opened.run_id)
     tags = run.data.tags
     assert tags["stage"] == "evaluate" and tags["dataset"] == "d" and tags["sweep_id"] == "output"
     assert tags["git_commit"] and tags["allcls_version"] and run.info.status == "FINISHED"
-    assert {"config/config.yaml", "config/overrides.yaml"} <= artifacts(tracker.client, run_id)
+    client = MlflowClient(tracker.tracking_uri)
+    assert {"config/config.yaml", "config/overrides.yaml"} <= artifacts(client, run.info.run_id)
     with pytest.raises(ValueError):
-        with tracker.stage_run(run_schema.TRAIN, "doomed", {}, cfg, parent_run_id=run_id) as child_id:
+        with tracker.stage_run(experiment, run_schema.TRAIN, "doomed", {}, job, config,
+                               parent_run_id=run.info.run_id) as child:
             raise ValueError("boom")
-    child = tracker.client.get_run(child_id)
-    assert child.info.status == "FAILED" and child.data.tags["mlflow.parentRunId"] == run_id
+    failed = tracker.get_run(child.run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags["mlflow.parentRunId"] == run.info.run_id
 
 
 def test_a_missing_artifact_is_named_and_a_present_one_downloads(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", str(tmp_path / "artifacts"))
-    with tracker.run("r", {}) as run_id:
-        tracker.log_text(run_id, "hello", "notes/a.txt")
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
+    with tracker.open_run(tracker.experiment("exp", create=True), "r", {}) as run:
+        run.log_text("hello", "notes/a.txt")
+    run_id = run.run_id
     with pytest.raises(MissingArtifact, match=f"Run {run_id} has no artifact notes/b.txt"):
         tracker.download(run_id, "notes/b.txt", tmp_path / "dl")
     assert tracker.download_if_present(run_id, "notes/b.txt", tmp_path / "dl") is None
@@ -73,14 +82,16 @@ def test_a_missing_artifact_is_named_and_a_present_one_downloads(tmp_path):
 def test_summary_lists_runs_and_the_command_to_browse_them(train_cfg, tmp_path):
     cfg = train_cfg()
     train(cfg)
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name)
+    tracker = Tracker(cfg.logger.tracking_uri)
+    experiment = tracker.experiment(cfg.experiment_name)
     sweep = "output"  # outside Hydra's launcher the sweep id is the output folder's name
-    text = summary_text(tracker, tracker.sweep_runs(sweep), sweep, "val/f1_weighted_best")
+    text = summary_text(tracker.tracking_uri, experiment, tracker.sweep_runs(experiment, sweep), sweep,
+                        "val/f1_weighted_best")
     assert "1 MLflow run(s) in experiment 'synthetic-cnmc'" in text
     assert "custom_cnn-basic-s0" in text and "FINISHED" in text
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db" in text
     # MLflow 3 opens an experiment on an empty GenAI overview: the address goes to the runs view
-    assert f"then open http://127.0.0.1:5000/#/experiments/{tracker.experiment_id()}/runs" in text
+    assert f"then open http://127.0.0.1:5000/#/experiments/{experiment.id}/runs" in text
     assert 'tags.sweep_id = "output"' in text
 
 

@@ -9,9 +9,9 @@ import torch
 
 from allcls.data.datamodule import CellDataModule
 from allcls.data.preparation import prepare_dataset
+from allcls.data.preprocessing import InputSpec
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
-from allcls.data.transforms import InputSpec
 from allcls.errors import AllclsError
 from allcls.models.lit_classifier import LitClassifier
 from allcls.models.training_options import CompiledNetwork

@@ -3,6 +3,7 @@ its config as resolved YAML."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,3 +52,11 @@ def job_info(output_dir: str = "") -> JobInfo:
 def resolved_yaml(cfg: DictConfig) -> str:
     """The job's config with every interpolation resolved (Hydra's own settings left out)."""
     return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
+
+
+def launch_command(overrides: list[str], multirun: bool = False) -> str:
+    """The command that started this process, as the user typed it: `python train.py -m ...` for a
+    root script, `allcls-train -m ...` for a console script."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "allcls"
+    program = f"python {program}" if program.endswith(".py") else program
+    return " ".join([program, *(["-m"] if multirun else []), *overrides])

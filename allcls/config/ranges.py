@@ -54,13 +54,14 @@ TRAIN: dict[str, Rule] = {
     "backbone.input_size": optional(at_least(16)),
     "callbacks.early_stopping.patience": at_least(0),
 }
+COVERAGE: Rule = (lambda v: _number(v) and 0.5 <= v < 1, "a number from 0.5 up to (not including) 1, e.g. 0.95")
 EVALUATE: dict[str, Rule] = {
     "batch_size": optional(at_least(1)),
     "num_workers": optional(at_least(0)),
     "bootstrap": at_least(0),
     "gradcam.samples_per_class": at_least(1),
+    "conformal.coverage": COVERAGE,
 }
-COVERAGE: Rule = (lambda v: _number(v) and 0.5 <= v < 1, "a number from 0.5 up to (not including) 1, e.g. 0.95")
 PACKAGE: dict[str, Rule] = {
     "coverage": COVERAGE,
     "bootstrap": at_least(0),

@@ -23,13 +23,14 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default
 
 from allcls.machine import default_num_workers
 from allcls.data import imbalance as balancing
-from allcls.data.batch_transforms import BatchAugmentation, Normalisation, lacks_batch_form
+from allcls.data.batch_transforms import BatchAugmentation, lacks_batch_form
+from allcls.data.preprocessing import InputSpec, Normalisation, preprocess
 from allcls.data.images import read_image
 from allcls.data.packed_cache import PackedImages, packed_images
 from allcls.data.preparation import PreparedDataset
 from allcls.data.readers import Sample
 from allcls.data.splits import SPLITS
-from allcls.data.transforms import InputSpec, build_transform, preprocess, seed_pipeline
+from allcls.data.transforms import build_transform, seed_pipeline
 from allcls.errors import AllclsError
 
 PIPELINES = ("auto", "batch", "per_sample")

@@ -23,7 +23,7 @@ import numpy as np
 
 from allcls.machine import usable_cores
 from allcls.data.images import ImageReadError, read_image
-from allcls.data.transforms import InputSpec, preprocess
+from allcls.data.preprocessing import InputSpec, preprocess
 from allcls.errors import AllclsError
 from allcls.locks import exclusive
 from allcls.progress import progress

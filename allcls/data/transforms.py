@@ -10,13 +10,14 @@ Training splits the pipeline after the resize: `preprocess` makes the uint8 imag
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
+
+from allcls.data.preprocessing import InputSpec, crop_to_foreground, resize_antialiased
 
 
 class CropToForeground(A.ImageOnlyTransform):
@@ -39,24 +40,6 @@ class CropToForeground(A.ImageOnlyTransform):
         return ("threshold", "margin")
 
 
-def crop_to_foreground(image: np.ndarray, threshold: int = 10, margin: float = 0.04) -> np.ndarray:
-    # The box of the pixels with any channel above threshold, found on the (H, W x 3) view of the
-    # bytes: 35x faster than image.max(axis=2), a strided reduction that cost more than the decode.
-    height, width, channels = image.shape
-    flat = np.ascontiguousarray(image).reshape(height, width * channels)
-    x, top, span, rows = cv2.boundingRect(cv2.threshold(flat, threshold, 255, cv2.THRESH_BINARY)[1])
-    if span == 0:  # an all-black image: nothing to crop to
-        return image
-    bottom, left, right = top + rows, x // channels, (x + span - 1) // channels + 1
-    side = max(bottom - top, right - left)
-    pad = int(round(side * margin))
-    crop = image[max(top - pad, 0):bottom + pad, max(left - pad, 0):right + pad]
-    height, width = crop.shape[:2]
-    side = max(height, width)
-    dy, dx = side - height, side - width
-    return cv2.copyMakeBorder(crop, dy // 2, dy - dy // 2, dx // 2, dx - dx // 2, cv2.BORDER_CONSTANT, value=0)
-
-
 class ResizeAntialiased(A.ImageOnlyTransform):
     """Resize to size x size, shrinking without aliasing, fast.
 
@@ -77,39 +60,11 @@ class ResizeAntialiased(A.ImageOnlyTransform):
         return ("size",)
 
 
-def resize_antialiased(image: np.ndarray, size: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    factor = min(height, width) // size
-    if factor >= 2:
-        image = image[: height - height % factor, : width - width % factor]
-        image = cv2.resize(image, (image.shape[1] // factor, image.shape[0] // factor), interpolation=cv2.INTER_AREA)
-    if image.shape[:2] == (size, size):
-        return image
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the backbone expects: square input side, and normalisation mean/std (RGB, 0..1 scale)."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
 def preprocessing(spec: InputSpec, roi_crop: bool) -> list[A.BasicTransform]:
     """The deterministic part that every split shares, up to the resize (no normalisation)."""
     steps: list[A.BasicTransform] = [CropToForeground()] if roi_crop else []
     steps.append(ResizeAntialiased(spec.size))
     return steps
-
-
-def preprocess(image: np.ndarray, spec: InputSpec, roi_crop: bool) -> np.ndarray:
-    """`preprocessing` as one call, without albumentations' per-call bookkeeping: H x W x 3 uint8
-    in, size x size x 3 uint8 out."""
-    if roi_crop:
-        image = crop_to_foreground(image)
-    return resize_antialiased(image, spec.size)
 
 
 def build_transform(spec: InputSpec, roi_crop: bool, augmentations: Sequence[A.BasicTransform] = (),

@@ -1,5 +1,6 @@
-"""The ensemble's members: training runs chosen in MLflow, checked to be comparable, with their
-logged prediction tables aligned into one probability array per split."""
+"""The candidates of an ensemble (its library of models, in Caruana's word): training runs chosen in
+MLflow, checked to be comparable, with their logged prediction tables aligned into one probability
+array per split. The weighting schemes then decide which of them become members, with what weight."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pandas as pd
 
 from allcls.errors import AllclsError
 from allcls.metrics.bootstrap import resampling_groups
-from allcls.predictions import align, validate_table
+from allcls.predictions import align
 from allcls.tracking.schema import DATA_TAGS
-from allcls.tracking.tracker import MissingArtifact, Tracker
+from allcls.tracking.tracker import Experiment, Tracker
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,13 @@ class SplitPredictions:
 
 
 @dataclass(frozen=True)
-class Members:
+class Candidates:
     run_ids: list[str]
     names: list[str]
     tags: dict[str, str]  # the data tags every member shares: dataset, classes, split_hash
     val: SplitPredictions
     test: SplitPredictions
-    experiment_id: str  # the first member's
+    experiment: Experiment  # the first run's
 
     @property
     def classes(self) -> list[str]:
@@ -73,9 +74,17 @@ def check_comparable(runs, names: list[str]) -> dict[str, str]:
     return shared
 
 
-def load_members(tracker: Tracker, filter_string: str = "", run_ids: list[str] | None = None) -> Members:
-    runs = tracker.find_runs(filter_string, run_ids)
-    where = f"run ids {run_ids}" if run_ids else f"experiment {tracker.experiment_name!r} with filter {filter_string!r}"
+def load_candidates(tracker: Tracker, experiment: Experiment | None, filter_string: str = "",
+                    run_ids: list[str] | None = None) -> Candidates:
+    """The finished training runs of `experiment` that match `filter_string`, or the runs `run_ids`,
+    with their val and test predictions aligned."""
+    if run_ids:
+        runs = [tracker.get_run(run_id, hint="check run_ids") for run_id in run_ids]
+        where = f"run ids {run_ids}"
+    else:
+        assert experiment is not None  # runs are found by id, or in an experiment
+        runs = tracker.finished_training_runs(experiment, filter_string)
+        where = f"experiment {experiment.name!r} with filter {filter_string!r}"
     if not runs:
         raise AllclsError(f"No finished training runs match {where}. Check experiment_name and filter "
                           "(MLflow syntax, e.g. 'tags.sweep_id = \"multirun/2026-01-01/10-00-00\"').")
@@ -83,23 +92,22 @@ def load_members(tracker: Tracker, filter_string: str = "", run_ids: list[str] |
         raise AllclsError(f"Only one run matches {where} ({runs[0].info.run_id}): an ensemble needs two or more.")
     names = member_names(runs)
     tags = check_comparable(runs, names)
-    tables = {"val": [], "test": []}
+    tables: dict[str, list[pd.DataFrame]] = {"val": [], "test": []}
     with tempfile.TemporaryDirectory(prefix="allcls-ensemble-") as folder:
         for run, name in zip(runs, names):
             for split in tables:
-                try:
-                    local = tracker.download(run.info.run_id, f"predictions/{split}.parquet",
-                                             Path(folder) / run.info.run_id)
-                except MissingArtifact:
+                table = tracker.prediction_table(run.info.run_id, split, Path(folder) / run.info.run_id,
+                                                 tags["classes"].split(","),
+                                                 where=f"predictions/{split}.parquet of run {name}")
+                if table is None:
                     raise AllclsError(f"Run {name} ({run.info.run_id}) has no predictions/{split}.parquet: "
-                                      "did it finish training? Leave it out of the selection.") from None
-                tables[split].append(validate_table(pd.read_parquet(local), tags["classes"].split(","),
-                                                    where=f"predictions/{split}.parquet of run {name}"))
+                                      "did it finish training? Leave it out of the selection.")
+                tables[split].append(table)
     splits = {}
     for split, split_tables in tables.items():
         keys, probs = align(split_tables, [f"{name} ({split})" for name in names])
         splits[split] = SplitPredictions(keys["sample_id"].to_numpy(dtype=object),
                                          keys["subject"].to_numpy(dtype=object),
                                          keys["label"].to_numpy(dtype=np.int64), probs)
-    return Members([run.info.run_id for run in runs], names, tags, splits["val"], splits["test"],
-                   runs[0].info.experiment_id)
+    return Candidates([run.info.run_id for run in runs], names, tags, splits["val"], splits["test"],
+                      tracker.experiment_of(runs[0]))

@@ -218,6 +218,11 @@ def min_log_loss(rule: str) -> Fit:
 
 # --- from the config: the settings of each scheme --------------------------------------------------
 
+# The four weightings of the paper that proposed metric-proportional ensembles of ALL classifiers
+# (Mondal et al. 2021): each member weighted by its validation accuracy, F1, AUC or Cohen's kappa.
+PAPER_METRICS = ("accuracy", "f1_weighted", "auroc", "kappa")
+
+
 @dataclass(frozen=True)
 class NoSettings:
     """equal, majority_vote, best_single, log_loss: on ({}) or off (null)."""
@@ -225,7 +230,7 @@ class NoSettings:
 
 @dataclass(frozen=True)
 class ProportionalSettings:
-    metrics: tuple[str, ...] = ("accuracy", "f1_weighted", "auroc", "kappa")
+    metrics: tuple[str, ...] = PAPER_METRICS
     powers: tuple[float, ...] = (1,)
 
 

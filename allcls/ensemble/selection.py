@@ -13,17 +13,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from allcls.ensemble.candidates import Members, SplitPredictions
+from allcls.ensemble.candidates import Candidates, SplitPredictions
 from allcls.ensemble.schemes import Scheme, best_single
 from allcls.errors import AllclsError
 from allcls.inference.combining import combine
 from allcls.metrics.bootstrap import bootstrap_multiplicities, interval
-from allcls.metrics.names import RANKING, regret
+from allcls.metrics.names import RANKING, REPORTED, regret
 from allcls.metrics.vectorised import scores
 
 log = logging.getLogger(__name__)
 
-REPORTED = ("f1_weighted", "balanced_accuracy", "auroc", "kappa", "accuracy", "log_loss")
 
 
 @dataclass
@@ -68,7 +67,7 @@ def metrics_of(combined: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {name: float(value[0]) for name, value in scores(combined[None], labels, REPORTED).items()}
 
 
-def evaluate_schemes(schemes: list[Scheme], members: Members, metric: str, cv_folds: int, bootstrap: int,
+def evaluate_schemes(schemes: list[Scheme], members: Candidates, metric: str, cv_folds: int, bootstrap: int,
                      seed: int, report_top: int) -> tuple[list[SchemeResult], SchemeResult]:
     """Fit, cross-validate and rank every scheme on validation; score the top `report_top` and the
     best single member on test. Returns (ranked results, best single member)."""

@@ -14,17 +14,19 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from allcls.config.hydra_job import job_info, resolved_yaml
 from allcls.config.ranges import ENSEMBLE, check_ranges
-from allcls.ensemble.candidates import Members, load_members
+from allcls.ensemble.candidates import Candidates, load_candidates
 from allcls.ensemble.report import comparison_table, html, markdown, score_chart, terminal_text, weight_heatmap
 from allcls.ensemble.schemes import build_schemes
 from allcls.ensemble.selection import SchemeResult, evaluate_schemes
 from allcls.errors import AllclsError
 from allcls.inference.combining import combine
+from allcls.jobs.signals import stop_signals_raise
 from allcls.predictions import make_table, write_table
 from allcls.tracking import schema as run_schema
 from allcls.tracking.store import browse_command
-from allcls.tracking.tracker import Tracker
+from allcls.tracking.tracker import Experiment, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,13 @@ def run_ensemble(cfg: DictConfig) -> float:
     repeated = sorted({run_id for run_id in run_ids if run_ids.count(run_id) > 1})
     if repeated:  # one model counted twice would double its weight in every scheme
         raise AllclsError(f"run_ids lists {', '.join(repeated)} more than once: give each member run once.")
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name or "", cfg.logger.artifact_location)
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.logger.artifact_location)
     if not cfg.experiment_name and not run_ids:
         raise AllclsError("Say which training runs to ensemble: experiment_name=<their experiment> (one per dataset; "
                           f"this store has {tracker.experiment_names()}) with sweep_id or filter, or run_ids=[...].")
-    members = load_members(tracker, member_filter(tracker, cfg), run_ids)
-    if not cfg.experiment_name:  # explicit run ids: the ensemble goes where its first member is
-        tracker = Tracker(cfg.logger.tracking_uri, tracker.client.get_experiment(members.experiment_id).name,
-                          cfg.logger.artifact_location)
+    experiment = tracker.experiment(cfg.experiment_name, create=bool(run_ids)) if cfg.experiment_name else None
+    members = load_candidates(tracker, experiment, member_filter(tracker, experiment, cfg), run_ids)
+    experiment = experiment or members.experiment  # explicit run ids: the ensemble goes where its first member is
     schemes = build_schemes(OmegaConf.to_container(cfg.schemes, resolve=True), cfg.metric, cfg.combine, cfg.seed,
                             len(members.names))
     log.info("Comparing %d weighting schemes over %d members (%d validation, %d test samples)",
@@ -60,36 +61,42 @@ def run_ensemble(cfg: DictConfig) -> float:
     files = write_outputs(output_dir, table, results[0], members, cfg.metric)
     chosen = results[0]
     tags = run_schema.ensemble_tags(members.tags, chosen.name, members.run_ids, members.names)
-    with tracker.stage_run(run_schema.ENSEMBLE, f"ensemble-{cfg.metric}-{cfg.combine}", tags, cfg) as run_id:
-        tracker.log_params(run_id, run_schema.ensemble_params(
+    job = job_info(cfg.paths.output_dir)
+    opened = tracker.stage_run(experiment, run_schema.ENSEMBLE, f"ensemble-{cfg.metric}-{cfg.combine}", tags, job,
+                               resolved_yaml(cfg))
+    with opened as run, stop_signals_raise():
+        run.log_params(run_schema.ensemble_params(
             cfg.metric, cfg.combine, cfg.cv_folds, cfg.bootstrap, cfg.seed, len(results), chosen.name,
             members.names, chosen.weights))
-        tracker.log_metrics(run_id, {**result_metrics(chosen, cfg.metric),
-                                     **{f"best_single/{k}": v for k, v in result_metrics(single, cfg.metric).items()}})
+        run.log_metrics({**result_metrics(chosen, cfg.metric),
+                         **{f"best_single/{k}": v for k, v in result_metrics(single, cfg.metric).items()}})
         for path in files["comparison"]:
-            tracker.log_file(run_id, path, "comparison")
+            run.log_file(path, "comparison")
         for path in files["predictions"]:
-            tracker.log_file(run_id, path, "predictions")
-        tracker.log_file(run_id, files["members"], "ensemble")
+            run.log_file(path, "predictions")
+        run.log_file(files["members"], "ensemble")
         for result in results:
-            tracker.child_run(run_id, result.name, run_schema.scheme_tags(result.family, result.rule, result.rank),
+            tracker.child_run(run, experiment, result.name,
+                              run_schema.scheme_tags(result.family, result.rule, result.rank),
                               run_schema.weight_params(members.names, result.weights),
                               result_metrics(result, cfg.metric))
     log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, cfg.metric, chosen.cv)
-    print(f"Ensemble run {run_id} in experiment {tracker.experiment_name!r}; one child run per scheme.\n"
+    print(f"Ensemble run {run.run_id} in experiment {experiment.name!r}; one child run per scheme.\n"
           f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
-          f"python evaluate.py run_id={run_id} tta.enabled=true gradcam.enabled=true\n"
-          f"Browse: {browse_command(tracker.tracking_uri, tracker.experiment_id(), run_id)}", flush=True)
+          f"python evaluate.py run_id={run.run_id} tta.enabled=true gradcam.enabled=true\n"
+          f"Browse: {browse_command(tracker.tracking_uri, experiment.id, run.run_id)}", flush=True)
     return chosen.cv
 
 
-def member_filter(tracker: Tracker, cfg: DictConfig) -> str:
+def member_filter(tracker: Tracker, experiment: Experiment | None, cfg: DictConfig) -> str:
     """The MLflow filter for the members: `filter`, narrowed to `sweep_id` when one is given
     (`latest`: the sweep of the most recent finished training run)."""
     clauses = [cfg.filter] if cfg.filter else []
     if cfg.sweep_id:
-        sweep = tracker.latest_sweep_id() if cfg.sweep_id == "latest" else cfg.sweep_id
-        log.info("Members: the training runs of sweep %s", sweep)
+        if experiment is None:
+            raise AllclsError("sweep_id needs experiment_name: the experiment whose sweep it is.")
+        sweep = tracker.latest_sweep_id(experiment) if cfg.sweep_id == "latest" else cfg.sweep_id
+        log.info("Candidates: the training runs of sweep %s", sweep)
         clauses.append(f"tags.sweep_id = '{sweep}'")
     return " and ".join(clauses)
 
@@ -105,7 +112,7 @@ def result_metrics(result: SchemeResult, metric: str) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
 
 
-def write_outputs(output_dir: Path, table: pd.DataFrame, chosen: SchemeResult, members: Members, metric: str
+def write_outputs(output_dir: Path, table: pd.DataFrame, chosen: SchemeResult, members: Candidates, metric: str
                   ) -> dict[str, list[Path] | Path]:
     """The comparison (CSV, Markdown, HTML, charts), the chosen ensemble's prediction tables in the
     training runs' schema, and members.json (what is needed to rebuild the ensemble)."""

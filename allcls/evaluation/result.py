@@ -10,15 +10,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from allcls.evaluation.gradcam import CamGrid
 from allcls.inference import conformal
-from allcls.inference.calibration import apply_temperature, fit_temperature
-from allcls.inference.gradcam import CamGrid
-from allcls.metrics.bootstrap import bootstrap_multiplicities, metric_table, percentile_interval, resampling_groups
+from allcls.inference.calibration import calibrated, fit_temperature
+from allcls.metrics.bootstrap import metric_table
+from allcls.metrics.names import CALIBRATION, REPORTED
 from allcls.predictions import probabilities_of
 
-SHOWN = ("f1_weighted", "balanced_accuracy", "accuracy", "auroc", "kappa", "ece", "log_loss")
 SHOWN_PER_CLASS = ("recall_", "specificity_")
-CALIBRATION_METRICS = ("ece", "log_loss")  # what temperature scaling changes, logged after it
 
 
 @dataclass(frozen=True)
@@ -53,15 +52,14 @@ class PredictionSets:
     target: float  # the coverage asked for
     threshold: float
     members: np.ndarray  # (images, classes) bool
-    coverage: tuple[float, float, float]  # measured on the evaluated split: value, 95% interval
-    mean_size: float
-    refer_rate: float  # the share of sets of more than one class
+    measured: conformal.SetMeasures  # on the evaluated split
 
     def metrics(self, split: str) -> dict[str, float]:
-        value, low, high = self.coverage
-        return {f"{split}/conformal/coverage": value, f"{split}/conformal/coverage_ci_low": low,
-                f"{split}/conformal/coverage_ci_high": high, f"{split}/conformal/mean_set_size": self.mean_size,
-                f"{split}/conformal/refer_rate": self.refer_rate, "conformal/threshold": self.threshold,
+        measured = self.measured
+        return {f"{split}/conformal/coverage": measured.coverage, f"{split}/conformal/coverage_ci_low":
+                measured.coverage_low, f"{split}/conformal/coverage_ci_high": measured.coverage_high,
+                f"{split}/conformal/mean_set_size": measured.mean_size,
+                f"{split}/conformal/refer_rate": measured.refer_rate, "conformal/threshold": self.threshold,
                 "conformal/target_coverage": self.target}
 
 
@@ -122,7 +120,7 @@ class EvaluationResult:
         if self.calibration.metrics is not None:
             values.update({f"{split}/calibrated/{row.metric}": row.value
                            for row in self.calibration.metrics.itertuples(index=False)
-                           if row.metric in CALIBRATION_METRICS})
+                           if row.metric in CALIBRATION})
         if self.transductive is not None:
             values.update({f"{split}/transductive/{row.metric}": row.value
                            for row in self.transductive.metrics.itertuples(index=False)})
@@ -135,7 +133,7 @@ class EvaluationResult:
     def summary(self) -> str:
         """The table the terminal shows: headline metrics with intervals, TTA and calibration beside."""
         frame = self.metrics_frame()
-        shown = frame[frame["metric"].isin(SHOWN) | frame["metric"].str.startswith(SHOWN_PER_CLASS)]
+        shown = frame[frame["metric"].isin(REPORTED) | frame["metric"].str.startswith(SHOWN_PER_CLASS)]
         temperature = self.calibration.temperature
         lines = [f"{self.title}:"]
         header = f"  {'metric':24s} {'value [95% CI]':26s}"
@@ -155,10 +153,11 @@ class EvaluationResult:
         if self.sets_note:
             lines.append(f"  no prediction sets: {self.sets_note}")
         if self.sets is not None:
-            value, low, high = self.sets.coverage
-            lines.append(f"  prediction sets for {self.sets.target:.0%} coverage: measured {value:.3f} "
-                         f"[{low:.3f}, {high:.3f}], mean size {self.sets.mean_size:.2f}, "
-                         f"{self.sets.refer_rate:.1%} of images referred (more than one class)")
+            measured = self.sets.measured
+            lines.append(f"  prediction sets for {self.sets.target:.0%} coverage: measured {measured.coverage:.3f} "
+                         f"[{measured.coverage_low:.3f}, {measured.coverage_high:.3f}], mean size "
+                         f"{measured.mean_size:.2f}, {measured.refer_rate:.1%} of images referred "
+                         "(more than one class)")
         return "\n".join(lines)
 
 
@@ -206,20 +205,13 @@ def prediction_sets_of(probabilities: np.ndarray, labels: np.ndarray, subjects: 
                        ) -> PredictionSets | None:
     """Sets fitted on the validation table for `coverage`, and what they measure on this split;
     None when validation has too few subjects for that coverage."""
-    def scaled(values: np.ndarray) -> np.ndarray:
-        return values if temperature is None else apply_temperature(values, temperature)
-
-    threshold = conformal.fit_threshold(scaled(probabilities_of(validation)), validation["label"].to_numpy(),
-                                        validation["subject"].tolist(), coverage)
+    threshold = conformal.fit_threshold(calibrated(probabilities_of(validation), temperature),
+                                        validation["label"].to_numpy(), validation["subject"].tolist(), coverage)
     if threshold is None:
         return None
-    members = conformal.prediction_sets(scaled(probabilities), threshold)
-    covered = members[np.arange(len(labels)), labels].astype(np.float64)
-    draws = bootstrap_multiplicities(resampling_groups(subjects), replicates, seed)
-    low, high = percentile_interval(draws @ covered / draws.sum(axis=1) if replicates else None)
-    sizes = members.sum(axis=1)
-    return PredictionSets(coverage, threshold, members, (float(covered.mean()), low, high), float(sizes.mean()),
-                          float((sizes > 1).mean()))
+    members = conformal.prediction_sets(calibrated(probabilities, temperature), threshold)
+    measured = conformal.measure_sets(members, labels, subjects, replicates, seed)
+    return PredictionSets(coverage, threshold, members, measured)
 
 
 def calibration(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, classes: list[str], seed: int,
@@ -229,7 +221,7 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequenc
     temperature = fit_temperature(probabilities_of(validation), validation["label"].to_numpy())
     if temperature is None:
         return Calibration("not fitted (validation all correct)")
-    scaled = apply_temperature(probabilities, temperature)
+    scaled = calibrated(probabilities, temperature)
     return Calibration("fitted", temperature, scaled, metric_table(scaled, labels, subjects, classes, 0, seed))
 
 

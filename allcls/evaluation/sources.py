@@ -1,6 +1,7 @@
 """What is evaluated: a training run, an ensemble run or a bare checkpoint file, resolved into its
-classes, its members (checkpoint, weight, the training config that says how data was prepared)
-and the prediction tables it already logged."""
+classes, its members (allcls.inference.members: weight, backbone, preprocessing), where each
+member's checkpoint is, the training config that says how its data was prepared, and the
+prediction tables it already logged."""
 
 from __future__ import annotations
 
@@ -10,39 +11,22 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from allcls.errors import AllclsError
+from allcls.inference.combining import Rule, check_rule
+from allcls.inference.members import Member, Preprocessing
+from allcls.models.backbones import BackboneSpec, input_spec, network_from_checkpoint
 from allcls.models.checkpoints import read_checkpoint
-from allcls.models.lit_classifier import LitClassifier
 from allcls.predictions import validate_table
 from allcls.tracking import schema as run_schema
 from allcls.tracking.tracker import MissingArtifact, Tracker
 
-
-@dataclass
-class Member:
-    """One model: where its checkpoint is (an MLflow run's artifact or a local file) and its weight."""
-
-    name: str
-    weight: float
-    run_id: str | None = None
-    checkpoint_file: Path | None = None
-    train_config: DictConfig | None = None
-    manifest: Path | None = None
-
-    def load(self, tracker: Tracker | None, folder: Path, device: torch.device | str) -> LitClassifier:
-        """The model, loaded with weights_only=True (nothing is unpickled from the file)."""
-        path = self.checkpoint_file
-        if path is None:
-            try:
-                path = tracker.download(self.run_id, "checkpoints/best.ckpt", folder / self.run_id)
-            except MissingArtifact:
-                raise AllclsError(f"Run {self.name} ({self.run_id}) has no checkpoints/best.ckpt: it cannot be "
-                                  "re-run for TTA, Grad-CAM or another dataset. Evaluate its logged predictions "
-                                  "(split=val or test, tta.enabled=false, gradcam.enabled=false).") from None
-        return LitClassifier.from_checkpoint(path, map_location=device)
+# Where a member's weights are: the id of the training run that logged its best checkpoint, or a file.
+CheckpointAt = str | Path
+NOT_RERUN = ("it cannot be re-run for TTA, Grad-CAM or another dataset. Evaluate its logged predictions (split=val "
+             "or test, tta.enabled=false, gradcam.enabled=false)")
 
 
 @dataclass
@@ -51,14 +35,35 @@ class ModelSource:
     name: str
     classes: list[str]
     members: list[Member]
-    rule: str = "arithmetic"
+    checkpoints: list[CheckpointAt]  # member i's weights
+    rule: Rule = "arithmetic"
     run: object | None = None  # the evaluated MLflow run, when there is one
     experiment_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # How the data was prepared and split: the first member's (an ensemble's members share dataset and split).
+    train_config: DictConfig | None = None
+    manifest: Path | None = None
 
     @property
     def run_id(self) -> str | None:
         return self.run.info.run_id if self.run else None
+
+    def checkpoint(self, index: int, tracker: Tracker, folder: Path, without: str = NOT_RERUN) -> Path:
+        """Member `index`'s checkpoint file, downloaded from its run if need be (`without`: what a run
+        without one cannot do, and what to do instead)."""
+        at = self.checkpoints[index]
+        if isinstance(at, Path):
+            return at
+        try:
+            return tracker.download(at, "checkpoints/best.ckpt", folder / at)
+        except MissingArtifact:
+            raise AllclsError(f"Run {self.members[index].name} ({at}) has no checkpoints/best.ckpt: {without}."
+                              ) from None
+
+    def networks(self, tracker: Tracker, folder: Path, device: torch.device) -> list[nn.Module]:
+        """Every member's trained network, loaded with weights_only=True (nothing is unpickled)."""
+        return [network_from_checkpoint(self.checkpoint(index, tracker, folder), map_location=device)
+                for index in range(len(self.members))]
 
     def logged_table(self, tracker: Tracker, split: str, folder: Path) -> pd.DataFrame | None:
         """The prediction table the run logged for `split`, if it has one."""
@@ -77,22 +82,21 @@ def resolve_source(tracker: Tracker, run_id: str | None, ckpt_path: str | None, 
         raise AllclsError("Give exactly one of run_id=<MLflow run id> and ckpt_path=<checkpoint file>.")
     if ckpt_path:
         return _from_checkpoint(Path(ckpt_path).expanduser())
-    try:
-        run = tracker.client.get_run(run_id)
-    except MlflowException:
-        raise AllclsError(f"No MLflow run {run_id!r} in {tracker.tracking_uri}: check run_id "
-                          "(and logger.tracking_uri / $MLFLOW_TRACKING_URI).") from None
+    run = tracker.get_run(run_id, hint="check run_id (and logger.tracking_uri / $MLFLOW_TRACKING_URI)")
     stage = run.data.tags.get("stage")
     if stage == run_schema.ENSEMBLE:
         return _from_ensemble_run(tracker, run, workdir)
     if stage != run_schema.TRAIN:
         raise AllclsError(f"Run {run_id} is not a training or ensemble run (stage={stage!r}): evaluate one of those.")
-    member = _member_of_run(tracker, run, 1.0, workdir)
-    return ModelSource("run", member.name, run.data.tags["classes"].split(","), [member], run=run,
-                       experiment_id=run.info.experiment_id, tags=dict(run.data.tags))
+    config, manifest = _training_record(tracker, run, workdir)
+    member = _member(run.info.run_name or run.info.run_id[:8], 1.0, config)
+    return ModelSource("run", member.name, run.data.tags["classes"].split(","), [member], [run.info.run_id], run=run,
+                       experiment_id=run.info.experiment_id, tags=dict(run.data.tags), train_config=config,
+                       manifest=manifest)
 
 
-def _member_of_run(tracker: Tracker, run, weight: float, workdir: Path) -> Member:
+def _training_record(tracker: Tracker, run, workdir: Path) -> tuple[DictConfig, Path]:
+    """A training run's resolved config and split manifest."""
     folder = workdir / run.info.run_id
     try:
         config = OmegaConf.load(tracker.download(run.info.run_id, "config/config.yaml", folder))
@@ -100,8 +104,14 @@ def _member_of_run(tracker: Tracker, run, weight: float, workdir: Path) -> Membe
     except MissingArtifact:
         raise AllclsError(f"Run {run.info.run_id} has no config/config.yaml or data/split_manifest.csv: "
                           "is it an allcls training run that got past its start?") from None
-    return Member(run.info.run_name or run.info.run_id[:8], weight, run_id=run.info.run_id,
-                  train_config=config, manifest=manifest)
+    assert isinstance(config, DictConfig)
+    return config, manifest
+
+
+def _member(name: str, weight: float, config: DictConfig) -> Member:
+    """A member as its training config describes it: its backbone's input, the crop its data got."""
+    backbone = BackboneSpec.of(config.backbone)
+    return Member(name, weight, backbone.name, Preprocessing(input_spec(backbone), bool(config.dataset.roi_crop)))
 
 
 def _from_ensemble_run(tracker: Tracker, run, workdir: Path) -> ModelSource:
@@ -109,19 +119,24 @@ def _from_ensemble_run(tracker: Tracker, run, workdir: Path) -> ModelSource:
         described = json.loads(tracker.download(run.info.run_id, "ensemble/members.json", workdir).read_text())
     except MissingArtifact:
         raise AllclsError(f"Ensemble run {run.info.run_id} has no ensemble/members.json.") from None
-    members = []
+    members, checkpoints, records = [], [], []
     for entry in described["members"]:
         if entry["weight"] <= 0:
             continue  # a member without weight changes nothing: no need to load it
-        members.append(_member_of_run(tracker, tracker.client.get_run(entry["run_id"]), entry["weight"], workdir))
-        members[-1].name = entry["name"]
+        config, manifest = _training_record(tracker, tracker.get_run(entry["run_id"]), workdir)
+        members.append(_member(entry["name"], entry["weight"], config))
+        checkpoints.append(entry["run_id"])
+        records.append((config, manifest))
     return ModelSource("ensemble", run.info.run_name or run.info.run_id[:8], described["classes"], members,
-                       rule=described["combine"], run=run, experiment_id=run.info.experiment_id,
-                       tags=dict(run.data.tags))
+                       checkpoints, rule=check_rule(described["combine"]), run=run,
+                       experiment_id=run.info.experiment_id, tags=dict(run.data.tags), train_config=records[0][0],
+                       manifest=records[0][1])
 
 
 def _from_checkpoint(path: Path) -> ModelSource:
     if not path.is_file():
         raise AllclsError(f"Checkpoint {path} does not exist: check ckpt_path.")
-    classes = list(read_checkpoint(path)["hyper_parameters"]["class_names"])
-    return ModelSource("checkpoint", path.stem, classes, [Member(path.stem, 1.0, checkpoint_file=path)])
+    hparams = read_checkpoint(path)["hyper_parameters"]
+    backbone = BackboneSpec.of({**hparams["backbone"], "pretrained": False})
+    member = Member(path.stem, 1.0, backbone.name, Preprocessing(input_spec(backbone)))
+    return ModelSource("checkpoint", path.stem, list(hparams["class_names"]), [member], [path])

@@ -18,7 +18,8 @@ from allcls.config.sections import build, typed
 from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_dataset
 from allcls.data.splits import ALL, SplitSpec
 from allcls.errors import AllclsError
-from allcls.evaluation.sources import Member, ModelSource
+from allcls.evaluation.sources import ModelSource
+from allcls.inference.members import Member
 from allcls.predictions import make_table
 from allcls.tracking.tracker import Tracker
 
@@ -51,7 +52,7 @@ class OwnData:
     predictions a run logged need none of them."""
 
     def __init__(self, source: ModelSource, dataset_root: str | None):
-        if any(member.train_config is None for member in source.members):
+        if source.train_config is None:
             raise AllclsError("ckpt_path needs the data to evaluate on: pass dataset=<name> dataset.root=<path>.")
         self.source, self.dataset_root = source, dataset_root
 
@@ -72,20 +73,21 @@ class OwnData:
 
     @functools.cached_property
     def data(self) -> PreparedDataset:
-        member = self.source.members[0]
-        dataset = OmegaConf.create(OmegaConf.to_container(member.train_config.dataset))
+        config, manifest = self.source.train_config, self.source.manifest
+        assert config is not None and manifest is not None  # a source with a training record (__init__)
+        dataset = OmegaConf.create(OmegaConf.to_container(config.dataset))
         if self.dataset_root:
             dataset.reader.root = self.dataset_root
         if OmegaConf.is_missing(dataset, "root"):
             raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{dataset.name}.")
-        return prepare_dataset(build(dataset.reader), SplitSpec(manifest=str(member.manifest)), ImageChecks.of(dataset))
+        return prepare_dataset(build(dataset.reader), SplitSpec(manifest=str(manifest)), ImageChecks.of(dataset))
 
     def samples(self, split: str) -> EvaluationSet:
         return _evaluation_set(self.data, split, self.data.class_index())
 
     def roi_crop(self, member: Member) -> bool:
         """Each member is fed as it was trained."""
-        return bool(member.train_config.dataset.roi_crop)
+        return member.preprocessing.roi_crop
 
 
 class OtherDataset:

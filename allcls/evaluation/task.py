@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -23,20 +24,20 @@ from omegaconf import DictConfig
 from allcls.config.ranges import EVALUATE, check_ranges
 from allcls.config.sections import typed
 from allcls.errors import AllclsError
+from allcls.evaluation.gradcam import CamGrid, choose_samples
 from allcls.evaluation.result import Calibration, compute_result
+from allcls.evaluation.settings import ConformalSettings
 from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.evaluation.targets import Target, make_target
 from allcls.evaluation.transductive import NeighbourCorrection, neighbour_correction
 from allcls.evaluation.writer import log_result
-from allcls.inference.conformal import ConformalSettings
-from allcls.inference.gradcam import CamGrid, choose_samples, explain
-from allcls.inference.predictor import Predictor, PredictorMember
+from allcls.inference.gradcam import explain
+from allcls.inference.predictor import Predictor
 from allcls.inference.views import check_views
 from allcls.machine import inference_workers, keep_freed_memory
-from allcls.models.backbones import BackboneSpec, input_spec
 from allcls.predictions import class_names_of, probabilities_of
 from allcls.tracking.store import browse_command
-from allcls.tracking.tracker import Tracker
+from allcls.tracking.tracker import Experiment, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def evaluate(cfg: DictConfig) -> float:
     keep_freed_memory()  # CPU forward passes would otherwise spend more time in page faults than in the models
     with tempfile.TemporaryDirectory(prefix="allcls-evaluate-") as folder:  # checkpoints, configs, tables
         workdir = Path(folder)
-        tracker, source = open_source(cfg, workdir)
+        tracker, experiment, source = open_source(cfg, workdir)
         inputs = Inputs(source, make_target(cfg, source), cfg, tracker, workdir)
 
         table = inputs.target.logged_table(tracker, cfg.split, workdir)
@@ -78,22 +79,22 @@ def evaluate(cfg: DictConfig) -> float:
         if result.sets_note:
             log.warning("Prediction sets are skipped: %s.", result.sets_note)
         print("\n" + result.summary() + "\n", flush=True)
-        run_id = log_result(tracker, source, result, cfg, inputs.target.split_hash)
-    print(f"Evaluation run {run_id} in experiment {tracker.experiment_name!r}"
+        run_id = log_result(tracker, experiment, source, result, cfg, inputs.target.split_hash)
+    print(f"Evaluation run {run_id} in experiment {experiment.name!r}"
           + (f", nested under run {source.run_id}" if source.run_id else "")
-          + f".\nBrowse: {browse_command(tracker.tracking_uri, tracker.experiment_id(), run_id)}", flush=True)
+          + f".\nBrowse: {browse_command(tracker.tracking_uri, experiment.id, run_id)}", flush=True)
     return result.metric("f1_weighted")
 
 
-def open_source(cfg: DictConfig, workdir: Path) -> tuple[Tracker, ModelSource]:
-    """The evaluated source, and the tracker of the experiment its evaluation goes to: the run's
-    own, else `experiment_name`, else the evaluated dataset's name."""
-    default = cfg.dataset.name if cfg.get("dataset") is not None else "evaluation"
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name or default, cfg.logger.artifact_location)
+def open_source(cfg: DictConfig, workdir: Path) -> tuple[Tracker, Experiment, ModelSource]:
+    """The store, the evaluated source, and the experiment its evaluation goes to: the run's own,
+    else `experiment_name`, else the evaluated dataset's name."""
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.logger.artifact_location)
     source = resolve_source(tracker, cfg.run_id, cfg.ckpt_path, workdir)
-    if source.experiment_id is not None:
-        tracker = Tracker(cfg.logger.tracking_uri, tracker.client.get_experiment(source.experiment_id).name)
-    return tracker, source
+    if source.run is not None:
+        return tracker, tracker.experiment_of(source.run), source
+    default = cfg.dataset.name if cfg.get("dataset") is not None else "evaluation"
+    return tracker, tracker.experiment(cfg.experiment_name or default, create=True), source
 
 
 class Inputs:
@@ -107,16 +108,14 @@ class Inputs:
 
     @functools.cached_property
     def predictor(self) -> Predictor:
-        """The source's models, each with the input its backbone expects and the crop the target gives it."""
+        """The source's networks, each fed the input its backbone expects with the crop the target gives it."""
         cfg = self.cfg
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-        members = []
-        for member in self.source.members:
-            model = member.load(self.tracker, self.workdir, device)
-            spec = input_spec(BackboneSpec.of(model.hparams["backbone"]))
-            members.append(PredictorMember(member.name, model.model, spec, self.target.roi_crop(member), member.weight))
+        members = [replace(m, preprocessing=replace(m.preprocessing, roi_crop=self.target.roi_crop(m)))
+                   for m in self.source.members]
+        networks = self.source.networks(self.tracker, self.workdir, device)
         batch_size = cfg.batch_size or (64 if device.type == "cuda" else 16)
-        return Predictor(members, self.source.classes, self.source.rule, device, int(batch_size),
+        return Predictor(members, networks, self.source.classes, self.source.rule, device, int(batch_size),
                          inference_workers(cfg.num_workers, device))
 
     def corrected(self, table: pd.DataFrame, split: str, correction: NeighbourCorrection) -> pd.DataFrame:

@@ -8,14 +8,16 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from allcls.config.hydra_job import job_info, resolved_yaml
 from allcls.evaluation import plots
+from allcls.evaluation.gradcam import overlay_grid
 from allcls.evaluation.result import EvaluationResult
 from allcls.evaluation.sources import ModelSource
 from allcls.inference import conformal
-from allcls.inference.gradcam import overlay_grid
+from allcls.jobs.signals import stop_signals_raise
 from allcls.predictions import probabilities_of, write_table
 from allcls.tracking import schema as run_schema
-from allcls.tracking.tracker import Tracker
+from allcls.tracking.tracker import Experiment, Tracker
 
 
 def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Path]]:
@@ -56,7 +58,7 @@ def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Pa
     if result.sets is not None:
         sets = pd.DataFrame({"sample_id": result.table["sample_id"],
                              "set": conformal.set_labels(result.sets.members, classes),
-                             "refer": result.sets.members.sum(axis=1) > 1})
+                             "refer": conformal.referred(result.sets.members)})
         files["predictions"].append(folders["predictions"] / f"{split}_sets.csv")
         sets.to_csv(files["predictions"][-1], index=False)
     if result.gradcam is not None:
@@ -64,8 +66,8 @@ def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Pa
     return files
 
 
-def log_result(tracker: Tracker, source: ModelSource, result: EvaluationResult, cfg: DictConfig,
-               split_hash: str | None) -> str:
+def log_result(tracker: Tracker, experiment: Experiment, source: ModelSource, result: EvaluationResult,
+               cfg: DictConfig, split_hash: str | None) -> str:
     """The evaluation run (nested under the evaluated run, when there is one), with every file of
     the result; returns its id. `split_hash`: of the split evaluated, when it is the model's own."""
     files = write_files(result, Path(cfg.paths.output_dir))
@@ -74,16 +76,19 @@ def log_result(tracker: Tracker, source: ModelSource, result: EvaluationResult, 
                                       split_hash, transductive)
     name = run_schema.evaluation_run_name(result.split, result.dataset, result.tta is not None,
                                           transductive is not None)
-    with tracker.stage_run(run_schema.EVALUATE, name, tags, cfg, parent_run_id=source.run_id) as run_id:
-        tracker.log_params(run_id, run_schema.evaluation_params(
+    job = job_info(cfg.paths.output_dir)
+    opened = tracker.stage_run(experiment, run_schema.EVALUATE, name, tags, job, resolved_yaml(cfg),
+                               parent_run_id=source.run_id)
+    with opened as run, stop_signals_raise():
+        run.log_params(run_schema.evaluation_params(
             source.name, result.split, result.dataset, len(result.table), result.origin,
             result.tta.views if result.tta is not None else None, result.calibration.param, cfg.bootstrap, cfg.seed,
             transductive, sets_param(result)))
-        tracker.log_metrics(run_id, result.logged_metrics())
+        run.log_metrics(result.logged_metrics())
         for folder, paths in files.items():
             for path in paths:
-                tracker.log_file(run_id, path, folder)
-    return run_id
+                run.log_file(path, folder)
+    return run.run_id
 
 
 def sets_param(result: EvaluationResult) -> str:

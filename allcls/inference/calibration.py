@@ -18,6 +18,11 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
+def calibrated(probabilities: np.ndarray, temperature: float | None) -> np.ndarray:
+    """Probabilities after a fitted temperature; as they are where none was fitted (None)."""
+    return probabilities if temperature is None else apply_temperature(probabilities, temperature)
+
+
 BOUNDS = (0.1, 10.0)
 
 

@@ -1,44 +1,62 @@
 """How an ensemble's members are combined into one set of probabilities, for one weighting or for
-many at once (a weight search scores thousands of weightings in one matrix product)."""
+many at once (a weight search scores thousands of weightings in one matrix product). The rule is
+chosen by name once (`Rule`); each rule is one function of the members' probabilities."""
 
 from __future__ import annotations
 
+from typing import Callable, Literal, get_args
+
 import numpy as np
 
+from allcls.errors import AllclsError
 from allcls.metrics.vectorised import EPS
 
-RULES = ("arithmetic", "geometric", "vote")
+Rule = Literal["arithmetic", "geometric", "vote"]
+RULES: tuple[Rule, ...] = get_args(Rule)
 
 
-def combine(probs: np.ndarray, weights: np.ndarray, rule: str = "arithmetic") -> np.ndarray:
+def _arithmetic(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_m w_m p_m."""
+    return weights @ probs.reshape(len(probs), -1)
+
+
+def _geometric(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """softmax(sum_m w_m log p_m): the normalised weighted geometric mean."""
+    models, samples, classes = probs.shape
+    flat = (weights @ np.log(np.clip(probs, EPS, 1.0)).reshape(models, -1)).reshape(len(weights), samples, classes)
+    return np.exp(flat - flat.max(axis=2, keepdims=True))
+
+
+def _vote(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted share of each class among the members' predicted classes, ties broken by the
+    arithmetic mean."""
+    votes = np.eye(probs.shape[2])[probs.argmax(axis=2)]  # (models, samples, classes)
+    return weights @ votes.reshape(len(probs), -1) + 1e-6 * _arithmetic(probs, weights)
+
+
+COMBINE: dict[Rule, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "arithmetic": _arithmetic, "geometric": _geometric, "vote": _vote}
+
+
+def check_rule(rule: str, where: str = "combine") -> Rule:
+    if rule not in RULES:
+        raise AllclsError(f"{where}={rule!r} is not a combining rule: use one of {list(RULES)}.")
+    return rule  # type: ignore[return-value]  (checked just above)
+
+
+def combine(probs: np.ndarray, weights: np.ndarray, rule: Rule = "arithmetic") -> np.ndarray:
     """Ensemble probabilities for one weighting (models,) -> (samples, classes), or for a batch
-    (K, models) -> (K, samples, classes). Rows sum to 1.
-
-    arithmetic: sum_m w_m p_m. geometric: softmax(sum_m w_m log p_m), the normalised weighted
-    geometric mean. vote: weighted share of each class among the members' predicted classes,
-    with ties broken by the arithmetic mean.
-    """
+    (K, models) -> (K, samples, classes). Rows sum to 1."""
     weights = np.asarray(weights, dtype=np.float64)
     single = weights.ndim == 1
     weights = np.atleast_2d(weights)
-    models, samples, classes = probs.shape
-    if rule == "arithmetic":
-        flat = weights @ probs.reshape(models, -1)
-    elif rule == "geometric":
-        flat = weights @ np.log(np.clip(probs, EPS, 1.0)).reshape(models, -1)
-        flat = flat.reshape(len(weights), samples, classes)
-        flat = np.exp(flat - flat.max(axis=2, keepdims=True))
-    elif rule == "vote":
-        votes = np.eye(classes)[probs.argmax(axis=2)]  # (models, samples, classes)
-        flat = weights @ votes.reshape(models, -1) + 1e-6 * (weights @ probs.reshape(models, -1))
-    else:
-        raise ValueError(f"unknown combine rule {rule!r}")
-    combined = flat.reshape(len(weights), samples, classes)
+    _, samples, classes = probs.shape
+    combined = COMBINE[check_rule(rule)](probs, weights).reshape(len(weights), samples, classes)
     combined = combined / combined.sum(axis=2, keepdims=True)
     return combined[0] if single else combined
 
 
-def decision_base(probs: np.ndarray, rule: str = "arithmetic") -> np.ndarray:
+def decision_base(probs: np.ndarray, rule: Rule = "arithmetic") -> np.ndarray:
     """What the rule sums over members before the argmax (models, samples, classes): a weighting's
     predicted classes are the argmax of its weighted sum of this, with no normalisation needed."""
     if rule == "vote":
@@ -48,7 +66,7 @@ def decision_base(probs: np.ndarray, rule: str = "arithmetic") -> np.ndarray:
     return probs
 
 
-def predicted_classes(probs: np.ndarray, weightings: np.ndarray, rule: str = "arithmetic") -> np.ndarray:
+def predicted_classes(probs: np.ndarray, weightings: np.ndarray, rule: Rule = "arithmetic") -> np.ndarray:
     """The class each weighting (K, models) predicts for each sample (K, N), as `combine` would,
     without forming normalised probabilities: argmax needs neither the normalisation nor, for
     the geometric mean, the exponential. Two classes reduce to the sign of one matrix product."""

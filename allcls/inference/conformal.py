@@ -18,20 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from allcls.errors import AllclsError
-
-
-@dataclass(frozen=True)
-class ConformalSettings:
-    """`conformal` in conf/evaluate.yaml: `coverage` is the wanted share of sets that hold the true
-    class (e.g. 0.95); `enabled: false` switches the sets off."""
-
-    enabled: bool = True
-    coverage: float = 0.95
-
-    def __post_init__(self):
-        if not 0.5 <= self.coverage < 1:
-            raise AllclsError(f"conformal.coverage={self.coverage} must be at least 0.5 and below 1 (e.g. 0.95).")
+from allcls.metrics.bootstrap import bootstrap_multiplicities, percentile_interval, resampling_groups
 
 
 def scores(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -78,3 +65,30 @@ def prediction_sets(probabilities: np.ndarray, threshold: float) -> np.ndarray:
 def set_labels(members: np.ndarray, classes: Sequence[str]) -> list[str]:
     """Each set as text, classes in index order joined by '|': 'hem', 'hem|all'."""
     return ["|".join(c for c, inside in zip(classes, row) if inside) for row in members]
+
+
+def referred(members: np.ndarray) -> np.ndarray:
+    """Which images are referred to a human (N,): those whose set holds more than one class."""
+    return members.sum(axis=1) > 1
+
+
+@dataclass(frozen=True)
+class SetMeasures:
+    """What prediction sets measure on labelled images: the share that hold the true class (with
+    its 95% interval over subject-resampled replicates), their mean size and the share referred."""
+
+    coverage: float
+    coverage_low: float
+    coverage_high: float
+    mean_size: float
+    refer_rate: float
+
+
+def measure_sets(members: np.ndarray, labels: np.ndarray, subjects: Sequence, replicates: int, seed: int
+                 ) -> SetMeasures:
+    """Coverage, its interval, mean set size and referral rate of the sets `members` (N, C)."""
+    covered = members[np.arange(len(labels)), labels].astype(np.float64)
+    draws = bootstrap_multiplicities(resampling_groups(subjects), replicates, seed)
+    low, high = percentile_interval(draws @ covered / draws.sum(axis=1) if replicates else None)
+    return SetMeasures(float(covered.mean()), low, high, float(members.sum(axis=1).mean()),
+                       float(referred(members).mean()))

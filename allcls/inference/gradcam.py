@@ -9,8 +9,6 @@ image they explain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -21,22 +19,8 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from allcls.data.transforms import InputSpec
-from allcls.errors import AllclsError
-from allcls.figures import plt, save_figure
 from allcls.inference.predictor import Predictor
 from allcls.progress import progress
-
-
-@dataclass(frozen=True)
-class CamGrid:
-    """Explained images: RGB images (N, H, W, 3) and their maps (N, H, W), both in [0, 1], a
-    caption per image and a title."""
-
-    images: np.ndarray
-    maps: np.ndarray
-    captions: list[str]
-    title: str
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -69,11 +53,13 @@ def member_maps(predictor: Predictor, images: Sequence[str | np.ndarray], target
                 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """(RGB images as the first member sees them, each member's Grad-CAM maps at its own input size)."""
     maps, display = [], None
-    for member in progress(predictor.members, desc=f"Grad-CAM of {len(images)} images", unit="model", show=show):
-        inputs = predictor.inputs(images, member).to(predictor.device)
-        maps.append(gradcam(member.model, inputs, targets))
+    for index in progress(range(len(predictor.members)), desc=f"Grad-CAM of {len(images)} images", unit="model",
+                          show=show):
+        shown, inputs = predictor.inputs(images, index)
+        maps.append(gradcam(predictor.networks[index], inputs, targets))
         if display is None:
-            display = to_display(inputs, member.input_spec)
+            display = shown
+    assert display is not None  # a Predictor has at least one member
     return display, maps
 
 
@@ -93,41 +79,3 @@ def combine_maps(maps: Sequence[np.ndarray], weights: Sequence[float], size: int
     return np.divide(total, peak, out=np.zeros_like(total), where=peak > 0)
 
 
-def to_display(images: torch.Tensor, spec: InputSpec) -> np.ndarray:
-    """Normalised input tensors (N, 3, H, W) back to RGB images in [0, 1] (N, H, W, 3)."""
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (images.detach().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-
-
-def overlay_grid(grid: CamGrid, path: Path, columns: int = 4) -> Path:
-    """A grid of images with their Grad-CAM maps laid over them, one caption per tile."""
-    rows = int(np.ceil(len(grid.images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, image, cam_map, caption in zip(axes.ravel(), grid.images, grid.maps, grid.captions):
-        ax.imshow(overlay(image, cam_map))
-        ax.set_title(caption, fontsize=8)
-    fig.suptitle(grid.title)
-    return save_figure(fig, path, dpi=110)
-
-
-def choose_samples(labels: np.ndarray, predicted: np.ndarray, per_class: int, seed: int,
-                   sample_ids: Sequence[str] = (), all_ids: Sequence[str] = ()) -> np.ndarray:
-    """Indices to explain: the listed `sample_ids`, else `per_class` random samples of each true
-    class, misclassified ones first (up to half of each class's tiles)."""
-    if len(sample_ids):
-        position = {sid: i for i, sid in enumerate(all_ids)}
-        missing = [sid for sid in sample_ids if sid not in position]
-        if missing:
-            raise AllclsError(f"gradcam.sample_ids {missing[:3]} are not in the evaluated split.")
-        return np.array([position[sid] for sid in sample_ids])
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        wrong = rng.permutation(members[predicted[members] != c])[: max(1, per_class // 2)]
-        right = rng.permutation(np.setdiff1d(members, wrong))[: per_class - len(wrong)]
-        chosen.extend(np.concatenate([wrong, right])[:per_class])
-    return np.array(chosen, dtype=np.int64)

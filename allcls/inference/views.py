@@ -1,19 +1,18 @@
-"""Class probabilities for a whole split, in one single-device pass (every sample exactly once),
-optionally averaged over test-time augmentation views."""
+"""Test-time augmentation: views of a batch that a cell classifier should answer alike (cells have
+no orientation), and a network's probabilities averaged over them. Evaluation, packaging, batch
+prediction and the page all take their views from here."""
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from allcls.errors import AllclsError
 
-# Views of a batch (N, C, H, W) for test-time augmentation: cells have no orientation.
-TTA_VIEWS = {
+# Views of a batch (N, C, H, W).
+TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
     "hflip": lambda x: x.flip(-1),
     "vflip": lambda x: x.flip(-2),
@@ -21,9 +20,19 @@ TTA_VIEWS = {
     "rot180": lambda x: torch.rot90(x, 2, (-2, -1)),
     "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
 }
+PLAIN = ("identity",)
+ALL_VIEWS = tuple(TTA_VIEWS)
 
 
-def check_views(views: Sequence[str]) -> list[str]:
+def views_for(tta: bool) -> tuple[str, ...]:
+    """Every view with test-time augmentation, the image as it is without."""
+    return ALL_VIEWS if tta else PLAIN
+
+
+def check_views(views: Sequence[str] | None) -> list[str]:
+    """The views named (None: every view), refusing an unknown one by name."""
+    if views is None:
+        return list(ALL_VIEWS)
     unknown = [v for v in views if v not in TTA_VIEWS]
     if unknown:
         raise AllclsError(f"Unknown test-time augmentation view(s) {unknown}: use {sorted(TTA_VIEWS)}.")
@@ -32,24 +41,5 @@ def check_views(views: Sequence[str]) -> list[str]:
 
 def view_probabilities(model: nn.Module, images: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
     """Softmax probabilities (float64) of a batch, averaged over the views (call in eval mode)."""
-    return sum(model(TTA_VIEWS[view](images)).double().softmax(dim=1) for view in views) / len(views)
-
-
-@torch.inference_mode()
-def predict_probabilities(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu",
-                          views: Sequence[str] = ("identity",),
-                          model_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
-    """Softmax probabilities (samples x classes, float64, rows summing to 1) in the loader's order,
-    averaged over the test-time augmentation `views` (default: the image as it is). `model_input`
-    turns a batch, on the device, into the network's input (the datamodule's uint8 batches)."""
-    views = check_views(views)
-    was_training = model.training
-    model.eval().to(device)
-    chunks = []
-    for images, *_ in loader:
-        images = images.to(device, non_blocking=True)
-        if model_input is not None:
-            images = model_input(images)
-        chunks.append(view_probabilities(model, images, views).cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0))
+    per_view = [model(TTA_VIEWS[view](images)).double().softmax(dim=1) for view in views]
+    return torch.stack(per_view).mean(dim=0)

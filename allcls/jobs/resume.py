@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf
 from allcls.config.hydra_job import JobInfo, job_info, resolved_yaml
 from allcls.errors import AllclsError
 from allcls.jobs.signals import pending_stop
-from allcls.tracking.store import check_reachable
 from allcls.tracking.tracker import Tracker
 
 RUN_FILE = Path("mlflow_run.json")
@@ -72,7 +71,7 @@ def read_point(folder: Path) -> ResumePoint:
                        JobInfo(**record["job"]))
 
 
-def find_point(resume: str, tracker: Tracker) -> ResumePoint:
+def find_point(resume: str, tracker: Tracker, experiment_name: str) -> ResumePoint:
     """The job that `resume=` names: a job folder, an MLflow run id, or `last` (the newest training
     run of the experiment that did not finish and has a checkpoint)."""
     if Path(resume).is_dir():
@@ -83,23 +82,23 @@ def find_point(resume: str, tracker: Tracker) -> ResumePoint:
     if resume != "last":
         raise AllclsError(f"resume={resume!r} is neither a folder nor an MLflow run id: give the folder of a "
                           "training job, its run id, or `last`.")
-    for run in tracker.unfinished_training_runs():
+    for run in tracker.unfinished_training_runs(tracker.experiment(experiment_name)):
         folder = Path(run.data.tags.get("output_dir", ""))
         if run.data.tags.get("output_dir") and (folder / LAST).is_file():
             return read_point(folder)
-    raise AllclsError(f"resume=last: experiment {tracker.experiment_name!r} has no unfinished training run with "
-                      "a checkpoint on this machine. Name the job's folder or run id instead.")
+    raise AllclsError(f"resume=last: experiment {experiment_name!r} has no unfinished training run with a "
+                      "checkpoint on this machine. Name the job's folder or run id instead.")
 
 
-def resume_point(cfg: DictConfig) -> ResumePoint | None:
-    """The unfinished job this one continues: the one `resume=` names, or this very job after SLURM
-    requeued it. None for a new job."""
+def resuming(cfg: DictConfig) -> bool:
+    """Whether this job continues another: `resume=` names one, or SLURM requeued this very job."""
+    return bool(cfg.get("resume")) or requeued_point(Path(cfg.paths.output_dir)) is not None
+
+
+def resume_point(cfg: DictConfig, tracker: Tracker) -> ResumePoint:
+    """The unfinished job this one continues (see `resuming`), checked to be one that can go on."""
     requeued = None if cfg.get("resume") else requeued_point(Path(cfg.paths.output_dir))
-    if not cfg.get("resume") and requeued is None:
-        return None
-    check_reachable(cfg.logger.tracking_uri)
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
-    point = requeued or find_point(str(cfg.resume), tracker)
+    point = requeued or find_point(str(cfg.resume), tracker, cfg.experiment_name)
     if rank_zero_only.rank == 0:  # a DDP child finds its parent's run RUNNING, as it should be
         check_resumable(point, tracker.get_run(point.run_id))
         refuse_changes(point, cfg, job_info().overrides)

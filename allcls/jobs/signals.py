@@ -1,12 +1,13 @@
 """How a stopped job ends. SIGTERM (what `kill`, SLURM and other schedulers send) and SIGINT
-(Ctrl-C) become exceptions, so that the stage's run is marked KILLED with the reason on the way
-out (allcls.tracking.Tracker) and the process exits non-zero. SLURM's warning before a time limit
-or a preemption (SIGUSR1/SIGUSR2, when a scheduler such as submitit listens for it) goes on to the
-scheduler's own handler, which requeues the job; the requeued job resumes (allcls.resume).
+(Ctrl-C) become exceptions that carry their reason (`stop_reason`), so that the stage's run is
+marked KILLED with it on the way out (allcls.tracking.tracker) and the process exits non-zero.
+SLURM's warning before a time limit or a preemption (SIGUSR1/SIGUSR2, when a scheduler such as
+submitit listens for it) goes on to the scheduler's own handler, which requeues the job; the
+requeued job resumes (allcls.jobs.resume).
 
 While a model trains, a stop is held back until the batch in progress has finished
 (`stops_wait_for_the_batch`), so that the checkpoint saved on the way out is a consistent one
-(allcls.resume.CheckpointOnStop). A second signal acts at once.
+(allcls.jobs.resume.CheckpointOnStop). A second signal acts at once.
 """
 
 from __future__ import annotations
@@ -34,18 +35,12 @@ _holding = threading.Event()
 _received: list[int] = []              # the stop signals this process received
 
 
-def stop_reason(error: BaseException) -> str:
-    """Why the job stopped, for its run's `error` tag."""
-    if _received:
-        return REASONS[_received[-1]]
-    return "interrupted (SIGINT / Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"stopped (exit {error})"
-
-
 @contextmanager
 def stop_signals_raise() -> Iterator[None]:
     """Inside the block SIGTERM raises Terminated, SIGINT KeyboardInterrupt, and a scheduler's
     preemption signal calls its handler, at once or, while a model trains, once its batch has
-    finished. Main thread only (elsewhere signals cannot be set)."""
+    finished; the exception that ends the block says which signal it was (`stop_reason`). Main
+    thread only (elsewhere signals cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -72,6 +67,10 @@ def stop_signals_raise() -> Iterator[None]:
         signal.signal(signum, stop)
     try:
         yield
+    except (KeyboardInterrupt, SystemExit) as error:
+        if _received:  # a stop signal ended the block: say which (the stage's run records it as its error)
+            error.stop_reason = REASONS[_received[-1]]  # type: ignore[union-attr]
+        raise
     finally:
         for signum in ours:
             signal.signal(signum, previous[signum])

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import atexit
 import logging
-import sys
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from allcls.config.hydra_job import JobInfo
+from allcls.config.hydra_job import JobInfo, launch_command
 from allcls.config.hydra_job import sweep_id as current_sweep_id
 from allcls.jobs.ddp import is_rank_zero
 from allcls.metrics.names import mode
+from allcls.tracking.run import Run
 from allcls.tracking.schema import SWEEP, provenance_tags
-from allcls.tracking.tracker import Tracker, this_process
+from allcls.tracking.tracker import Experiment, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -32,53 +32,46 @@ class SweepRun(Callback):
     """The Hydra callback that opens the sweep's run when a `-m` launch starts and ends it."""
 
     def __init__(self) -> None:
-        self.tracker: Tracker | None = None
-        self.run_id: str | None = None
+        self.opened: tuple[Tracker, Experiment, Run] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if not is_rank_zero() or not config.get("experiment_name"):
             return  # a DDP child; or an ensemble launch that has not named its experiment
         HydraConfig.instance().set_config(config)
         sweep = current_sweep_id()
-        self.tracker = Tracker(config.logger.tracking_uri, config.experiment_name,
-                               config.logger.get("artifact_location"))
-        command = " ".join([f"python {sys.argv[0].rsplit('/', 1)[-1]} -m", *config.hydra.overrides.task])
-        name = sweep.removeprefix("multirun/")
-        self.run_id = self.tracker.client.create_run(
-            self.tracker.experiment_id(), run_name=name,
-            tags={**provenance_tags(SWEEP, JobInfo(sweep_id=sweep)), "mlflow.note.content": command,
-                  **this_process()}).info.run_id
-        log.info("MLflow run %s of the sweep %s", self.run_id, sweep)
+        tracker = Tracker(config.logger.tracking_uri, config.logger.get("artifact_location"))
+        experiment = tracker.experiment(config.experiment_name, create=True)
+        run = tracker.start_run(experiment, sweep.removeprefix("multirun/"),
+                                provenance_tags(SWEEP, JobInfo(sweep_id=sweep)),
+                                description=launch_command(config.hydra.overrides.task, multirun=True))
+        self.opened = tracker, experiment, run
+        log.info("MLflow run %s of the sweep %s", run.run_id, sweep)
         atexit.register(self._end, "FAILED", "the launch ended before its last job (see the jobs' runs)")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.run_id is None:
+        if self.opened is None:
             return
-        monitor = f"{config.monitor}_best" if config.get("monitor") else None
-        best = best_job(self.tracker, self.run_id, monitor)
-        if best is not None:
-            self.tracker.log_metrics(self.run_id, {monitor: best.data.metrics[monitor]})
-            self.tracker.set_tags(self.run_id, {"best_run_id": best.info.run_id,
-                                                "best_run_name": best.info.run_name or ""})
+        tracker, experiment, run = self.opened
+        if config.get("monitor"):
+            monitor = f"{config.monitor}_best"
+            best = best_job(tracker.finished_children(experiment, run.run_id), monitor)
+            if best is not None:
+                run.log_metrics({monitor: best.data.metrics[monitor]})
+                run.set_tags({"best_run_id": best.info.run_id, "best_run_name": best.info.run_name or ""})
         self._end("FINISHED")
 
     def _end(self, status: str, reason: str = "") -> None:
-        if self.run_id is None:
+        if self.opened is None:
             return
-        run_id, self.run_id = self.run_id, None
-        if reason:
-            self.tracker.set_tags(run_id, {"error": reason})
-        self.tracker.client.set_terminated(run_id, status)
+        _, _, run = self.opened
+        self.opened = None
+        run.end(status, reason)
 
 
-def best_job(tracker: Tracker, parent_id: str, metric: str | None):
-    """The finished job of the sweep with the best `metric` (None if no job has it)."""
-    if not metric:
-        return None
-    jobs = [run for run in tracker.client.search_runs(
-        [tracker.experiment_id()], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'FINISHED'")
-        if metric in run.data.metrics]
-    if not jobs:
+def best_job(jobs: list, metric: str):
+    """The job with the best `metric` (None if no job has it)."""
+    scored = [run for run in jobs if metric in run.data.metrics]
+    if not scored:
         return None
     sign = 1 if mode(metric.removesuffix("_best")) == "max" else -1
-    return max(jobs, key=lambda run: sign * run.data.metrics[metric])
+    return max(scored, key=lambda run: sign * run.data.metrics[metric])

@@ -25,6 +25,14 @@ TRAINING_PER_CLASS = ("precision", "recall")
 # The metrics that can rank ensemble weighting schemes (log loss breaks their ties).
 RANKING = tuple(name for name in SCALAR if name not in LOWER_IS_BETTER)
 
+# What every summary leads with: the run summary's columns, the training log's test line, the scores
+# a packaged model carries for the page. Weighted F1 first: it is the C-NMC challenge's metric.
+HEADLINE = ("f1_weighted", "balanced_accuracy", "auroc", "kappa")
+# What temperature scaling changes (lower is better).
+CALIBRATION = ("log_loss", "ece")
+# What every report shows: evaluation's table, the model card, the ensemble's comparison.
+REPORTED = (*HEADLINE, "accuracy", *CALIBRATION)
+
 
 def base_name(metric: str) -> str:
     """'val/recall_all' -> 'recall', 'val/f1_weighted_best' -> 'f1_weighted', 'kappa' -> 'kappa'."""

@@ -15,7 +15,7 @@ from torch import nn
 
 import allcls.models.custom_cnn  # noqa: F401  (registers custom_cnn with timm)
 from allcls.config.sections import typed
-from allcls.data.transforms import InputSpec
+from allcls.data.preprocessing import InputSpec
 from allcls.errors import AllclsError
 from allcls.models.checkpoints import load_weights, read_checkpoint
 from allcls.models.weights import load_weights_file

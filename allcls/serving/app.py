@@ -11,33 +11,27 @@ it is started from. A research tool, not a diagnostic device: the page says so.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import altair as alt
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import streamlit as st
-import streamlit.runtime
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from allcls.data.images import ImageReadError
+from allcls.errors import AllclsError
 from allcls.inference.combining import combine
+from allcls.inference.decoding import decode_limited
 from allcls.inference.gradcam import combine_maps, member_maps, overlay
+from allcls.inference.model import Model
+from allcls.inference.views import views_for
 from allcls.serving.model_card import NOTICE
-from allcls.serving.pyfunc_model import PackagedModel, decode_limited
-from allcls.tracking.store import server_unreachable
+from allcls.tracking import registry
+from allcls.tracking.store import default_uri, server_unreachable
+from allcls.tracking.tracker import Tracker
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 PREFERRED_MODEL = "begum2025"  # the study whose model the page serves by default, where one is registered
-TTA = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
 
 
 @dataclass(frozen=True)
@@ -65,10 +59,10 @@ class Analysis:
     member_overlays: dict[str, np.ndarray]
 
 
-def analyse(model: PackagedModel, image: np.ndarray, tta: bool, gradcam: bool) -> Analysis:
+def analyse(model: Model, image: np.ndarray, tta: bool, gradcam: bool) -> Analysis:
     """One decoded image through a packaged model."""
     predictor, spec = model.predictor, model.spec
-    views = TTA if tta else ("identity",)
+    views = views_for(tta)
     per_view = predictor.view_probabilities([image], views, show_progress=False)  # (views, members, 1, classes)
     probabilities = model.calibrated(predictor.combine_views(list(per_view)))
     target = int(probabilities[0].argmax())
@@ -129,49 +123,50 @@ def page() -> None:
 
 
 def choose_model() -> Choice | None:
-    uri = tracking_uri()
+    uri = default_uri()
     try:
         if (reason := server_unreachable(uri)) is not None:
-            raise OSError(reason)
-        registered = MlflowClient(uri).search_registered_models()
-    except (MlflowException, OSError) as error:
-        st.error(f"Cannot reach the MLflow store {uri}: {getattr(error, 'message', error)}. Start the page from "
-                 "the folder that holds mlruns/, or set MLFLOW_TRACKING_URI.")
+            raise AllclsError(reason)
+        registered = registry.registered_models(store(uri))
+    except AllclsError as error:
+        st.error(f"Cannot reach the MLflow store {uri}: {error}. Start the page from the folder that holds mlruns/, "
+                 "or set MLFLOW_TRACKING_URI.")
         return None
     if not registered:
         st.info(f"No registered model in {uri} yet. Package and register one: `allcls-package "
                 "run_id=<run> register_as=<name> alias=champion` (`make demo` registers demo-ensemble).")
         return None
-    names = [m.name for m in sorted(registered, key=lambda m: -m.last_updated_timestamp)]
+    names = [m.name for m in registered]
     default = names.index(PREFERRED_MODEL) if PREFERRED_MODEL in names else 0
     name = st.sidebar.selectbox("Model", names, index=default)
     model = next(m for m in registered if m.name == name)
-    aliases = sorted(getattr(model, "aliases", {}) or {})
-    versions = sorted((v.version for v in model.latest_versions or []), key=int, reverse=True)
-    all_versions = sorted({v.version for v in MlflowClient(uri).search_model_versions(f"name='{name}'")},
-                          key=int, reverse=True) or versions
-    labels = [f"@{a}" for a in aliases] + [f"version {v}" for v in all_versions]
+    labels = [f"@{a}" for a in sorted(model.aliases)] + [f"version {v}" for v in model.versions]
     label = st.sidebar.selectbox("Version", labels)
     version = model.aliases[label[1:]] if label.startswith("@") else label.removeprefix("version ")
     return Choice(name, str(version), label)
 
 
+@st.cache_resource(show_spinner=False)
+def store(uri: str) -> Tracker:
+    """The page's MLflow store, opened once per server process."""
+    return Tracker(uri)
+
+
 @st.cache_resource(show_spinner="Loading the model...")
-def cached_model(model_uri: str, store: str) -> PackagedModel:
-    mlflow.set_tracking_uri(store)
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+def cached_model(model_uri: str, uri: str) -> Model:
+    return registry.load(store(uri), model_uri).model
 
 
-def load_model(uri: str) -> PackagedModel | None:
+def load_model(uri: str) -> Model | None:
     try:
-        return cached_model(uri, tracking_uri())
-    except (MlflowException, OSError, KeyError) as error:
-        st.error(f"The model {uri} cannot be loaded ({getattr(error, 'message', error)}). It may have been deleted "
-                 "or moved: pick another one.")
+        return cached_model(uri, default_uri())
+    except registry.ModelUnavailable as error:
+        st.error(f"The model {uri} cannot be loaded ({error.reason}). It may have been deleted or moved: pick another "
+                 "one.")
         return None
 
 
-def describe(model: PackagedModel, choice: Choice) -> None:
+def describe(model: Model, choice: Choice) -> None:
     spec = model.spec
     source = spec.source
     backbones = sorted({m.backbone for m in spec.members if m.backbone})
@@ -186,7 +181,7 @@ def describe(model: PackagedModel, choice: Choice) -> None:
     members = pd.DataFrame({"member": [m.name for m in spec.members],
                             "weight": [round(m.weight, 3) for m in spec.members]})
     st.sidebar.dataframe(members, hide_index=True)
-    card = MlflowClient(tracking_uri()).get_model_version(choice.name, choice.version).description
+    card = registry.version_description(store(default_uri()), choice.name, choice.version)
     with st.expander(f"What this model is: {choice.name} {choice.label} (model card: test scores with intervals, "
                      "calibration, referral, limits)"):
         st.markdown(card or "This version has no model card.")
@@ -203,7 +198,7 @@ def probability_chart(classes: list[str], probabilities: np.ndarray) -> alt.Char
     )
 
 
-def show_image(model: PackagedModel, name: str, data: bytes, tta: bool, gradcam: bool) -> list[dict]:
+def show_image(model: Model, name: str, data: bytes, tta: bool, gradcam: bool) -> list[dict]:
     """One uploaded image's section; its row for the results table (none if it cannot be read)."""
     st.subheader(name)
     try:

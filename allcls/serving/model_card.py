@@ -9,25 +9,25 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from allcls.serving.pyfunc_model import ModelSpec
+from allcls.inference.conformal import SetMeasures
+from allcls.inference.spec import ModelSpec
+from allcls.metrics.names import REPORTED
 
 NOTICE = ("**Research use only. Not a diagnostic device.** This model has not been validated for "
           "clinical use; a prediction is not a diagnosis and must not replace a pathologist's review.")
-SHOWN = ("f1_weighted", "balanced_accuracy", "accuracy", "auroc", "kappa", "log_loss", "ece")
 
 
 @dataclass(frozen=True)
 class CardFacts:
-    """The numbers and words a card needs, gathered by allcls.package from the runs."""
+    """The numbers and words a card needs, gathered by allcls.serving.package from the runs."""
 
     name: str  # the model's name (registered name, or the run's)
     spec: ModelSpec
-    backbones: list[str]  # per member
     split: str  # e.g. "by subject (no patient's cells on both sides)"
     test_metrics: pd.DataFrame  # metric, value, ci_low, ci_high (allcls.metrics.bootstrap.metric_table)
     test_size: tuple[int, int]  # images, subjects (0 where unknown)
     calibration: dict[str, tuple[float, float]]  # metric -> (before, after temperature scaling)
-    referral: tuple[float, float, float, float, float] | None  # coverage, ci low, ci high, mean set size, refer rate
+    referral: SetMeasures | None  # the referral rule's sets, measured on test
 
 
 def markdown(facts: CardFacts) -> str:
@@ -47,13 +47,14 @@ def markdown(facts: CardFacts) -> str:
              f"- Source: {source.get('kind', 'run')} run `{source.get('run_id', '?')}`.",
              f"- Combining rule: {spec.rule}." if len(spec.members) > 1 else "- A single model."]
     lines += ["", "| member | backbone | weight | input |", "|---|---|---|---|"]
-    for member, backbone in zip(spec.members, facts.backbones):
-        crop = ", crop to the cell" if member.roi_crop else ""
-        lines.append(f"| {member.name} | {backbone} | {member.weight:.3f} | {member.input_size} px{crop} |")
+    for member in spec.members:
+        crop = ", crop to the cell" if member.preprocessing.roi_crop else ""
+        lines.append(f"| {member.name} | {member.backbone} | {member.weight:.3f} | "
+                     f"{member.preprocessing.spec.size} px{crop} |")
     lines += ["", "## Test metrics", "With 95% bootstrap intervals resampling whole subjects (cells of one patient "
               "are correlated).", "", "| metric | value | 95% interval |", "|---|---|---|"]
     table = facts.test_metrics.set_index("metric")
-    for name in [*SHOWN, *[m for m in table.index if m.startswith(("recall_", "specificity_"))]]:
+    for name in [*REPORTED, *[m for m in table.index if m.startswith(("recall_", "specificity_"))]]:
         if name in table.index:
             row = table.loc[name]
             lines.append(f"| {name} | {row['value']:.3f} | [{row['ci_low']:.3f}, {row['ci_high']:.3f}] |")
@@ -70,11 +71,12 @@ def markdown(facts: CardFacts) -> str:
         lines.append("None: the validation split has too few subjects for a conformal threshold at the coverage "
                      "asked for. Every image gets its top class only and is never flagged.")
     else:
-        coverage, low, high, size, refer = facts.referral
+        measured = facts.referral
         lines.append(f"Split-conformal prediction sets (least ambiguous sets) for {spec.coverage:.0%} coverage, "
                      f"fitted on the validation predictions: an image whose set holds more than one class is flagged "
-                     f"\"refer to a human\". On test: coverage {coverage:.3f} [{low:.3f}, {high:.3f}], mean set size "
-                     f"{size:.2f}, {refer:.1%} of images referred.")
+                     f"\"refer to a human\". On test: coverage {measured.coverage:.3f} [{measured.coverage_low:.3f}, "
+                     f"{measured.coverage_high:.3f}], mean set size {measured.mean_size:.2f}, "
+                     f"{measured.refer_rate:.1%} of images referred.")
     lines += ["", "## Known limits",
               "- Measured on one dataset's test split; other labs, stains, microscopes and patient populations "
               "may behave differently (evaluate.py with dataset=... measures that).",

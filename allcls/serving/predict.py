@@ -17,19 +17,21 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlflow
-import mlflow.pyfunc
-from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from allcls.config.ranges import PREDICT, check_ranges
-from allcls.data.images import ImageReadError, is_image_file
+from allcls.data.images import is_image_file
 from allcls.errors import AllclsError
-from allcls.inference.views import TTA_VIEWS
+from allcls.evaluation.sources import resolve_source
+from allcls.inference.decoding import decode_files
+from allcls.inference.model import Model
+from allcls.inference.views import views_for
 from allcls.machine import keep_freed_memory
 from allcls.progress import progress
-from allcls.serving.pyfunc_model import PackagedModel, decode_limited, read_bytes
-from allcls.tracking.tracker import MissingArtifact, Tracker
+from allcls.serving.package import build
+from allcls.tracking import registry
+from allcls.tracking.registry import MODEL_PATH
+from allcls.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def predict(cfg: DictConfig) -> Path:
     output = output_path(Path(cfg.output).expanduser(), images, bool(cfg.overwrite))
     with tempfile.TemporaryDirectory(prefix="allcls-predict-") as folder:
         model = load(cfg, Path(folder))
-        views = tuple(TTA_VIEWS) if cfg.tta else ("identity",)
+        views = views_for(bool(cfg.tta))
         skipped: list[tuple[str, str]] = []
         partial = output.with_name(f".{output.name}.partial")
         written = 0
@@ -102,50 +104,29 @@ def output_path(output: Path, images: list[str], overwrite: bool) -> Path:
     return output
 
 
-def load(cfg: DictConfig, workdir: Path) -> PackagedModel:
+def load(cfg: DictConfig, workdir: Path) -> Model:
     """The model `cfg.model` names: a model URI (models:/..., runs:/...), or a run id, whose packaged
     model is used when it has one and which is packaged here on the fly (not logged) when not."""
-    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    tracker = Tracker(cfg.logger.tracking_uri)
     uri = str(cfg.model)
     if "://" not in uri and ":/" not in uri:
-        tracker = Tracker(cfg.logger.tracking_uri, "")
-        if tracker.has_artifact(uri, "model/MLmodel"):
-            uri = f"runs:/{uri}/model"
-        else:
-            uri = package_here(cfg, uri, workdir)
+        if not tracker.has_artifact(uri, f"{MODEL_PATH}/MLmodel"):
+            return package_here(cfg, tracker, uri, workdir)
+        uri = f"runs:/{uri}/{MODEL_PATH}"
     try:
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    except (OSError, MlflowException, MissingArtifact) as error:
-        raise AllclsError(f"Cannot load model {cfg.model}: {getattr(error, 'message', error)}. Give a registered "
+        return registry.load(tracker, uri).model
+    except registry.ModelUnavailable as error:
+        raise AllclsError(f"Cannot load model {cfg.model}: {error.reason}. Give a registered "
                           "model (models:/<name>@<alias> or /<version>), runs:/<run id>/model, or a run id.") from None
 
 
-def package_here(cfg: DictConfig, run_id: str, workdir: Path) -> str:
-    """A run packaged into `workdir` (not logged into the run): its model folder's path."""
-    # Imported here: packaging needs the training stack (Lightning), predicting with a packaged model does not.
-    from allcls.evaluation.sources import resolve_source
-    from allcls.serving.package import PYFUNC_FILE, build
-
+def package_here(cfg: DictConfig, tracker: Tracker, run_id: str, workdir: Path) -> Model:
+    """A run packaged in memory for this prediction (nothing is logged into the run)."""
     log.info("Run %s holds no packaged model: packaging it here for this prediction (not logged).", run_id)
-    tracker = Tracker(cfg.logger.tracking_uri, "")
     source = resolve_source(tracker, run_id, None, workdir)
     settings = OmegaConf.create({"coverage": cfg.coverage, "bootstrap": 0, "seed": 0, "register_as": None})
     spec, artifacts, _ = build(tracker, source, settings, workdir)
-    folder = workdir / "model"
-    mlflow.pyfunc.save_model(str(folder), python_model=str(PYFUNC_FILE), artifacts=artifacts)
-    return str(folder)
-
-
-def decode_files(paths: list[str]):
-    images, errors = [], []
-    for path in paths:
-        try:
-            images.append(decode_limited(read_bytes(path), path))
-            errors.append("")
-        except ImageReadError as error:
-            images.append(None)
-            errors.append(error.reason)
-    return images, errors
+    return Model.load(spec, [artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))])
 
 
 def report(output: Path, written: int, skipped: list[tuple[str, str]]) -> None:

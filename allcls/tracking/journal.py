@@ -58,40 +58,41 @@ class Journal:
 
 
 def kept_when_offline(method: Callable) -> Callable:
-    """For the Tracker's logging methods: once the server stops answering, and the Tracker keeps a
-    journal (a training job), the call goes to the journal instead of failing the job."""
+    """For a Run's logging methods: once the server stops answering, and the run keeps a journal (a
+    training job's), the call goes to the journal instead of failing the job."""
 
     @functools.wraps(method)
-    def call(tracker, run_id: str, *args, **kwargs):
-        journal: Journal | None = tracker.journal
+    def call(run, *args, **kwargs):
+        journal: Journal | None = run.journal
         if journal is not None and journal.active:
-            journal.add(method.__name__, run_id, *args, **kwargs)
+            journal.add(method.__name__, run.run_id, *args, **kwargs)
             return None
         try:
-            return method(tracker, run_id, *args, **kwargs)
+            return method(run, *args, **kwargs)
         except (MlflowException, requests.RequestException, OSError):
-            if journal is None or server_unreachable(tracker.tracking_uri) is None:
+            if journal is None or server_unreachable(run.tracking_uri) is None:
                 raise  # not a server that went away: a real error
             log.warning("The tracking server %s stopped answering: the job goes on, and what its run logs is kept "
-                        "in %s. Once the server is back: allcls-runs upload %s", tracker.tracking_uri,
+                        "in %s. Once the server is back: allcls-runs upload %s", run.tracking_uri,
                         journal.folder / JOURNAL, journal.folder)
             journal.active = True
-            journal.add(method.__name__, run_id, *args, **kwargs)
+            journal.add(method.__name__, run.run_id, *args, **kwargs)
             return None
 
     return call
 
 
-def upload(folder: Path, tracker) -> dict[str, int]:
-    """Send a job's journal to the server, in order; returns how many calls of each kind were sent."""
+def replay(folder: Path, run_for: Callable[[str], Any]) -> dict[str, int]:
+    """Send a job's journal, in order, through the runs `run_for(run_id)` gives; then rename it so
+    that nothing is sent twice. Returns how many calls of each kind were sent."""
     journal = folder / JOURNAL
     sent: dict[str, int] = {}
     for line in journal.read_text().splitlines():
         entry = json.loads(line)
-        call, run_id, args = entry["call"], entry["run_id"], entry["args"]
+        call, args = entry["call"], entry["args"]
         if call == "log_file":
             args = [str(folder / args[0]), args[1]]
-        getattr(tracker, call)(run_id, *args, **entry.get("kwargs", {}))
+        getattr(run_for(entry["run_id"]), call)(*args, **entry.get("kwargs", {}))
         sent[call] = sent.get(call, 0) + 1
     journal.rename(folder / UPLOADED)
     return sent

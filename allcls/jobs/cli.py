@@ -1,4 +1,4 @@
-"""`allcls-runs`: housekeeping of the MLflow store (allcls.tracking.housekeeping).
+"""`allcls-runs`: housekeeping of the MLflow store (allcls.jobs.housekeeping).
 
     allcls-runs cleanup                 # list the runs left RUNNING by jobs that died
     allcls-runs cleanup --mark          # and mark FAILED those whose process is gone
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from allcls.config.entry import prepare_process
 from allcls.errors import AllclsError, reports_user_errors
-from allcls.tracking.housekeeping import cleanup, upload_job
+from allcls.jobs.housekeeping import cleanup, upload_job
 from allcls.tracking.store import default_uri
 from allcls.tracking.tracker import Tracker
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise AllclsError(f"No MLflow store at {uri}: run this from the folder that holds mlruns/, or pass "
                           "--tracking-uri.")
-    runs = cleanup(Tracker(uri, ""), args.mark)
+    runs = cleanup(Tracker(uri), args.mark)
     if not runs:
         print("No run is left RUNNING.")
         return 0

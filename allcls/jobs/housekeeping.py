@@ -1,7 +1,7 @@
 """Housekeeping of the MLflow store. `cleanup` finds runs left RUNNING by a job that died without
 warning (SIGKILL, an out-of-memory kill, a lost machine) and, only when asked, marks them FAILED
 with the reason; `upload` sends what a training job kept while its tracking server was away
-(allcls.offline):
+(allcls.tracking.journal):
 
     allcls-runs cleanup                 # list them
     allcls-runs cleanup --mark          # and mark those whose process is gone
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from allcls.errors import AllclsError
 from allcls.jobs.resume import RUN_FILE, alive
-from allcls.tracking.journal import JOURNAL, UPLOADED, upload
+from allcls.tracking.journal import JOURNAL, UPLOADED, replay
 from allcls.tracking.store import ui_view
 from allcls.tracking.tracker import Tracker
 
@@ -44,15 +44,14 @@ class LeftRunning:
 
 def left_running(tracker: Tracker) -> list[LeftRunning]:
     """Every RUNNING run of the store, with whether its process is proven gone."""
-    client, here = tracker.client, socket.gethostname()
-    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    here = socket.gethostname()
     found = []
-    for run in client.search_runs(list(experiments), "attributes.status = 'RUNNING'", max_results=50_000):
+    for run, experiment in tracker.running_runs():
         tags = run.data.tags
         pid = int(tags["pid"]) if tags.get("pid", "").isdigit() else None
         host = tags.get("host", "")
-        found.append(LeftRunning(run.info.run_id, run.info.run_name or "", experiments[run.info.experiment_id],
-                                 host, pid, gone=bool(pid) and host == here and not alive(pid)))
+        found.append(LeftRunning(run.info.run_id, run.info.run_name or "", experiment, host, pid,
+                                 gone=bool(pid) and host == here and not alive(pid)))
     return found
 
 
@@ -61,10 +60,9 @@ def cleanup(tracker: Tracker, mark: bool) -> list[LeftRunning]:
     runs = left_running(tracker)
     for run in runs:
         if mark and run.gone:
-            tracker.client.set_tag(run.run_id, "error", f"process {run.pid} on {run.host} ended without ending "
-                                                        "the run (SIGKILL, out of memory or a lost machine); "
-                                                        "marked by allcls.runs cleanup")
-            tracker.client.set_terminated(run.run_id, "FAILED")
+            tracker.run(run.run_id).end("FAILED", f"process {run.pid} on {run.host} ended without ending the run "
+                                                  "(SIGKILL, out of memory or a lost machine); marked by allcls-runs "
+                                                  "cleanup")
     return runs
 
 
@@ -76,10 +74,10 @@ def upload_job(folder: Path, tracking_uri: str | None) -> str:
     if not (folder / JOURNAL).is_file():
         done = " (it was uploaded already)" if (folder / UPLOADED).is_file() else ""
         raise AllclsError(f"{folder} holds nothing to upload: no {JOURNAL}{done}.")
-    run = json.loads(record.read_text())
-    tracker = Tracker(tracking_uri or run["tracking_uri"], run["experiment_name"])  # refuses a server that is down
-    sent = upload(folder, tracker)
-    status = tracker.client.get_run(run["run_id"]).info.status
+    job = json.loads(record.read_text())
+    tracker = Tracker(tracking_uri or job["tracking_uri"])  # refuses a server that is down
+    sent = replay(folder, tracker.run)
+    run = tracker.get_run(job["run_id"])
     what = ", ".join(f"{count} {call}" for call, count in sent.items())
-    return (f"Sent to run {run['run_id']} on {tracker.tracking_uri}: {what}. The run is {status}: "
-            f"{ui_view(tracker.tracking_uri, tracker.experiment_id(), run['run_id'])}")
+    return (f"Sent to run {job['run_id']} on {tracker.tracking_uri}: {what}. The run is {run.info.status}: "
+            f"{ui_view(tracker.tracking_uri, run.info.experiment_id, job['run_id'])}")

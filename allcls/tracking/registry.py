@@ -1,0 +1,132 @@
+"""Packaged models in MLflow: saved as pyfunc model folders, logged into their run, registered as
+versions with aliases, listed, and loaded back from any of their URIs (models:/<name>@<alias>,
+models:/<name>/<version>, runs:/<run id>/model, or a local folder). Nothing here sets MLflow's
+global tracking URI: every call goes through the Tracker's store."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from allcls.errors import AllclsError
+from allcls.tracking.tracker import Tracker
+
+MODEL_PATH = "model"  # where a run keeps its packaged model
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    aliases: dict[str, str]  # alias -> version
+    versions: list[str]  # newest first
+
+
+def save(folder: Path, code_file: Path, artifacts: Mapping[str, str], inputs: Sequence[tuple[str, str]],
+         outputs: Sequence[tuple[str, str]], params: Mapping[str, bool], input_example: pd.DataFrame) -> None:
+    """A pyfunc model folder built from `code_file` (MLflow's models-from-code: nothing is pickled),
+    with its files, its input and output columns as (name, type) and its params with defaults."""
+    signature = ModelSignature(inputs=Schema([ColSpec(kind, name, required=False) for name, kind in inputs]),
+                               outputs=Schema([ColSpec(kind, name) for name, kind in outputs]),
+                               params=ParamSchema([ParamSpec(name, "boolean", default)
+                                                   for name, default in params.items()]))
+    mlflow.pyfunc.save_model(str(folder), python_model=str(code_file), artifacts=dict(artifacts),
+                             signature=signature, input_example=input_example)
+
+
+def register(tracker: Tracker, run_id: str, name: str, alias: str | None, tags: Mapping[str, str],
+             description: str) -> str:
+    """Register the model the run logged (under MODEL_PATH) as a new version of `name`, with `tags`
+    and `description` (the version's page shows it), pointing `alias` at it; the run is tagged with
+    the version. Returns the version."""
+    client = tracker.client
+    try:
+        try:
+            client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        source = f"{tracker.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_PATH}"
+        version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags),
+                                              description=description).version
+    except MlflowException as error:
+        raise AllclsError(f"Could not register the model as {name!r}: {error.message}") from None
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    tracker.run(run_id).set_tags({"registered_model_version": f"{name}/{version}"})
+    return str(version)
+
+
+def registered_models(tracker: Tracker) -> list[RegisteredModel]:
+    """Every registered model of the store, the most recently updated first."""
+    try:
+        found = sorted(tracker.client.search_registered_models(), key=lambda m: -m.last_updated_timestamp)
+        models = []
+        for model in found:
+            versions = {str(v.version) for v in tracker.client.search_model_versions(f"name='{model.name}'")}
+            aliases = {alias: str(version) for alias, version in (getattr(model, "aliases", {}) or {}).items()}
+            models.append(RegisteredModel(model.name, aliases, sorted(versions, key=int, reverse=True)))
+    except MlflowException as error:
+        raise AllclsError(error.message) from None
+    return models
+
+
+def version_description(tracker: Tracker, name: str, version: str) -> str:
+    """A registered version's description (a packaged model's card)."""
+    return tracker.client.get_model_version(name, version).description or ""
+
+
+class ModelUnavailable(AllclsError):
+    """No model can be loaded from a URI; `reason` says why (MLflow's words)."""
+
+    def __init__(self, uri: str, reason: str):
+        super().__init__(f"Cannot load model {uri}: {reason}")
+        self.reason = reason
+
+
+def load(tracker: Tracker, uri: str) -> Any:
+    """The python model (`unwrap_python_model`) behind a model URI of this store, or a local folder;
+    ModelUnavailable when there is none there."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="allcls-model-") as folder:
+            return mlflow.pyfunc.load_model(str(_local_copy(tracker, uri, Path(folder)))).unwrap_python_model()
+    except MlflowException as error:
+        raise ModelUnavailable(uri, error.message) from None
+    except (OSError, KeyError) as error:
+        raise ModelUnavailable(uri, str(error)) from None
+
+
+def _local_copy(tracker: Tracker, uri: str, folder: Path) -> Path:
+    """The model folder `uri` names, downloaded from the store into `folder` (a local one as it is)."""
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri.removeprefix("runs:/").partition("/")
+        return Path(tracker.client.download_artifacts(run_id, path or MODEL_PATH, str(folder)))
+    if uri.startswith("models:/"):
+        name, alias, version = _model_reference(uri.removeprefix("models:/"))
+        found = (tracker.client.get_model_version_by_alias(name, alias) if alias
+                 else tracker.client.get_model_version(name, version))
+        if not found.run_id:
+            raise MlflowException(f"{uri} is not the model of a run")
+        source = found.source.rstrip("/")
+        run_root = tracker.get_run(found.run_id).info.artifact_uri.rstrip("/")
+        path = source.removeprefix(run_root).lstrip("/") if source.startswith(run_root) else MODEL_PATH
+        return Path(tracker.client.download_artifacts(found.run_id, path, str(folder)))
+    return Path(uri)
+
+
+def _model_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """'name@alias' -> (name, alias, None); 'name/3' -> (name, None, '3')."""
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        return name, alias, None
+    name, _, version = reference.rpartition("/")
+    if not name or not version:
+        raise MlflowException(f"models:/{reference} names no version: use models:/<name>@<alias> or /<version>")
+    return name, None, version
