@@ -1,21 +1,23 @@
-"""Figures written to files: the file-only backend (no display on servers and in tests), chosen once
-before pyplot loads, and the one way a figure is saved."""
+"""Figures written to files, made with matplotlib's object-oriented API: a Figure of its own, no
+pyplot state and no backend to choose, so nothing global changes (and nothing needs a display)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-__all__ = ["plt", "save_figure"]
+from matplotlib.figure import Figure
 
 
-def save_figure(fig, path: Path, dpi: int = 120) -> Path:
-    """Lay the figure out, write it to `path` and free it; returns the path."""
+def subplots(*args: Any, **kwargs: Any) -> tuple[Figure, Any]:
+    """A new figure and its axes, as pyplot's `subplots` would make them (kwargs: figsize, squeeze...)."""
+    figsize = kwargs.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Lay the figure out and write it to `path`; returns the path."""
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path

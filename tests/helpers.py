@@ -22,9 +22,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
 from allcls.config.entry import CONF_DIR, prepare_process
+from allcls.jobs import optuna_study
 
 PROJECT = Path(__file__).resolve().parents[1]
-prepare_process()  # as every entry point does: environment defaults and conf/'s resolvers
+prepare_process(optuna_study.RESOLVERS)  # as the entry points do: environment defaults and conf/'s resolvers
 
 # Tiny and quick: 32 px images, the small custom CNN, one epoch, no loader processes.
 FAST = [

@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from allcls.config.hydra_job import job_info, resolved_yaml
+from allcls.config.stage import Job
 from allcls.errors import AllclsError
 from allcls.jobs.summary import summary_text
 from allcls.predictions import read_table
@@ -50,8 +50,8 @@ def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
 def test_a_stage_run_carries_its_provenance_and_config_and_fails_honestly(train_cfg, tmp_path):
     cfg = train_cfg()
     tracker = Tracker(cfg.logger.tracking_uri, cfg.logger.artifact_location)
-    experiment, job, config = tracker.experiment("exp", create=True), job_info(cfg.paths.output_dir), resolved_yaml(cfg)
-    with tracker.stage_run(experiment, run_schema.EVALUATE, "eval-test", {"dataset": "d"}, job, config) as opened:
+    experiment, job = tracker.experiment("exp", create=True), Job.of(cfg)
+    with tracker.stage_run(experiment, run_schema.EVALUATE, "eval-test", {"dataset": "d"}, job) as opened:
         pass
     run = tracker.get_run(opened.run_id)
     tags = run.data.tags
@@ -60,8 +60,7 @@ def test_a_stage_run_carries_its_provenance_and_config_and_fails_honestly(train_
     client = MlflowClient(tracker.tracking_uri)
     assert {"config/config.yaml", "config/overrides.yaml"} <= artifacts(client, run.info.run_id)
     with pytest.raises(ValueError):
-        with tracker.stage_run(experiment, run_schema.TRAIN, "doomed", {}, job, config,
-                               parent_run_id=run.info.run_id) as child:
+        with tracker.stage_run(experiment, run_schema.TRAIN, "doomed", {}, job, parent_run_id=run.info.run_id) as child:
             raise ValueError("boom")
     failed = tracker.get_run(child.run_id)
     assert failed.info.status == "FAILED" and failed.data.tags["mlflow.parentRunId"] == run.info.run_id

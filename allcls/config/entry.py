@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import hydra
 
@@ -25,19 +25,21 @@ PROCESS_DEFAULTS = {
 }
 
 
-def prepare_process() -> None:
-    """The environment defaults above (a value the user set is kept) and conf/'s resolvers."""
+def prepare_process(resolvers: Mapping[str, Callable[..., Any]] | None = None) -> None:
+    """The environment defaults above (a value the user set is kept), conf/'s resolvers and an entry
+    point's own `resolvers`."""
     for name, value in PROCESS_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    register_resolvers()
+    register_resolvers(resolvers)
 
 
-def hydra_entry(config_name: str, task: str) -> Callable[[], Any]:
+def hydra_entry(config_name: str, task: str, resolvers: Mapping[str, Callable[..., Any]] | None = None
+                ) -> Callable[[], Any]:
     """The `main` of a console script that composes conf/<config_name>.yaml with the command line's
     overrides and runs `task` ("module:function", imported only once the process is prepared) on it."""
 
     def main() -> Any:
-        prepare_process()
+        prepare_process(resolvers)
         module, name = task.split(":")
         function = reports_user_errors(getattr(importlib.import_module(module), name))
         return hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(function)()

@@ -3,26 +3,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from omegaconf import OmegaConf
 
+from allcls.config.stage import default_artifact_location, default_tracking_uri
 from allcls.metrics.names import mode
 
-
-def _optuna_trials_left(total, storage, study) -> int:
-    from allcls.jobs import optuna_study  # imports optuna: only when a search asks
-
-    return optuna_study.trials_left(total, storage, study)
-
-
-def _optuna_sampler_seed(seed, storage, study) -> int:
-    from allcls.jobs import optuna_study
-
-    return optuna_study.sampler_seed(seed, storage, study)
-
-
 RESOLVERS: dict[str, Callable[..., Any]] = {
+    # `${tracking_uri:${paths.root}}`: $MLFLOW_TRACKING_URI, else <root>/mlruns/mlflow.db (allcls.config.stage)
+    "tracking_uri": default_tracking_uri,
+    # `${artifact_location:${paths.root}}`: <root>/mlruns/artifacts, for new experiments of that store
+    "artifact_location": default_artifact_location,
     # `${gt:a,b}`: a > b, for settings that depend on another number (see conf/trainer/ddp.yaml)
     "gt": lambda a, b: float(a) > float(b),
     # `${on_gpu:${trainer.accelerator}}`: whether a setting's GPU default applies (model.channels_last)
@@ -31,15 +23,12 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "mode_of": mode,
     # `${optuna_direction:max}` -> maximize: Optuna's word for a monitor mode
     "optuna_direction": lambda monitor_mode: {"max": "maximize", "min": "minimize"}.get(monitor_mode, monitor_mode),
-    # `${optuna_trials_left:20,sqlite:///optuna.db,name}`: the trials a stored search still needs
-    "optuna_trials_left": _optuna_trials_left,
-    # `${optuna_sampler_seed:1234,sqlite:///optuna.db,name}`: a seed that moves on as the search goes
-    "optuna_sampler_seed": _optuna_sampler_seed,
 }
 
 
-def register_resolvers() -> None:
-    """Make conf/'s resolvers known to OmegaConf (again is a no-op)."""
-    for name, resolver in RESOLVERS.items():
+def register_resolvers(extra: Mapping[str, Callable[..., Any]] | None = None) -> None:
+    """Make conf/'s resolvers known to OmegaConf, with an entry point's `extra` ones (the training
+    entry's Optuna resolvers, allcls.jobs.optuna_study); registering again is a no-op."""
+    for name, resolver in {**RESOLVERS, **(extra or {})}.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

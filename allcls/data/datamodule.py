@@ -12,7 +12,7 @@ Evaluation splits always take the first: they are not augmented.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence, get_args
 
 import albumentations as A
 import lightning as L
@@ -33,7 +33,8 @@ from allcls.data.splits import SPLITS
 from allcls.data.transforms import build_transform, seed_pipeline
 from allcls.errors import AllclsError
 
-PIPELINES = ("auto", "batch", "per_sample")
+Pipeline = Literal["auto", "batch", "per_sample"]
+PIPELINES: tuple[Pipeline, ...] = get_args(Pipeline)
 
 
 class CellDataset(Dataset):
@@ -90,7 +91,7 @@ def _already_collated(batch):
     return batch
 
 
-def choose_pipeline(requested: str, augmentations: Sequence[A.BasicTransform]) -> str:
+def choose_pipeline(requested: str, augmentations: Sequence[A.BasicTransform]) -> Literal["batch", "per_sample"]:
     """`data.pipeline`: auto -> batch where every training augmentation has a batch form."""
     if requested not in PIPELINES:
         raise AllclsError(f"data.pipeline={requested!r} is not a pipeline: use one of {list(PIPELINES)}.")
@@ -120,7 +121,7 @@ class CellDataModule(L.LightningDataModule):
         imbalance: str = "none",
         seed: int = 0,
         cache_dir: str | None = None,
-        pipeline: str = "auto",
+        pipeline: Pipeline = "auto",
     ):
         super().__init__()
         self.prepared = dataset

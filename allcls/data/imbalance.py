@@ -12,20 +12,21 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
 
 from allcls.errors import AllclsError
 
-STRATEGIES = ("none", "class_weights", "weighted_sampler", "oversample", "feature_smote")
+Strategy = Literal["none", "class_weights", "weighted_sampler", "oversample", "feature_smote"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 
-def check_strategy(strategy: str) -> str:
+def check_strategy(strategy: str) -> Strategy:
     if strategy not in STRATEGIES:
         raise AllclsError(f"data.imbalance={strategy!r} is not one of {list(STRATEGIES)}.")
-    return strategy
+    return strategy  # type: ignore[return-value]  (checked just above)
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:

@@ -79,6 +79,21 @@ class PreparedDataset:
         return path
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset as its config section (conf/dataset/) describes it: its reader, the crop its images
+    get, how its files are checked, and how it is split (None: no split, every image evaluated)."""
+
+    name: str
+    reader: DatasetReader
+    roi_crop: bool = False
+    checks: ImageChecks = ImageChecks()
+    split: SplitSpec | None = None
+
+    def prepare(self) -> PreparedDataset:
+        return prepare_dataset(self.reader, self.split, self.checks)
+
+
 def prepare_dataset(reader: DatasetReader, split: SplitSpec | None, checks: ImageChecks = ImageChecks(),
                     ) -> PreparedDataset:
     """Read, check, group and split a dataset. `split=None` makes no split: every sample is in

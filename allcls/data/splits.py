@@ -13,7 +13,7 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence, get_args
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 ALL = "all"  # no split: every sample (evaluating a model on another dataset)
 MANIFEST_COLUMNS = ["sample_id", "subject", "group", "split", "label"]
+
+
+SplitBy = Literal["subject", "image"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,11 @@ class SplitSpec:
     test_fraction: float = 0.15
     seed: int = 0
     manifest: str | None = None
-    by: str = "subject"
+    by: SplitBy = "subject"
 
     def __post_init__(self):
-        if self.by not in ("subject", "image"):
-            raise AllclsError(f"dataset.split.by={self.by!r} is not one of ['subject', 'image'].")
+        if self.by not in get_args(SplitBy):  # also for a SplitSpec made in code, not read by `typed`
+            raise AllclsError(f"dataset.split.by={self.by!r} is not one of {list(get_args(SplitBy))}.")
         bad = {hint: split for hint, split in self.hints.items() if split not in SPLITS}
         if bad:
             raise AllclsError(f"dataset.split.hints maps {bad} to unknown splits: use {list(SPLITS)}.")

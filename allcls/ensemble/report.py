@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from allcls.ensemble.selection import SchemeResult
-from allcls.figures import plt, save_figure
+from allcls.figures import save_figure, subplots
 
 
 def comparison_table(results: list[SchemeResult], single: SchemeResult, member_names: list[str], metric: str
@@ -74,7 +74,7 @@ def score_chart(table: pd.DataFrame, metric: str, path: Path) -> Path:
     """Cross-validated score with its 95% CI per scheme; in-sample validation and test as markers."""
     rows = table.iloc[::-1]
     y = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    fig, ax = subplots(figsize=(8, 0.35 * len(rows) + 1.5))
     cv = rows[f"cv_{metric}"].to_numpy()
     errors = np.vstack([cv - rows["cv_ci_low"].to_numpy(), rows["cv_ci_high"].to_numpy() - cv])
     ax.barh(y, cv, xerr=np.nan_to_num(errors), color="#4c72b0", alpha=0.8, capsize=3, label="cross-validated (95% CI)")
@@ -92,7 +92,7 @@ def score_chart(table: pd.DataFrame, metric: str, path: Path) -> Path:
 
 def weight_heatmap(table: pd.DataFrame, member_names: list[str], path: Path) -> Path:
     weights = table[[f"weight:{n}" for n in member_names]].to_numpy()
-    fig, ax = plt.subplots(figsize=(1.2 * len(member_names) + 3, 0.35 * len(table) + 1.5))
+    fig, ax = subplots(figsize=(1.2 * len(member_names) + 3, 0.35 * len(table) + 1.5))
     image = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(member_names)), member_names, rotation=30, ha="right")
     ax.set_yticks(range(len(table)), table["scheme"])

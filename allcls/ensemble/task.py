@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from allcls.config.hydra_job import job_info, resolved_yaml
-from allcls.config.ranges import ENSEMBLE, check_ranges
 from allcls.ensemble.candidates import Candidates, load_candidates
 from allcls.ensemble.report import comparison_table, html, markdown, score_chart, terminal_text, weight_heatmap
 from allcls.ensemble.schemes import build_schemes
 from allcls.ensemble.selection import SchemeResult, evaluate_schemes
+from allcls.ensemble.settings import EnsembleSettings
 from allcls.errors import AllclsError
 from allcls.inference.combining import combine
 from allcls.jobs.signals import stop_signals_raise
@@ -33,43 +32,36 @@ log = logging.getLogger(__name__)
 
 def run_ensemble(cfg: DictConfig) -> float:
     """Compare the configured weighting schemes; return the chosen scheme's cross-validated score."""
-    check_ranges(cfg, ENSEMBLE)
-    if cfg.combine not in ("arithmetic", "geometric"):
-        raise AllclsError(f"combine={cfg.combine!r} is not one of ['arithmetic', 'geometric'] "
-                          "(majority voting is the scheme `majority_vote`).")
-    run_ids = list(cfg.run_ids or [])
-    repeated = sorted({run_id for run_id in run_ids if run_ids.count(run_id) > 1})
-    if repeated:  # one model counted twice would double its weight in every scheme
-        raise AllclsError(f"run_ids lists {', '.join(repeated)} more than once: give each member run once.")
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.logger.artifact_location)
-    if not cfg.experiment_name and not run_ids:
+    settings = EnsembleSettings.of(cfg)
+    run_ids = list(settings.run_ids)
+    tracker = Tracker(settings.store.tracking_uri, settings.store.artifact_location)
+    if not settings.experiment_name and not run_ids:
         raise AllclsError("Say which training runs to ensemble: experiment_name=<their experiment> (one per dataset; "
                           f"this store has {tracker.experiment_names()}) with sweep_id or filter, or run_ids=[...].")
-    experiment = tracker.experiment(cfg.experiment_name, create=bool(run_ids)) if cfg.experiment_name else None
-    members = load_candidates(tracker, experiment, member_filter(tracker, experiment, cfg), run_ids)
+    experiment = tracker.experiment(settings.experiment_name, create=bool(run_ids)) if settings.experiment_name \
+        else None
+    members = load_candidates(tracker, experiment, member_filter(tracker, experiment, settings), run_ids)
     experiment = experiment or members.experiment  # explicit run ids: the ensemble goes where its first member is
-    schemes = build_schemes(OmegaConf.to_container(cfg.schemes, resolve=True), cfg.metric, cfg.combine, cfg.seed,
-                            len(members.names))
+    schemes = build_schemes(settings.schemes, settings.metric, settings.combine, settings.seed, len(members.names))
     log.info("Comparing %d weighting schemes over %d members (%d validation, %d test samples)",
              len(schemes), len(members.names), len(members.val.labels), len(members.test.labels))
-    results, single = evaluate_schemes(schemes, members, cfg.metric, cfg.cv_folds, cfg.bootstrap, cfg.seed,
-                                       cfg.report_top)
-    table = comparison_table(results, single, members.names, cfg.metric)
-    print("\n" + terminal_text(table, cfg.metric, members.names) + "\n", flush=True)
+    results, single = evaluate_schemes(schemes, members, settings.metric, settings.cv_folds, settings.bootstrap,
+                                       settings.seed, settings.report_top)
+    table = comparison_table(results, single, members.names, settings.metric)
+    print("\n" + terminal_text(table, settings.metric, members.names) + "\n", flush=True)
 
-    output_dir = Path(cfg.paths.output_dir)
-    files = write_outputs(output_dir, table, results[0], members, cfg.metric)
+    output_dir = settings.job.output_dir
+    files = write_outputs(output_dir, table, results[0], members, settings.metric)
     chosen = results[0]
     tags = run_schema.ensemble_tags(members.tags, chosen.name, members.run_ids, members.names)
-    job = job_info(cfg.paths.output_dir)
-    opened = tracker.stage_run(experiment, run_schema.ENSEMBLE, f"ensemble-{cfg.metric}-{cfg.combine}", tags, job,
-                               resolved_yaml(cfg))
+    opened = tracker.stage_run(experiment, run_schema.ENSEMBLE, f"ensemble-{settings.metric}-{settings.combine}", tags,
+                               settings.job)
     with opened as run, stop_signals_raise():
         run.log_params(run_schema.ensemble_params(
-            cfg.metric, cfg.combine, cfg.cv_folds, cfg.bootstrap, cfg.seed, len(results), chosen.name,
-            members.names, chosen.weights))
-        run.log_metrics({**result_metrics(chosen, cfg.metric),
-                         **{f"best_single/{k}": v for k, v in result_metrics(single, cfg.metric).items()}})
+            settings.metric, settings.combine, settings.cv_folds, settings.bootstrap, settings.seed, len(results),
+            chosen.name, members.names, chosen.weights))
+        run.log_metrics({**result_metrics(chosen, settings.metric),
+                         **{f"best_single/{k}": v for k, v in result_metrics(single, settings.metric).items()}})
         for path in files["comparison"]:
             run.log_file(path, "comparison")
         for path in files["predictions"]:
@@ -79,8 +71,8 @@ def run_ensemble(cfg: DictConfig) -> float:
             tracker.child_run(run, experiment, result.name,
                               run_schema.scheme_tags(result.family, result.rule, result.rank),
                               run_schema.weight_params(members.names, result.weights),
-                              result_metrics(result, cfg.metric))
-    log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, cfg.metric, chosen.cv)
+                              result_metrics(result, settings.metric))
+    log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, settings.metric, chosen.cv)
     print(f"Ensemble run {run.run_id} in experiment {experiment.name!r}; one child run per scheme.\n"
           f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
           f"python evaluate.py run_id={run.run_id} tta.enabled=true gradcam.enabled=true\n"
@@ -88,15 +80,15 @@ def run_ensemble(cfg: DictConfig) -> float:
     return chosen.cv
 
 
-def member_filter(tracker: Tracker, experiment: Experiment | None, cfg: DictConfig) -> str:
+def member_filter(tracker: Tracker, experiment: Experiment | None, settings: EnsembleSettings) -> str:
     """The MLflow filter for the members: `filter`, narrowed to `sweep_id` when one is given
     (`latest`: the sweep of the most recent finished training run)."""
-    clauses = [cfg.filter] if cfg.filter else []
-    if cfg.sweep_id:
+    clauses = [settings.filter] if settings.filter else []
+    if settings.sweep_id:
         if experiment is None:
             raise AllclsError("sweep_id needs experiment_name: the experiment whose sweep it is.")
-        sweep = tracker.latest_sweep_id(experiment) if cfg.sweep_id == "latest" else cfg.sweep_id
-        log.info("Candidates: the training runs of sweep %s", sweep)
+        sweep = tracker.latest_sweep_id(experiment) if settings.sweep_id == "latest" else settings.sweep_id
+        log.info("Members: the training runs of sweep %s", sweep)
         clauses.append(f"tags.sweep_id = '{sweep}'")
     return " and ".join(clauses)
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from allcls.errors import AllclsError
-from allcls.figures import plt, save_figure
+from allcls.figures import save_figure, subplots
 from allcls.inference.gradcam import overlay
 
 
@@ -28,7 +28,7 @@ class CamGrid:
 def overlay_grid(grid: CamGrid, path: Path, columns: int = 4) -> Path:
     """A grid of images with their Grad-CAM maps laid over them, one caption per tile."""
     rows = int(np.ceil(len(grid.images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, cam_map, caption in zip(axes.ravel(), grid.images, grid.maps, grid.captions):

@@ -8,9 +8,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
+from matplotlib.patches import Rectangle
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from allcls.figures import plt, save_figure
+from allcls.figures import save_figure, subplots
 from allcls.metrics.vectorised import ECE_BINS, confusion, expected_calibration_error
 
 
@@ -21,7 +23,7 @@ def confusion_matrices(probabilities: np.ndarray, labels: np.ndarray, class_name
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     size = 2.2 + 0.7 * len(class_names)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    fig, axes = subplots(1, 2, figsize=(2 * size + 1, size))
     panels = ((axes[0], counts, "counts", "{:.0f}"), (axes[1], normalised, "normalised by true class", "{:.2f}"))
     for ax, matrix, name, fmt in panels:
         ax.imshow(matrix, cmap="Blues", vmin=0, vmax=matrix.max() or 1)
@@ -47,7 +49,7 @@ def _one_vs_rest(labels: np.ndarray, class_names: Sequence[str], need_negatives:
 
 def roc_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
                path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     for c, name, positive in _one_vs_rest(labels, class_names, need_negatives=True):
         fpr, tpr, _ = roc_curve(positive, probabilities[:, c])
         ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(positive, probabilities[:, c]):.3f})")
@@ -60,7 +62,7 @@ def roc_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Seque
 
 def precision_recall_curves(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str,
                             path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     for c, name, positive in _one_vs_rest(labels, class_names, need_negatives=False):
         precision, recall, _ = precision_recall_curve(positive, probabilities[:, c])
         average_precision = average_precision_score(positive, probabilities[:, c])
@@ -75,7 +77,7 @@ def precision_recall_curves(probabilities: np.ndarray, labels: np.ndarray, class
 def reliability_diagram(curves: dict[str, np.ndarray], labels: np.ndarray, title: str, path: Path) -> Path:
     """Accuracy against confidence per bin for each set of probabilities (e.g. before and after
     temperature scaling); the gap to the diagonal is miscalibration."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     edges = np.linspace(0, 1, ECE_BINS + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     for name, probabilities in curves.items():
@@ -95,15 +97,15 @@ def reliability_diagram(curves: dict[str, np.ndarray], labels: np.ndarray, title
 
 
 def per_subject_chart(per_subject: pd.DataFrame, title: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(per_subject) + 2), 4.5))
+    fig, ax = subplots(figsize=(max(6, 0.35 * len(per_subject) + 2), 4.5))
     classes = sorted(set(per_subject["true_class"]))
-    colours = {c: plt.cm.tab10(i % 10) for i, c in enumerate(classes)}
+    colours = {c: colormaps["tab10"](i % 10) for i, c in enumerate(classes)}
     x = np.arange(len(per_subject))
     ax.bar(x, per_subject["accuracy"], color=[colours[c] for c in per_subject["true_class"]])
     for xi, (accuracy, cells) in enumerate(zip(per_subject["accuracy"], per_subject["cells"])):
         ax.text(xi, accuracy + 0.01, str(cells), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, per_subject["subject"], rotation=90, fontsize=7)
     ax.set(ylabel="accuracy", ylim=(0, 1.1), title=f"Accuracy per subject (number of cells on top)\n{title}")
-    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in classes], labels=classes,
+    ax.legend(handles=[Rectangle((0, 0), 1, 1, color=colours[c]) for c in classes], labels=classes,
               title="true class", fontsize=8, loc="lower right")
     return save_figure(fig, path)

@@ -1,8 +1,28 @@
-"""The evaluate task's settings (conf/evaluate.yaml), as frozen dataclasses."""
+"""The evaluate task's settings (conf/evaluate.yaml), as frozen dataclasses built at its entry."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
+
+from omegaconf import DictConfig, OmegaConf
+
+from allcls.config.ranges import EVALUATE, check_ranges
+from allcls.config.sections import dataset_spec
+from allcls.config.stage import Job, Store, settings_of
+from allcls.data.preparation import DatasetSpec
+from allcls.errors import AllclsError
+from allcls.evaluation.transductive import NeighbourCorrection
+from allcls.inference.views import check_views
+
+Split = Literal["train", "val", "test", "all"]
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """`calibration.temperature_scaling`: fit a temperature on validation predictions."""
+
+    temperature_scaling: bool = True
 
 
 @dataclass(frozen=True)
@@ -12,3 +32,66 @@ class ConformalSettings:
 
     enabled: bool = True
     coverage: float = 0.95
+
+
+@dataclass(frozen=True)
+class TTASettings:
+    """`tta`: average predictions over these views of each image (None: every view)."""
+
+    enabled: bool = False
+    views: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class GradcamSettings:
+    """`gradcam`: `samples_per_class` random samples of each true class (misclassified first), or
+    exactly `sample_ids`."""
+
+    enabled: bool = False
+    samples_per_class: int = 4
+    sample_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    job: Job
+    store: Store
+    run_id: str | None = None  # a training or ensemble run...
+    ckpt_path: str | None = None  # ...or a checkpoint file (then `dataset` is needed)
+    experiment_name: str | None = None  # for a checkpoint's evaluation run
+    split: Split = "test"
+    dataset: DatasetSpec | None = None  # another dataset to evaluate on; None: the model's own
+    dataset_root: str | None = None  # where the model's own dataset is on this machine
+    class_map: dict[str, str] | None = None  # another dataset's class -> the model's class
+    bootstrap: int = 1000
+    seed: int = 0
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    conformal: ConformalSettings = field(default_factory=ConformalSettings)
+    tta: TTASettings = field(default_factory=TTASettings)
+    transductive_correction: NeighbourCorrection = field(default_factory=NeighbourCorrection)
+    gradcam: GradcamSettings = field(default_factory=GradcamSettings)
+    batch_size: int | None = None  # None: 16 on a CPU, 64 on a GPU
+    num_workers: int | None = None  # None: sized with torch's threads to the cores (allcls.machine)
+    device: Literal["auto", "cpu"] = "auto"
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "EvaluateSettings":
+        check_ranges(cfg, EVALUATE)
+        dataset = None
+        if cfg.get("dataset") is not None:
+            if OmegaConf.is_missing(cfg.dataset, "root"):
+                raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{cfg.dataset.name}.")
+            dataset = dataset_spec(cfg.dataset, split=cfg.split != "all")
+        settings = settings_of(cls, cfg, dataset=dataset)
+        check_views(settings.tta.views)  # checked even when off: a typo should not wait for tta.enabled=true
+        return settings
+
+    @property
+    def views(self) -> list[str]:
+        return check_views(self.tta.views)
+
+    @property
+    def target_name(self) -> str:
+        """The experiment a checkpoint's evaluation goes to when experiment_name is not set."""
+        return self.experiment_name or (self.dataset.name if self.dataset is not None else "evaluation")
+

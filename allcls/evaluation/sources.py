@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
 from allcls.errors import AllclsError
@@ -40,9 +41,15 @@ class ModelSource:
     run: object | None = None  # the evaluated MLflow run, when there is one
     experiment_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    # How the data was prepared and split: the first member's (an ensemble's members share dataset and split).
-    train_config: DictConfig | None = None
+    # The data the members were trained on, as the (first) member's run recorded it: its `dataset`
+    # section and split manifest (an ensemble's members share dataset and split). None for a checkpoint.
+    trained_on: dict[str, Any] | None = None
     manifest: Path | None = None
+
+    @property
+    def split_by(self) -> str:
+        """How the training data was split: `subject` (or the content, without subject ids) or `image`."""
+        return str(((self.trained_on or {}).get("split") or {}).get("by", "subject"))
 
     @property
     def run_id(self) -> str | None:
@@ -91,12 +98,12 @@ def resolve_source(tracker: Tracker, run_id: str | None, ckpt_path: str | None, 
     config, manifest = _training_record(tracker, run, workdir)
     member = _member(run.info.run_name or run.info.run_id[:8], 1.0, config)
     return ModelSource("run", member.name, run.data.tags["classes"].split(","), [member], [run.info.run_id], run=run,
-                       experiment_id=run.info.experiment_id, tags=dict(run.data.tags), train_config=config,
+                       experiment_id=run.info.experiment_id, tags=dict(run.data.tags), trained_on=config["dataset"],
                        manifest=manifest)
 
 
-def _training_record(tracker: Tracker, run, workdir: Path) -> tuple[DictConfig, Path]:
-    """A training run's resolved config and split manifest."""
+def _training_record(tracker: Tracker, run, workdir: Path) -> tuple[dict[str, Any], Path]:
+    """A training run's resolved config (as plain values) and split manifest."""
     folder = workdir / run.info.run_id
     try:
         config = OmegaConf.load(tracker.download(run.info.run_id, "config/config.yaml", folder))
@@ -104,14 +111,16 @@ def _training_record(tracker: Tracker, run, workdir: Path) -> tuple[DictConfig, 
     except MissingArtifact:
         raise AllclsError(f"Run {run.info.run_id} has no config/config.yaml or data/split_manifest.csv: "
                           "is it an allcls training run that got past its start?") from None
-    assert isinstance(config, DictConfig)
-    return config, manifest
+    values = OmegaConf.to_container(config, resolve=True)
+    assert isinstance(values, dict)
+    return values, manifest
 
 
-def _member(name: str, weight: float, config: DictConfig) -> Member:
+def _member(name: str, weight: float, config: dict[str, Any]) -> Member:
     """A member as its training config describes it: its backbone's input, the crop its data got."""
-    backbone = BackboneSpec.of(config.backbone)
-    return Member(name, weight, backbone.name, Preprocessing(input_spec(backbone), bool(config.dataset.roi_crop)))
+    backbone = BackboneSpec.of(config["backbone"])
+    return Member(name, weight, backbone.name,
+                  Preprocessing(input_spec(backbone), bool(config["dataset"].get("roi_crop", False))))
 
 
 def _from_ensemble_run(tracker: Tracker, run, workdir: Path) -> ModelSource:
@@ -129,8 +138,8 @@ def _from_ensemble_run(tracker: Tracker, run, workdir: Path) -> ModelSource:
         records.append((config, manifest))
     return ModelSource("ensemble", run.info.run_name or run.info.run_id[:8], described["classes"], members,
                        checkpoints, rule=check_rule(described["combine"]), run=run,
-                       experiment_id=run.info.experiment_id, tags=dict(run.data.tags), train_config=records[0][0],
-                       manifest=records[0][1])
+                       experiment_id=run.info.experiment_id, tags=dict(run.data.tags),
+                       trained_on=records[0][0]["dataset"], manifest=records[0][1])
 
 
 def _from_checkpoint(path: Path) -> ModelSource:

@@ -12,12 +12,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
-from allcls.config.sections import build, typed
-from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_dataset
-from allcls.data.splits import ALL, SplitSpec
+from allcls.config.sections import dataset_spec
+from allcls.data.preparation import DatasetSpec, PreparedDataset
+from allcls.data.splits import SplitSpec
 from allcls.errors import AllclsError
+from allcls.evaluation.settings import EvaluateSettings
 from allcls.evaluation.sources import ModelSource
 from allcls.inference.members import Member
 from allcls.predictions import make_table
@@ -52,7 +52,7 @@ class OwnData:
     predictions a run logged need none of them."""
 
     def __init__(self, source: ModelSource, dataset_root: str | None):
-        if source.train_config is None:
+        if source.trained_on is None:
             raise AllclsError("ckpt_path needs the data to evaluate on: pass dataset=<name> dataset.root=<path>.")
         self.source, self.dataset_root = source, dataset_root
 
@@ -73,14 +73,11 @@ class OwnData:
 
     @functools.cached_property
     def data(self) -> PreparedDataset:
-        config, manifest = self.source.train_config, self.source.manifest
-        assert config is not None and manifest is not None  # a source with a training record (__init__)
-        dataset = OmegaConf.create(OmegaConf.to_container(config.dataset))
-        if self.dataset_root:
-            dataset.reader.root = self.dataset_root
-        if OmegaConf.is_missing(dataset, "root"):
-            raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{dataset.name}.")
-        return prepare_dataset(build(dataset.reader), SplitSpec(manifest=str(manifest)), ImageChecks.of(dataset))
+        section, manifest = self.source.trained_on, self.source.manifest
+        assert section is not None and manifest is not None  # a source with a training record (__init__)
+        if self.dataset_root is None and section.get("root") in (None, "???"):
+            raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{section['name']}.")
+        return dataset_spec(section, self.dataset_root, SplitSpec(manifest=str(manifest))).prepare()
 
     def samples(self, split: str) -> EvaluationSet:
         return _evaluation_set(self.data, split, self.data.class_index())
@@ -94,11 +91,8 @@ class OtherDataset:
     """Another dataset (domain shift): every image (split=all) or a split made with its own split
     settings, each of its classes mapped onto one of the model's."""
 
-    def __init__(self, dataset: DictConfig, split: str, class_map: Mapping[str, str] | None,
-                 model_classes: Sequence[str]):
-        if OmegaConf.is_missing(dataset, "root"):
-            raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{dataset.name}.")
-        self.dataset, self.split = dataset, split
+    def __init__(self, dataset: DatasetSpec, class_map: Mapping[str, str] | None, model_classes: Sequence[str]):
+        self.dataset = dataset
         self.class_map, self.model_classes = dict(class_map or {}), list(model_classes)
 
     @property
@@ -108,15 +102,14 @@ class OtherDataset:
     split_hash = None  # its split is not the one the model was selected on
 
     def has_split(self, split: str) -> bool:
-        return self.split != ALL  # split=all made no split: there is no validation split to fit on
+        return self.dataset.split is not None  # split=all made no split: there is no validation split to fit on
 
     def logged_table(self, tracker: Tracker, split: str, workdir: Path) -> None:
         return None  # nothing was logged for this dataset
 
     @functools.cached_property
     def data(self) -> PreparedDataset:
-        spec = None if self.split == ALL else typed(SplitSpec, self.dataset.split, "dataset.split")
-        return prepare_dataset(build(self.dataset.reader), spec, ImageChecks.of(self.dataset))
+        return self.dataset.prepare()
 
     @functools.cached_property
     def label_index(self) -> dict[str, int]:
@@ -127,17 +120,17 @@ class OtherDataset:
 
     def roi_crop(self, member: Member) -> bool:
         """The dataset's own setting: cropping follows how the images were taken."""
-        return bool(self.dataset.roi_crop)
+        return self.dataset.roi_crop
 
 
 Target = OwnData | OtherDataset
 
 
-def make_target(cfg: DictConfig, source: ModelSource) -> Target:
-    """Another dataset when the config names one (`dataset=...`), else the source's own data."""
-    if cfg.get("dataset") is not None:
-        return OtherDataset(cfg.dataset, cfg.split, cfg.class_map, source.classes)
-    return OwnData(source, cfg.dataset_root)
+def make_target(settings: EvaluateSettings, source: ModelSource) -> Target:
+    """Another dataset when the settings name one (`dataset=...`), else the source's own data."""
+    if settings.dataset is not None:
+        return OtherDataset(settings.dataset, settings.class_map, source.classes)
+    return OwnData(source, settings.dataset_root)
 
 
 def label_index(dataset_classes: list[str], model_classes: list[str], class_map: dict[str, str]) -> dict[str, int]:

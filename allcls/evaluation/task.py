@@ -21,19 +21,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from allcls.config.ranges import EVALUATE, check_ranges
-from allcls.config.sections import typed
 from allcls.errors import AllclsError
 from allcls.evaluation.gradcam import CamGrid, choose_samples
 from allcls.evaluation.result import Calibration, compute_result
-from allcls.evaluation.settings import ConformalSettings
+from allcls.evaluation.settings import EvaluateSettings
 from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.evaluation.targets import Target, make_target
 from allcls.evaluation.transductive import NeighbourCorrection, neighbour_correction
 from allcls.evaluation.writer import log_result
 from allcls.inference.gradcam import explain
 from allcls.inference.predictor import Predictor
-from allcls.inference.views import check_views
 from allcls.machine import inference_workers, keep_freed_memory
 from allcls.predictions import class_names_of, probabilities_of
 from allcls.tracking.store import browse_command
@@ -41,60 +38,55 @@ from allcls.tracking.tracker import Experiment, Tracker
 
 log = logging.getLogger(__name__)
 
-SPLIT_CHOICES = ("train", "val", "test", "all")
-
-
 def evaluate(cfg: DictConfig) -> float:
     """Evaluate as configured (conf/evaluate.yaml); return the weighted F1 of the evaluated split."""
-    check_ranges(cfg, EVALUATE)
-    if cfg.split not in SPLIT_CHOICES:
-        raise AllclsError(f"split={cfg.split!r} is not one of {list(SPLIT_CHOICES)}.")
-    views = check_views(cfg.tta.views)  # checked even when off: a typo should not wait for tta.enabled=true
-    correction = typed(NeighbourCorrection, cfg.transductive_correction, "transductive_correction")
-    sets = typed(ConformalSettings, cfg.conformal, "conformal")
+    settings = EvaluateSettings.of(cfg)
     keep_freed_memory()  # CPU forward passes would otherwise spend more time in page faults than in the models
     with tempfile.TemporaryDirectory(prefix="allcls-evaluate-") as folder:  # checkpoints, configs, tables
         workdir = Path(folder)
-        tracker, experiment, source = open_source(cfg, workdir)
-        inputs = Inputs(source, make_target(cfg, source), cfg, tracker, workdir)
+        tracker, experiment, source = open_source(settings, workdir)
+        inputs = Inputs(source, make_target(settings, source), settings, tracker, workdir)
+        split = settings.split
 
-        table = inputs.target.logged_table(tracker, cfg.split, workdir)
+        table = inputs.target.logged_table(tracker, split, workdir)
         origin = "logged by the evaluated run" if table is not None else "recomputed"
         if table is None:
-            table = inputs.table(cfg.split)
+            table = inputs.table(split)
         if class_names_of(table) != source.classes:
             raise AllclsError(f"The predictions have classes {class_names_of(table)}, the model {source.classes}.")
-        validation = validation_table(inputs) if cfg.calibration.temperature_scaling else None
-        tta = (views, inputs.table(cfg.split, views, "Predicting with TTA")) if cfg.tta.enabled else None
-        transductive = (correction.description, inputs.corrected(table, cfg.split, correction)) \
+        calibrate = settings.calibration.temperature_scaling
+        validation = validation_table(inputs) if calibrate else None
+        tta = (settings.views, inputs.table(split, settings.views, "Predicting with TTA")) if settings.tta.enabled \
+            else None
+        correction = settings.transductive_correction
+        transductive = (correction.description, inputs.corrected(table, split, correction)) \
             if correction.enabled else None
-        cams = gradcam_grid(inputs, table, cfg, source.name) if cfg.gradcam.enabled else None
+        cams = gradcam_grid(inputs, table, settings, source.name) if settings.gradcam.enabled else None
 
         result = compute_result(
-            evaluated=source.name, dataset=inputs.target.dataset_name, split=cfg.split, classes=source.classes,
-            table=table, origin=origin, bootstrap=int(cfg.bootstrap), seed=int(cfg.seed),
-            calibrate=bool(cfg.calibration.temperature_scaling), validation=validation, tta=tta,
-            transductive=transductive, gradcam=cams, coverage=sets.coverage if sets.enabled else None)
+            evaluated=source.name, dataset=inputs.target.dataset_name, split=split, classes=source.classes,
+            table=table, origin=origin, bootstrap=settings.bootstrap, seed=settings.seed, calibrate=calibrate,
+            validation=validation, tta=tta, transductive=transductive, gradcam=cams,
+            coverage=settings.conformal.coverage if settings.conformal.enabled else None)
         report_calibration(result.calibration)
         if result.sets_note:
             log.warning("Prediction sets are skipped: %s.", result.sets_note)
         print("\n" + result.summary() + "\n", flush=True)
-        run_id = log_result(tracker, experiment, source, result, cfg, inputs.target.split_hash)
+        run_id = log_result(tracker, experiment, source, result, settings, inputs.target.split_hash)
     print(f"Evaluation run {run_id} in experiment {experiment.name!r}"
           + (f", nested under run {source.run_id}" if source.run_id else "")
           + f".\nBrowse: {browse_command(tracker.tracking_uri, experiment.id, run_id)}", flush=True)
     return result.metric("f1_weighted")
 
 
-def open_source(cfg: DictConfig, workdir: Path) -> tuple[Tracker, Experiment, ModelSource]:
+def open_source(settings: EvaluateSettings, workdir: Path) -> tuple[Tracker, Experiment, ModelSource]:
     """The store, the evaluated source, and the experiment its evaluation goes to: the run's own,
     else `experiment_name`, else the evaluated dataset's name."""
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.logger.artifact_location)
-    source = resolve_source(tracker, cfg.run_id, cfg.ckpt_path, workdir)
+    tracker = Tracker(settings.store.tracking_uri, settings.store.artifact_location)
+    source = resolve_source(tracker, settings.run_id, settings.ckpt_path, workdir)
     if source.run is not None:
         return tracker, tracker.experiment_of(source.run), source
-    default = cfg.dataset.name if cfg.get("dataset") is not None else "evaluation"
-    return tracker, tracker.experiment(cfg.experiment_name or default, create=True), source
+    return tracker, tracker.experiment(settings.target_name, create=True), source
 
 
 class Inputs:
@@ -102,21 +94,23 @@ class Inputs:
     run's logged predictions need neither. Each view of a split is predicted once: the plain
     table's predictions are the TTA table's identity view."""
 
-    def __init__(self, source: ModelSource, target: Target, cfg: DictConfig, tracker: Tracker, workdir: Path):
-        self.source, self.target, self.cfg, self.tracker, self.workdir = source, target, cfg, tracker, workdir
+    def __init__(self, source: ModelSource, target: Target, settings: EvaluateSettings, tracker: Tracker,
+                 workdir: Path):
+        self.source, self.target, self.settings = source, target, settings
+        self.tracker, self.workdir = tracker, workdir
         self.predicted: dict[tuple[str, str], np.ndarray] = {}  # (split, view) -> (members, images, classes)
 
     @functools.cached_property
     def predictor(self) -> Predictor:
         """The source's networks, each fed the input its backbone expects with the crop the target gives it."""
-        cfg = self.cfg
-        device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+        settings = self.settings
+        device = torch.device("cuda" if torch.cuda.is_available() and settings.device != "cpu" else "cpu")
         members = [replace(m, preprocessing=replace(m.preprocessing, roi_crop=self.target.roi_crop(m)))
                    for m in self.source.members]
         networks = self.source.networks(self.tracker, self.workdir, device)
-        batch_size = cfg.batch_size or (64 if device.type == "cuda" else 16)
-        return Predictor(members, networks, self.source.classes, self.source.rule, device, int(batch_size),
-                         inference_workers(cfg.num_workers, device))
+        batch_size = settings.batch_size or (64 if device.type == "cuda" else 16)
+        return Predictor(members, networks, self.source.classes, self.source.rule, device, batch_size,
+                         inference_workers(settings.num_workers, device))
 
     def corrected(self, table: pd.DataFrame, split: str, correction: NeighbourCorrection) -> pd.DataFrame:
         """`table` after the transductive neighbour correction over the whole split."""
@@ -150,19 +144,18 @@ def validation_table(inputs: Inputs) -> pd.DataFrame | None:
     return inputs.table("val", desc="Predicting validation")
 
 
-def gradcam_grid(inputs: Inputs, table: pd.DataFrame, cfg: DictConfig, source_name: str) -> CamGrid:
+def gradcam_grid(inputs: Inputs, table: pd.DataFrame, settings: EvaluateSettings, source_name: str) -> CamGrid:
     """Grad-CAM of chosen samples of the evaluated split, explaining the class that was predicted."""
-    settings = cfg.gradcam
     probabilities = probabilities_of(table)
     labels, predicted = table["label"].to_numpy(), probabilities.argmax(axis=1)
-    chosen = choose_samples(labels, predicted, int(settings.samples_per_class), int(cfg.seed),
-                            list(settings.sample_ids or []), table["sample_id"].tolist())
-    paths = inputs.target.samples(cfg.split).paths
+    chosen = choose_samples(labels, predicted, settings.gradcam.samples_per_class, settings.seed,
+                            list(settings.gradcam.sample_ids), table["sample_id"].tolist())
+    paths = inputs.target.samples(settings.split).paths
     images, maps = explain(inputs.predictor, [paths[i] for i in chosen], predicted[chosen])
     classes = inputs.source.classes
     captions = [f"true {classes[labels[i]]} / pred {classes[predicted[i]]} ({probabilities[i, predicted[i]]:.2f})"
                 for i in chosen]
-    return CamGrid(images, maps, captions, f"Grad-CAM of {source_name} on {cfg.split}: "
+    return CamGrid(images, maps, captions, f"Grad-CAM of {source_name} on {settings.split}: "
                    "where it looks for the predicted class")
 
 

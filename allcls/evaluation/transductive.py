@@ -11,13 +11,11 @@ plain ones, named transductive wherever they appear.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
 from allcls.errors import AllclsError
-
-WEIGHTINGS = ("similarity", "uniform")
 
 
 @dataclass(frozen=True)
@@ -31,14 +29,12 @@ class NeighbourCorrection:
 
     enabled: bool = False
     neighbours: int = 10
-    weighting: str = "similarity"
+    weighting: Literal["similarity", "uniform"] = "similarity"
     self_weight: float = 0.5
 
     def __post_init__(self):
         if self.neighbours < 1:
             raise AllclsError(f"transductive_correction.neighbours={self.neighbours} must be 1 or more.")
-        if self.weighting not in WEIGHTINGS:
-            raise AllclsError(f"transductive_correction.weighting={self.weighting!r} is not one of {list(WEIGHTINGS)}.")
         if not 0 <= self.self_weight < 1:
             raise AllclsError(f"transductive_correction.self_weight={self.self_weight} must be in [0, 1).")
 

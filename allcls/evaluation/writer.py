@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
 
-from allcls.config.hydra_job import job_info, resolved_yaml
 from allcls.evaluation import plots
 from allcls.evaluation.gradcam import overlay_grid
 from allcls.evaluation.result import EvaluationResult
+from allcls.evaluation.settings import EvaluateSettings
 from allcls.evaluation.sources import ModelSource
 from allcls.inference import conformal
 from allcls.jobs.signals import stop_signals_raise
@@ -67,23 +66,21 @@ def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Pa
 
 
 def log_result(tracker: Tracker, experiment: Experiment, source: ModelSource, result: EvaluationResult,
-               cfg: DictConfig, split_hash: str | None) -> str:
+               settings: EvaluateSettings, split_hash: str | None) -> str:
     """The evaluation run (nested under the evaluated run, when there is one), with every file of
     the result; returns its id. `split_hash`: of the split evaluated, when it is the model's own."""
-    files = write_files(result, Path(cfg.paths.output_dir))
+    files = write_files(result, settings.job.output_dir)
     transductive = result.transductive.method if result.transductive is not None else None
     tags = run_schema.evaluation_tags(source.kind, result.dataset, result.classes, result.split, source.run_id,
                                       split_hash, transductive)
     name = run_schema.evaluation_run_name(result.split, result.dataset, result.tta is not None,
                                           transductive is not None)
-    job = job_info(cfg.paths.output_dir)
-    opened = tracker.stage_run(experiment, run_schema.EVALUATE, name, tags, job, resolved_yaml(cfg),
-                               parent_run_id=source.run_id)
+    opened = tracker.stage_run(experiment, run_schema.EVALUATE, name, tags, settings.job, parent_run_id=source.run_id)
     with opened as run, stop_signals_raise():
         run.log_params(run_schema.evaluation_params(
             source.name, result.split, result.dataset, len(result.table), result.origin,
-            result.tta.views if result.tta is not None else None, result.calibration.param, cfg.bootstrap, cfg.seed,
-            transductive, sets_param(result)))
+            result.tta.views if result.tta is not None else None, result.calibration.param, settings.bootstrap,
+            settings.seed, transductive, sets_param(result)))
         run.log_metrics(result.logged_metrics())
         for folder, paths in files.items():
             for path in paths:

@@ -43,3 +43,12 @@ def sampler_seed(seed: int, storage: str | None, study_name: str) -> int:
     study already holds, so that a continued search does not draw its first trials' values again
     (and the same sequence of launches still draws the same values)."""
     return int(seed) + len(_stored_trials(storage, study_name))
+
+
+# The resolvers conf/hparams_search/optuna.yaml asks for (registered by the training entry point):
+RESOLVERS = {
+    # `${optuna_trials_left:20,sqlite:///optuna.db,name}`: the trials a stored search still needs
+    "optuna_trials_left": trials_left,
+    # `${optuna_sampler_seed:1234,sqlite:///optuna.db,name}`: a seed that moves on as the search goes
+    "optuna_sampler_seed": sampler_seed,
+}

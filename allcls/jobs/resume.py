@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
 
-from allcls.config.hydra_job import JobInfo, job_info, resolved_yaml
+from allcls.config.hydra_job import JobInfo
 from allcls.errors import AllclsError
 from allcls.jobs.signals import pending_stop
 from allcls.tracking.tracker import Tracker
@@ -39,11 +39,11 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """An unfinished job: its folder, its MLflow run, its config and how Hydra launched it."""
+    """An unfinished job: its folder, its MLflow run, its resolved config and how Hydra launched it."""
 
     folder: Path
     run_id: str
-    config: DictConfig
+    config_yaml: str
     job: JobInfo
 
     @property
@@ -52,12 +52,12 @@ class ResumePoint:
         return last if last.is_file() else None
 
 
-def remember_the_run(folder: Path, run_id: str, cfg: DictConfig, job: JobInfo) -> None:
+def remember_the_run(folder: Path, run_id: str, config_yaml: str, tracking_uri: str, experiment_name: str,
+                     job: JobInfo) -> None:
     """Written when the run starts: what `resume` needs to find and continue this job."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(resolved_yaml(cfg))
-    record = {"run_id": run_id, "tracking_uri": cfg.logger.tracking_uri, "experiment_name": cfg.experiment_name,
-              "job": asdict(job)}
+    (folder / CONFIG_FILE).write_text(config_yaml)
+    record = {"run_id": run_id, "tracking_uri": tracking_uri, "experiment_name": experiment_name, "job": asdict(job)}
     (folder / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -67,8 +67,7 @@ def read_point(folder: Path) -> ResumePoint:
         raise AllclsError(f"{folder} holds no training job that can be resumed (no {RUN_FILE}): give resume= the "
                           "folder of a training job (the one holding checkpoints/), its MLflow run id, or `last`.")
     record = json.loads((folder / RUN_FILE).read_text())
-    return ResumePoint(folder.resolve(), record["run_id"], OmegaConf.create((folder / CONFIG_FILE).read_text()),
-                       JobInfo(**record["job"]))
+    return ResumePoint(folder.resolve(), record["run_id"], (folder / CONFIG_FILE).read_text(), JobInfo(**record["job"]))
 
 
 def find_point(resume: str, tracker: Tracker, experiment_name: str) -> ResumePoint:
@@ -90,18 +89,20 @@ def find_point(resume: str, tracker: Tracker, experiment_name: str) -> ResumePoi
                       "checkpoint on this machine. Name the job's folder or run id instead.")
 
 
-def resuming(cfg: DictConfig) -> bool:
+def resuming(resume: str | None, output_dir: Path) -> bool:
     """Whether this job continues another: `resume=` names one, or SLURM requeued this very job."""
-    return bool(cfg.get("resume")) or requeued_point(Path(cfg.paths.output_dir)) is not None
+    return bool(resume) or requeued_point(output_dir) is not None
 
 
-def resume_point(cfg: DictConfig, tracker: Tracker) -> ResumePoint:
-    """The unfinished job this one continues (see `resuming`), checked to be one that can go on."""
-    requeued = None if cfg.get("resume") else requeued_point(Path(cfg.paths.output_dir))
-    point = requeued or find_point(str(cfg.resume), tracker, cfg.experiment_name)
+def resume_point(resume: str | None, output_dir: Path, experiment_name: str, tracker: Tracker,
+                 command_config: str, overrides: list[str]) -> ResumePoint:
+    """The unfinished job this one continues (see `resuming`), checked to be one that can go on with
+    what this command (`command_config`, resolved YAML; `overrides`) asks."""
+    requeued = None if resume else requeued_point(output_dir)
+    point = requeued or find_point(str(resume), tracker, experiment_name)
     if rank_zero_only.rank == 0:  # a DDP child finds its parent's run RUNNING, as it should be
         check_resumable(point, tracker.get_run(point.run_id))
-        refuse_changes(point, cfg, job_info().overrides)
+        refuse_changes(yaml.safe_load(point.config_yaml), yaml.safe_load(command_config), overrides)
     return point
 
 
@@ -147,14 +148,15 @@ def alive(pid: int) -> bool:
     return True
 
 
-def refuse_changes(point: ResumePoint, command: DictConfig, overrides: list[str]) -> None:
-    """The settings this command sets (its overrides) must be the ones the job ran with."""
+def refuse_changes(ran_with: Mapping[str, Any], command: Mapping[str, Any], overrides: list[str]) -> None:
+    """The settings this command sets (its overrides) must be the ones the job ran with (both
+    configs as resolved values)."""
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "resume" or key.startswith(("hydra.", "hydra/")) or key.split(".")[0] == "paths":
             continue
         key = key.replace("/", ".")
-        asked, ran = _value(command, key), _value(point.config, key)
+        asked, ran = _value(command, key), _value(ran_with, key)
         if asked != ran:
             raise AllclsError(f"resume: this command sets {key}={_short(asked)}, but the job ran with "
                               f"{key}={_short(ran)}. MLflow keeps a run's settings fixed: drop {override!r} to "
@@ -171,10 +173,16 @@ def refuse_changed_params(run_id: str, logged: Mapping[str, str], params: Mappin
     return {key: value for key, value in params.items() if key not in logged}
 
 
-def _value(cfg: DictConfig, key: str) -> Any:
-    node = OmegaConf.select(cfg, key, default=None)
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, list)) or \
-        OmegaConf.is_config(node) else node
+def _value(config: Any, key: str) -> Any:
+    """The value at a dotted key of nested values (`augmentation.transforms.0.p`), None where absent."""
+    for part in key.split("."):
+        if isinstance(config, Mapping):
+            config = config.get(part)
+        elif isinstance(config, list) and part.isdigit() and int(part) < len(config):
+            config = config[int(part)]
+        else:
+            return None
+    return config
 
 
 def _short(value: Any) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from allcls.config.stage import default_tracking_uri
 from allcls.data.images import ImageReadError
 from allcls.errors import AllclsError
 from allcls.inference.combining import combine
@@ -27,7 +28,7 @@ from allcls.inference.model import Model
 from allcls.inference.views import views_for
 from allcls.serving.model_card import NOTICE
 from allcls.tracking import registry
-from allcls.tracking.store import default_uri, server_unreachable
+from allcls.tracking.store import server_unreachable
 from allcls.tracking.tracker import Tracker
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
@@ -123,7 +124,7 @@ def page() -> None:
 
 
 def choose_model() -> Choice | None:
-    uri = default_uri()
+    uri = default_tracking_uri()
     try:
         if (reason := server_unreachable(uri)) is not None:
             raise AllclsError(reason)
@@ -159,7 +160,7 @@ def cached_model(model_uri: str, uri: str) -> Model:
 
 def load_model(uri: str) -> Model | None:
     try:
-        return cached_model(uri, default_uri())
+        return cached_model(uri, default_tracking_uri())
     except registry.ModelUnavailable as error:
         st.error(f"The model {uri} cannot be loaded ({error.reason}). It may have been deleted or moved: pick another "
                  "one.")
@@ -181,7 +182,7 @@ def describe(model: Model, choice: Choice) -> None:
     members = pd.DataFrame({"member": [m.name for m in spec.members],
                             "weight": [round(m.weight, 3) for m in spec.members]})
     st.sidebar.dataframe(members, hide_index=True)
-    card = registry.version_description(store(default_uri()), choice.name, choice.version)
+    card = registry.version_description(store(default_tracking_uri()), choice.name, choice.version)
     with st.expander(f"What this model is: {choice.name} {choice.label} (model card: test scores with intervals, "
                      "calibration, referral, limits)"):
         st.markdown(card or "This version has no model card.")

@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from allcls.config.ranges import PACKAGE, check_ranges
 from allcls.errors import AllclsError
 from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.inference import conformal
@@ -27,6 +26,7 @@ from allcls.metrics.bootstrap import metric_table
 from allcls.metrics.names import CALIBRATION, HEADLINE
 from allcls.predictions import class_names_of, probabilities_of
 from allcls.serving.model_card import CardFacts, markdown
+from allcls.serving.settings import PackageSettings, Referral
 from allcls.tracking import registry
 from allcls.tracking import schema as run_schema
 from allcls.tracking.registry import MODEL_PATH
@@ -43,19 +43,20 @@ EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAA
 
 def package(cfg: DictConfig) -> str:
     """Log the run's model (and register it, when asked); return its model URI."""
-    check_ranges(cfg, PACKAGE)
+    settings = PackageSettings.of(cfg)
     with tempfile.TemporaryDirectory(prefix="allcls-package-") as folder:
         workdir = Path(folder)
-        tracker = Tracker(cfg.logger.tracking_uri, cfg.logger.artifact_location)
-        run_id = cfg.run_id
+        tracker = Tracker(settings.store.tracking_uri, settings.store.artifact_location)
+        run_id = settings.run_id
         if run_id == "latest":
-            run_id = tracker.latest_run_id(tracker.experiment(cfg.experiment_name or ""), run_schema.ENSEMBLE)
+            run_id = tracker.latest_run_id(tracker.experiment(settings.experiment_name or ""), run_schema.ENSEMBLE)
         source = resolve_source(tracker, run_id, None, workdir)
         run_id = source.run_id
-        if tracker.has_artifact(run_id, f"{MODEL_PATH}/MLmodel") and not cfg.overwrite:
+        if tracker.has_artifact(run_id, f"{MODEL_PATH}/MLmodel") and not settings.overwrite:
             raise AllclsError(f"Run {run_id} already holds a packaged model ({MODEL_PATH}/): pass overwrite=true "
                               "to replace it, or register the one it has.")
-        spec, artifacts, facts = build(tracker, source, cfg, workdir)
+        spec, artifacts, facts = build(tracker, source, settings.referral, settings.register_as or source.name,
+                                       workdir)
         saved = workdir / MODEL_PATH
         save_model(spec, artifacts, saved)
         card = markdown(facts)
@@ -66,18 +67,18 @@ def package(cfg: DictConfig) -> str:
               f"{'none' if spec.temperature is None else f'{spec.temperature:.3f}'}, referral "
               f"{'none' if spec.threshold is None else f'{spec.coverage:.0%} coverage'}).", flush=True)
         page = ui_view(tracker.tracking_uri, source.experiment_id, run_id)
-        if cfg.register_as:
-            uri, version = register(tracker, run_id, cfg.register_as, cfg.alias, spec, card)
-            page = f"{ui_view(tracker.tracking_uri)}/#/models/{cfg.register_as}/versions/{version}"
+        if settings.register_as:
+            uri, version = register(tracker, run_id, settings.register_as, settings.alias, spec, card)
+            page = f"{ui_view(tracker.tracking_uri)}/#/models/{settings.register_as}/versions/{version}"
     print(f"Browse (the model card is on the model's page): {browse_command(tracker.tracking_uri)}, then open {page}"
           if is_local_store(tracker.tracking_uri) else f"Browse (the model card is on the model's page): {page}",
           flush=True)
     return uri
 
 
-def build(tracker: Tracker, source: ModelSource, cfg: DictConfig, workdir: Path
+def build(tracker: Tracker, source: ModelSource, referral: Referral, name: str, workdir: Path
           ) -> tuple[ModelSpec, dict[str, str], CardFacts]:
-    """The model's spec, its artifact files and the facts of its card."""
+    """The model's spec, its artifact files and the facts of its card (`name`: the model's)."""
     validation = source.logged_table(tracker, "val", workdir)
     test = source.logged_table(tracker, "test", workdir)
     if validation is None or test is None:
@@ -86,17 +87,17 @@ def build(tracker: Tracker, source: ModelSource, cfg: DictConfig, workdir: Path
     temperature = fit_temperature(probabilities_of(validation), validation["label"].to_numpy())
     threshold = conformal.fit_threshold(calibrated(probabilities_of(validation), temperature),
                                         validation["label"].to_numpy(), validation["subject"].tolist(),
-                                        float(cfg.coverage))
+                                        referral.coverage)
     if threshold is None:
         log.warning("The validation split has too few subjects for %.0f%% coverage: the model gets no referral rule.",
-                    100 * cfg.coverage)
+                    100 * referral.coverage)
     artifacts = {ModelSpec.checkpoint_key(index): str(source.checkpoint(index, tracker, workdir, "nothing to package"))
                  for index in range(len(source.members))}
     tags = source.tags
     scores = metric_table(probabilities_of(test), test["label"].to_numpy(), test["subject"].tolist(), source.classes,
-                          int(cfg.bootstrap), int(cfg.seed))
+                          referral.bootstrap, referral.seed)
     model = ModelSpec(source.classes, source.rule, source.members, temperature,
-                      float(cfg.coverage) if threshold else None, threshold,
+                      referral.coverage if threshold else None, threshold,
                       {"run_id": source.run_id or "", "kind": source.kind, "dataset": tags.get("dataset", ""),
                        "classes": ",".join(source.classes), "split_hash": tags.get("split_hash", "")},
                       {row.metric: [float(row.value), float(row.ci_low), float(row.ci_high)]
@@ -104,15 +105,14 @@ def build(tracker: Tracker, source: ModelSource, cfg: DictConfig, workdir: Path
     spec_file = workdir / SPEC_FILE
     spec_file.write_text(model.to_json())
     artifacts["spec"] = str(spec_file)
-    facts = CardFacts(cfg.register_as or source.name, model, split_type(source, test), scores,
+    facts = CardFacts(name, model, split_type(source, test), scores,
                       (len(test), int(test["subject"].nunique())), calibration_facts(test, temperature),
-                      referral_facts(test, temperature, threshold, int(cfg.bootstrap), int(cfg.seed)))
+                      referral_facts(test, temperature, threshold, referral.bootstrap, referral.seed))
     return model, artifacts, facts
 
 
 def split_type(source: ModelSource, test: pd.DataFrame) -> str:
-    assert source.train_config is not None  # a training or ensemble run
-    if source.train_config.dataset.split.get("by") == "image":
+    if source.split_by == "image":
         return "by image (LEAKY: cells of one patient in train and test alike)"
     if test["subject"].isna().all():
         return "by content (the dataset has no patient ids: identical images kept together, a patient's cells may " \

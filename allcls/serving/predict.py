@@ -17,9 +17,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from allcls.config.ranges import PREDICT, check_ranges
 from allcls.data.images import is_image_file
 from allcls.errors import AllclsError
 from allcls.evaluation.sources import resolve_source
@@ -29,6 +28,7 @@ from allcls.inference.views import views_for
 from allcls.machine import keep_freed_memory
 from allcls.progress import progress
 from allcls.serving.package import build
+from allcls.serving.settings import PredictSettings, Referral
 from allcls.tracking import registry
 from allcls.tracking.registry import MODEL_PATH
 from allcls.tracking.tracker import Tracker
@@ -39,20 +39,21 @@ BATCH = 256  # images decoded, predicted and written at a time
 
 
 def predict(cfg: DictConfig) -> Path:
-    """Predict every image of `cfg.input` into `cfg.output`; return the CSV's path."""
-    check_ranges(cfg, PREDICT)
+    """Predict every image of `input` into `output` (conf/predict.yaml); return the CSV's path."""
+    settings = PredictSettings.of(cfg)
     keep_freed_memory()  # CPU forward passes would otherwise spend much of their time in page faults
-    images = image_files(str(cfg.input))
-    output = output_path(Path(cfg.output).expanduser(), images, bool(cfg.overwrite))
+    images = image_files(str(settings.input))
+    output = output_path(Path(settings.output).expanduser(), images, settings.overwrite)
     with tempfile.TemporaryDirectory(prefix="allcls-predict-") as folder:
-        model = load(cfg, Path(folder))
-        views = views_for(bool(cfg.tta))
+        model = load(settings, Path(folder))
+        views = views_for(settings.tta)
         skipped: list[tuple[str, str]] = []
         partial = output.with_name(f".{output.name}.partial")
         written = 0
         batches = [images[start:start + BATCH] for start in range(0, len(images), BATCH)]
-        with progress(desc=f"Predicting {len(images)} images" + (" with TTA" if cfg.tta else ""), total=len(images),
-                      unit="image") as bar, ThreadPoolExecutor(max_workers=1) as reader:
+        described = f"Predicting {len(images)} images" + (" with TTA" if settings.tta else "")
+        with progress(desc=described, total=len(images), unit="image") as bar, \
+                ThreadPoolExecutor(max_workers=1) as reader:
             # The next batch is read and decoded in a thread (the decoders release the GIL) while the
             # models predict this one.
             upcoming = reader.submit(decode_files, batches[0])
@@ -104,28 +105,27 @@ def output_path(output: Path, images: list[str], overwrite: bool) -> Path:
     return output
 
 
-def load(cfg: DictConfig, workdir: Path) -> Model:
-    """The model `cfg.model` names: a model URI (models:/..., runs:/...), or a run id, whose packaged
+def load(settings: PredictSettings, workdir: Path) -> Model:
+    """The model `model` names: a model URI (models:/..., runs:/...), or a run id, whose packaged
     model is used when it has one and which is packaged here on the fly (not logged) when not."""
-    tracker = Tracker(cfg.logger.tracking_uri)
-    uri = str(cfg.model)
+    tracker = Tracker(settings.store.tracking_uri)
+    uri = settings.model
     if "://" not in uri and ":/" not in uri:
         if not tracker.has_artifact(uri, f"{MODEL_PATH}/MLmodel"):
-            return package_here(cfg, tracker, uri, workdir)
+            return package_here(tracker, uri, settings.coverage, workdir)
         uri = f"runs:/{uri}/{MODEL_PATH}"
     try:
         return registry.load(tracker, uri).model
     except registry.ModelUnavailable as error:
-        raise AllclsError(f"Cannot load model {cfg.model}: {error.reason}. Give a registered "
+        raise AllclsError(f"Cannot load model {settings.model}: {error.reason}. Give a registered "
                           "model (models:/<name>@<alias> or /<version>), runs:/<run id>/model, or a run id.") from None
 
 
-def package_here(cfg: DictConfig, tracker: Tracker, run_id: str, workdir: Path) -> Model:
+def package_here(tracker: Tracker, run_id: str, coverage: float, workdir: Path) -> Model:
     """A run packaged in memory for this prediction (nothing is logged into the run)."""
     log.info("Run %s holds no packaged model: packaging it here for this prediction (not logged).", run_id)
     source = resolve_source(tracker, run_id, None, workdir)
-    settings = OmegaConf.create({"coverage": cfg.coverage, "bootstrap": 0, "seed": 0, "register_as": None})
-    spec, artifacts, _ = build(tracker, source, settings, workdir)
+    spec, artifacts, _ = build(tracker, source, Referral(coverage, bootstrap=0), source.name, workdir)
     return Model.load(spec, [artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))])
 
 

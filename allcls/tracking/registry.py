@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -112,12 +113,11 @@ def _local_copy(tracker: Tracker, uri: str, folder: Path) -> Path:
         name, alias, version = _model_reference(uri.removeprefix("models:/"))
         found = (tracker.client.get_model_version_by_alias(name, alias) if alias
                  else tracker.client.get_model_version(name, version))
-        if not found.run_id:
-            raise MlflowException(f"{uri} is not the model of a run")
         source = found.source.rstrip("/")
-        run_root = tracker.get_run(found.run_id).info.artifact_uri.rstrip("/")
-        path = source.removeprefix(run_root).lstrip("/") if source.startswith(run_root) else MODEL_PATH
-        return Path(tracker.client.download_artifacts(found.run_id, path, str(folder)))
+        if source.startswith(("runs:/", "models:/")):
+            return _local_copy(tracker, source, folder)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder),
+                                                        tracking_uri=tracker.tracking_uri))
     return Path(uri)
 
 

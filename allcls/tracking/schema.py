@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -15,8 +16,6 @@ from allcls.config.hydra_job import JobInfo
 from allcls.metrics.names import metric_safe
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
     from allcls.data.preparation import PreparedDataset
 
 # The `stage` tag of each kind of run.
@@ -66,65 +65,52 @@ def data_tags(dataset: str, classes: Sequence[str], split_hash: str | None = Non
 
 # --- training ------------------------------------------------------------------------------------
 
-def train_run_name(cfg: DictConfig, job: JobInfo) -> str:
-    """`<backbone>-<augmentation>-s<seed>`, with the config choices' names where Hydra knows them."""
-    backbone = job.choices.get("backbone", cfg.backbone.name)
-    augmentation = job.choices.get("augmentation", "")
-    return "-".join(part for part in (backbone, augmentation, f"s{cfg.seed}") if part)
+def train_run_name(backbone: str, augmentation: str, seed: int) -> str:
+    """`<backbone>-<augmentation>-s<seed>`, with the config choices' names (where Hydra knows them)."""
+    return "-".join(part for part in (backbone, augmentation, f"s{seed}") if part)
 
 
-def train_tags(cfg: DictConfig, dataset: PreparedDataset) -> dict[str, str]:
-    tags = {**data_tags(dataset.name, dataset.classes, dataset.split_hash), "backbone": cfg.backbone.name,
-            "output_dir": str(Path(cfg.paths.output_dir).resolve())}  # the job's folder, for `resume`
-    if cfg.dataset.split.get("by") == "image":
+def train_tags(dataset: PreparedDataset, backbone: str, output_dir: Path, split_by: str) -> dict[str, str]:
+    tags = {**data_tags(dataset.name, dataset.classes, dataset.split_hash), "backbone": backbone,
+            "output_dir": str(output_dir.resolve())}  # the job's folder, for `resume`
+    if split_by == "image":
         tags["leaky_split"] = "image: cells of one patient on both sides; scores inflated"
     return tags
 
 
-def _short_target(node: Any) -> str:
-    return str(node["_target_"]).rsplit(".", 1)[-1] if node else "none"
+@dataclass(frozen=True)
+class TrainParams:
+    """A training run's params: the small flat set of settings people compare runs by (the whole
+    config is the artifact config/config.yaml)."""
 
+    dataset: str
+    backbone: str
+    pretrained: bool
+    input_size: int
+    augmentation: str
+    imbalance: str
+    batch_size: int
+    input_pipeline: str  # the one that served the training images: batch or per_sample
+    packed_cache: bool
+    optimizer: str
+    lr: float | None
+    weight_decay: float | None
+    scheduler: str
+    freeze_backbone_epochs: int
+    max_epochs: int | None
+    precision: Any
+    accelerator: Any
+    devices: Any
+    strategy: str
+    seed: int
+    split_seed: int
+    split_by: str
+    n_train: int
+    n_val: int
+    n_test: int
 
-def _strategy_name(strategy: Any) -> str:
-    """'ddp' for a strategy given by name, 'DDPStrategy' for one given as a config."""
-    if not strategy:
-        return "auto"
-    return strategy if isinstance(strategy, str) else _short_target(strategy)
-
-
-def train_params(cfg: DictConfig, dataset: PreparedDataset, input_size: int, job: JobInfo,
-                 input_pipeline: str) -> dict[str, object]:
-    """A small flat set of the settings people compare runs by; the whole config is an artifact.
-    `input_pipeline`: the one that served the training images (batch or per_sample)."""
-    counts = dataset.manifest["split"].value_counts()
-    optimizer, trainer = cfg.model.optimizer, cfg.trainer
-    return {
-        "dataset": dataset.name,
-        "backbone": cfg.backbone.name,
-        "pretrained": cfg.backbone.pretrained,
-        "input_size": input_size,
-        "augmentation": job.choices.get("augmentation", "custom"),
-        "imbalance": cfg.data.imbalance,
-        "batch_size": cfg.data.batch_size,
-        "input_pipeline": input_pipeline,
-        "packed_cache": bool(cfg.data.get("cache_dir")),
-        "optimizer": _short_target(optimizer),
-        "lr": optimizer.get("lr"),
-        "weight_decay": optimizer.get("weight_decay"),
-        "scheduler": _short_target(cfg.model.get("scheduler")),
-        "freeze_backbone_epochs": cfg.model.freeze_backbone_epochs,
-        "max_epochs": trainer.get("max_epochs"),
-        "precision": trainer.get("precision"),
-        "accelerator": trainer.get("accelerator"),
-        "devices": trainer.get("devices"),
-        "strategy": _strategy_name(trainer.get("strategy")),
-        "seed": cfg.seed,
-        "split_seed": cfg.dataset.split.seed,
-        "split_by": cfg.dataset.split.get("by", "subject"),
-        "n_train": int(counts.get("train", 0)),
-        "n_val": int(counts.get("val", 0)),
-        "n_test": int(counts.get("test", 0)),
-    }
+    def as_params(self) -> dict[str, object]:
+        return asdict(self)
 
 
 # --- ensembles -----------------------------------------------------------------------------------

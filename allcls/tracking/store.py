@@ -4,7 +4,6 @@ a user browses one."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import urllib.request
 from contextlib import contextmanager
@@ -13,18 +12,6 @@ from typing import Iterator
 
 from allcls.errors import AllclsError
 from allcls.locks import exclusive
-
-
-def default_uri(folder: str | Path | None = None) -> str:
-    """$MLFLOW_TRACKING_URI when set, else the SQLite store in <folder>/mlruns/ (default: the folder
-    the command runs in), with artifacts beside it in mlruns/artifacts/."""
-    local = Path(folder or Path.cwd()).absolute() / "mlruns" / "mlflow.db"
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local}"
-
-
-def default_artifact_location(folder: str | Path | None = None) -> str:
-    """Where a new experiment of the default local store keeps its artifacts."""
-    return str(Path(folder or Path.cwd()).absolute() / "mlruns" / "artifacts")
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from allcls.config.hydra_job import JobInfo
+from allcls.config.stage import Job
 from allcls.errors import AllclsError
 from allcls.predictions import validate_table
 from allcls.tracking.journal import Journal
@@ -121,21 +121,21 @@ class Tracker:
             yield run
 
     @contextmanager
-    def stage_run(self, experiment: Experiment, stage: str, name: str, tags: Mapping[str, str], job: JobInfo,
-                  config_yaml: str, parent_run_id: str | None = None, journal: Journal | None = None
-                  ) -> Iterator[Run]:
+    def stage_run(self, experiment: Experiment, stage: str, name: str, tags: Mapping[str, str], job: Job,
+                  parent_run_id: str | None = None, journal: Journal | None = None) -> Iterator[Run]:
         """The run of one job of a stage (allcls.tracking.schema): `tags` plus its provenance (stage,
         sweep id, job number, git commit, version), the job's overrides as its description and as
         config/overrides.yaml, and its resolved config as config/config.yaml. `parent_run_id` nests
         it under another run in the MLflow UI (a job of a `-m` launch nests under the launch's run)."""
-        all_tags = {**tags, **provenance_tags(stage, job)}
-        parent_run_id = parent_run_id or (self.sweep_run_id(experiment, job.sweep_id) if job.job_num is not None
+        info = job.info
+        all_tags = {**tags, **provenance_tags(stage, info)}
+        parent_run_id = parent_run_id or (self.sweep_run_id(experiment, info.sweep_id) if info.job_num is not None
                                           else None)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        with self.open_run(experiment, name, all_tags, " ".join(job.overrides), journal) as run:
-            run.log_text(config_yaml, "config/config.yaml")
-            run.log_text(OmegaConf.to_yaml(list(job.overrides)), "config/overrides.yaml")
+        with self.open_run(experiment, name, all_tags, " ".join(info.overrides), journal) as run:
+            run.log_text(job.config_yaml, "config/config.yaml")
+            run.log_text(OmegaConf.to_yaml(list(info.overrides)), "config/overrides.yaml")
             yield run
 
     @contextmanager

@@ -10,11 +10,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from allcls.config.ranges import TRAIN, check_ranges
-from allcls.config.sections import build, typed
+from allcls.config.sections import build, dataset_spec
 from allcls.data.datamodule import CellDataModule, choose_pipeline
 from allcls.data.packed_cache import check_cache_dir
-from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_dataset
-from allcls.data.splits import SplitSpec
+from allcls.data.preparation import PreparedDataset
 from allcls.errors import AllclsError
 from allcls.jobs.ddp import is_rank_zero
 from allcls.jobs.resume import RUN_FILE
@@ -62,8 +61,8 @@ def check_monitor(cfg: DictConfig, class_names: list[str]) -> None:
 
 
 def prepare(cfg: DictConfig) -> PreparedDataset:
-    split = typed(SplitSpec, OmegaConf.to_container(cfg.dataset.split, resolve=True), "dataset.split")
-    return prepare_dataset(build(cfg.dataset.reader), split, ImageChecks.of(cfg.dataset))
+    """The dataset read, checked and split as `dataset` says."""
+    return dataset_spec(cfg.dataset).prepare()
 
 
 def build_augmentations(cfg: DictConfig) -> list:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from allcls.config.hydra_job import job_info, resolved_yaml
+from allcls.config.stage import Job
 from allcls.data.preparation import PreparedDataset
 from allcls.jobs.ddp import distributed_job, is_rank_zero
 from allcls.jobs.resume import refuse_changed_params, remember_the_run, resume_point, resuming
@@ -25,6 +26,7 @@ from allcls.tracking.journal import Journal
 from allcls.tracking.run import Run
 from allcls.tracking.store import is_local_store
 from allcls.tracking.tracker import Tracker
+from allcls.training import params as recorded
 from allcls.training.best_checkpoint import evaluate_best_checkpoint
 from allcls.training.build import (
     build_datamodule,
@@ -47,13 +49,16 @@ def train(cfg: DictConfig) -> float:
 
 def _train(cfg: DictConfig) -> float:
     tracker, point = None, None
-    if resuming(cfg):
+    output_dir = Path(cfg.paths.output_dir)
+    if resuming(cfg.get("resume"), output_dir):
         tracker = open_store(cfg)
-        point = resume_point(cfg, tracker)
-        cfg = point.config  # the job's own config, into its own folder
+        point = resume_point(cfg.get("resume"), output_dir, cfg.experiment_name, tracker, resolved_yaml(cfg),
+                             job_info().overrides)
+        cfg = OmegaConf.create(point.config_yaml)  # the job's own config, into its own folder
+        output_dir = Path(cfg.paths.output_dir)
     backbone = check_config(cfg)
     if is_rank_zero() and point is None:
-        refuse_a_used_output_dir(Path(cfg.paths.output_dir))
+        refuse_a_used_output_dir(output_dir)
         tracker = open_store(cfg)  # a server that does not answer is refused before any data is read
     L.seed_everything(cfg.seed, workers=True)
     dataset = prepare(cfg)
@@ -69,22 +74,22 @@ def _train(cfg: DictConfig) -> float:
 
     assert tracker is not None  # opened above, in the main process
     job = point.job if point else job_info(cfg.paths.output_dir)
-    output_dir = Path(cfg.paths.output_dir)
     journal = Journal(output_dir)  # if the server goes away mid-run, the job goes on
     if not is_local_store(tracker.tracking_uri):  # and notices within seconds, not after MLflow's minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    config_yaml = resolved_yaml(cfg)
     if point is None:
         experiment = tracker.experiment(cfg.experiment_name, create=True)
-        opened = tracker.stage_run(experiment, run_schema.TRAIN, run_schema.train_run_name(cfg, job),
-                                   run_schema.train_tags(cfg, dataset), job, resolved_yaml(cfg), journal=journal)
+        opened = tracker.stage_run(experiment, run_schema.TRAIN, recorded.run_name(cfg, job),
+                                   recorded.tags(cfg, dataset), Job(output_dir, job, config_yaml), journal=journal)
     else:
         opened = tracker.resumed_run(point.run_id, resumed_in=job_info().sweep_id, journal=journal)
     with opened as run, stop_signals_raise():
         try:
-            params = run_schema.train_params(cfg, dataset, datamodule.input_spec.size, job, datamodule.pipeline)
+            params = recorded.params(cfg, dataset, datamodule.input_spec.size, job, datamodule.pipeline).as_params()
             if point is None:
-                remember_the_run(output_dir, run.run_id, cfg, job)
+                remember_the_run(output_dir, run.run_id, config_yaml, tracker.tracking_uri, cfg.experiment_name, job)
                 run.log_params(params)
                 log_dataset(run, dataset, output_dir)
             else:

@@ -1,0 +1,61 @@
+"""The serving commands' settings (conf/package.yaml, conf/predict.yaml), as frozen dataclasses
+built at their entry points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from allcls.config.ranges import PACKAGE, PREDICT, check_ranges
+from allcls.config.stage import Job, Store, settings_of
+
+
+@dataclass(frozen=True)
+class Referral:
+    """How a package is fitted on the run's logged predictions: the referral rule's `coverage`, and
+    the model card's bootstrap intervals (`bootstrap` replicates from `seed`)."""
+
+    coverage: float = 0.95
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PackageSettings:
+    job: Job
+    store: Store
+    run_id: str  # a training or an ensemble run; `latest`: the newest ensemble run of experiment_name
+    experiment_name: str | None = None
+    register_as: str | None = None  # a registered model name; None: only log the model into the run
+    alias: str | None = None
+    coverage: float = 0.95
+    overwrite: bool = False  # replace a model the run already holds
+    bootstrap: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "PackageSettings":
+        check_ranges(cfg, PACKAGE)
+        return settings_of(cls, cfg)
+
+    @property
+    def referral(self) -> Referral:
+        return Referral(self.coverage, self.bootstrap, self.seed)
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    job: Job
+    store: Store
+    model: str  # models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model, or a run id
+    input: str  # a folder (searched recursively), an image file, or a glob
+    output: str = "predictions.csv"
+    overwrite: bool = False
+    tta: bool = False
+    coverage: float = 0.95  # the referral rule when a run is packaged on the fly
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "PredictSettings":
+        check_ranges(cfg, PREDICT)
+        return settings_of(cls, cfg)
