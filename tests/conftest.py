@@ -3,6 +3,8 @@ The helpers they use are in helpers.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import os
 from pathlib import Path
@@ -13,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from allcls.data.synthetic import SyntheticSpec, materialise
 
-from helpers import compose_train
+from helpers import compose_config, compose_train
 
 
 @pytest.fixture
@@ -80,3 +82,37 @@ def store(tmp_path_factory):
     return {"root": root, "client": client, "experiment_id": experiment.experiment_id,
             "members": [r.info.run_id for r in members], "odd": odd.info.run_id,
             "split_hash": members[0].data.tags["split_hash"]}
+
+
+@pytest.fixture(scope="session")
+def ensemble_run(store, tmp_path_factory) -> str:
+    """The id of an ensemble of the store's sweep (every scheme but the simplex grid, 50 replicates)."""
+    from allcls.ensemble.task import run_ensemble
+
+    overrides = ["experiment_name=synthetic-cnmc", "sweep_id=multirun", "bootstrap=50", "~schemes.simplex_grid"]
+    run_ensemble(compose_config("ensemble", store["root"], overrides, output_dir=tmp_path_factory.mktemp("ensemble")))
+    runs = store["client"].search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
+                                       order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id
+
+
+@pytest.fixture(scope="session")
+def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
+    """Packaged models, each with an 80% referral rule: `cells`, the sweep's first run, registered as
+    cells@champion; `ensemble`, the store's ensemble, first packaged without registering (`printed`:
+    what packaging said), then packaged again (overwrite=true) and registered as ensemble@champion,
+    the newest registered model."""
+    from allcls.serving.package import package
+
+    folder = tmp_path_factory.mktemp("registered")
+
+    def packaged(*overrides: str) -> str:
+        return package(compose_config("package", store["root"], ["coverage=0.8", "bootstrap=50", *overrides],
+                                      output_dir=folder / "job"))
+
+    cells = packaged(f"run_id={store['members'][0]}", "register_as=cells", "alias=champion")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        unregistered = packaged(f"run_id={ensemble_run}")
+    ensemble = packaged(f"run_id={ensemble_run}", "overwrite=true", "register_as=ensemble", "alias=champion")
+    return {"cells": cells, "ensemble": ensemble, "unregistered": unregistered, "printed": printed.getvalue()}

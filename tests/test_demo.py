@@ -1,6 +1,7 @@
-"""`make demo` as a user sees it: the transfer-learning sweep on the default synthetic data, then the
-comparison of weighting schemes, whose ranking must mean something (members that differ, schemes
-that do not all tie), then the chosen ensemble packaged and registered."""
+"""`make demo` as a user sees it: the transfer-learning sweep on the default synthetic data (one
+tracked run per job, nested under the launch's own run, and a summary of them), then the comparison
+of weighting schemes, whose ranking must mean something (members that differ, schemes that do not
+all tie), then the chosen ensemble packaged and registered."""
 
 import subprocess
 
@@ -35,6 +36,7 @@ def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
     members = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
     validation = sorted(run.data.metrics["val/f1_weighted_best"] for run in members)
     assert len(members) == 4 and validation[0] < validation[-1]  # the members differ
+    the_sweep_is_one_tracked_run_with_its_jobs_nested(client, experiment.experiment_id, members, trained.stdout)
     (ensemble,) = client.search_runs([experiment.experiment_id], "tags.stage = 'ensemble'")
     table = pd.read_csv(client.download_artifacts(ensemble.info.run_id, "comparison/comparison.csv", str(tmp_path)))
     ranked = table.dropna(subset=["rank"])["cv_f1_weighted"]
@@ -42,3 +44,26 @@ def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
     assert 100 <= int(members[0].data.params["n_val"])  # validated on more than a handful of cells
     version = client.get_model_version_by_alias("demo-ensemble", "champion")  # the demo ends with a registered model
     assert version.tags["run_id"] == ensemble.info.run_id
+
+
+def the_sweep_is_one_tracked_run_with_its_jobs_nested(client, experiment_id: str, jobs: list, printed: str) -> None:
+    """One FINISHED run per job, each with its backbone, job number and the split they share; the
+    launch is one run of its own that says what was typed and which job did best, its jobs nested
+    under it; the launch ends with a table of the runs and how to browse them."""
+    assert [r.info.status for r in jobs] == ["FINISHED"] * 4
+    assert {r.data.tags["backbone"] for r in jobs} == {"mobilenetv2_100", "tf_efficientnet_lite0"}
+    assert {r.data.tags["job_num"] for r in jobs} == {"0", "1", "2", "3"}
+    sweep_ids = {r.data.tags["sweep_id"] for r in jobs}
+    assert len(sweep_ids) == 1 and next(iter(sweep_ids)).startswith("multirun/train/")
+    assert len({r.data.tags["split_hash"] for r in jobs}) == 1  # comparable: same split
+    assert "4 MLflow run(s)" in printed and "mlflow ui --backend-store-uri sqlite:///" in printed
+    (sweep,) = client.search_runs([experiment_id], "tags.stage = 'sweep'")
+    assert sweep.info.status == "FINISHED" and sweep.data.tags["sweep_id"] in sweep_ids
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {sweep.info.run_id}
+    assert sweep.data.tags["mlflow.note.content"].startswith("python train.py -m ")
+    assert sweep.data.tags["mlflow.source.name"].endswith("train.py") and sweep.data.tags["git_commit"]
+    assert "backbone=mobilenetv2,efficientnet_lite0" in sweep.data.tags["mlflow.note.content"]
+    best = max(jobs, key=lambda r: r.data.metrics["val/f1_weighted_best"])
+    assert sweep.data.metrics["val/f1_weighted_best"] == best.data.metrics["val/f1_weighted_best"]
+    assert sweep.data.tags["best_run_id"] == best.info.run_id
+    assert f"#/experiments/{experiment_id}/runs/{sweep.info.run_id}" in printed

@@ -2,7 +2,8 @@
 
 When a job's run starts, its folder gets, beside checkpoints/, the run's id and store
 (`mlflow_run.json`) and the job's resolved config (`config.resolved.yaml`); every
-epoch leaves `checkpoints/last.ckpt`, and so does a job stopped by SIGTERM or Ctrl-C.
+epoch leaves `checkpoints/last.ckpt`, and so does a job stopped by SIGTERM or Ctrl-C
+(allcls.training.fit.CheckpointOnStop).
 `python train.py resume=<job folder | run id | last>` then continues from `last.ckpt` with the
 job's own config, into its own run and folder. A command that asks for a different setting than
 the job ran with is refused, naming the setting: MLflow keeps a run's params fixed.
@@ -20,15 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import lightning as L
 import yaml
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from allcls.config.hydra_job import JobInfo
 from allcls.errors import AllclsError
-from allcls.jobs.signals import pending_stop
 from allcls.tracking.tracker import Tracker
 
 RUN_FILE = Path("mlflow_run.json")
@@ -95,12 +91,13 @@ def resuming(resume: str | None, output_dir: Path) -> bool:
 
 
 def resume_point(resume: str | None, output_dir: Path, experiment_name: str, tracker: Tracker,
-                 command_config: str, overrides: list[str]) -> ResumePoint:
+                 command_config: str, overrides: list[str], main_process: bool = True) -> ResumePoint:
     """The unfinished job this one continues (see `resuming`), checked to be one that can go on with
-    what this command (`command_config`, resolved YAML; `overrides`) asks."""
+    what this command (`command_config`, resolved YAML; `overrides`) asks. A DDP child process
+    (`main_process` false) finds its parent's run RUNNING, as it should be: it checks nothing."""
     requeued = None if resume else requeued_point(output_dir)
     point = requeued or find_point(str(resume), tracker, experiment_name)
-    if rank_zero_only.rank == 0:  # a DDP child finds its parent's run RUNNING, as it should be
+    if main_process:
         check_resumable(point, tracker.get_run(point.run_id))
         refuse_changes(yaml.safe_load(point.config_yaml), yaml.safe_load(command_config), overrides)
     return point
@@ -188,33 +185,3 @@ def _value(config: Any, key: str) -> Any:
 def _short(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-class CheckpointOnStop(Callback):
-    """A job asked to stop (SIGTERM, Ctrl-C) finishes its batch, saves `last.ckpt` there and stops:
-    `resume` then continues from that batch. The stop is held back by allcls.job_signals while fit
-    runs. (Lightning warns on such a resume that the rest of that one epoch starts again from the
-    loader's first batch: a loader's position is not part of a checkpoint.)"""
-
-    def __init__(self, folder: str | Path):
-        self.path = Path(folder) / LAST
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        stop = pending_stop()
-        if stop is not None:
-            # Saving is a collective step under DDP, and only this process got the signal: there,
-            # last.ckpt stays the last epoch's.
-            if trainer.world_size == 1:
-                trainer.save_checkpoint(self.path)
-            stop()
-
-    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        # Lightning's own SIGTERM handler may stop first, at the end of the same batch (its check
-        # comes after this callback's hook): the state is as consistent there, so save it.
-        if isinstance(exception, SIGTERMException) and trainer.training and trainer.world_size == 1:
-            trainer.save_checkpoint(self.path)
-
-    def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
-        # Mid-validation is no state to resume from: last.ckpt stays the previous epoch's.
-        if trainer.state.fn == "fit" and (stop := pending_stop()) is not None:
-            stop()

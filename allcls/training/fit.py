@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import lightning as L
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -19,8 +20,8 @@ from allcls.config.sections import build, instantiate_dict
 from allcls.data.datamodule import CellDataModule
 from allcls.errors import AllclsError
 from allcls.jobs.ddp import rerun_this_job_in_ddp_children
-from allcls.jobs.resume import CheckpointOnStop
-from allcls.jobs.signals import Terminated, stops_wait_for_the_batch
+from allcls.jobs.resume import LAST
+from allcls.jobs.signals import Terminated, pending_stop, stops_wait_for_the_batch
 from allcls.models.lit_classifier import LitClassifier
 from allcls.tracking.run import Run
 
@@ -77,3 +78,33 @@ def fit(cfg: DictConfig, model: LitClassifier, datamodule: CellDataModule, logge
         except SIGTERMException:  # Lightning's handler stopped first: it would exit 0, a success to a scheduler
             raise Terminated() from None
     return trainer
+
+
+class CheckpointOnStop(Callback):
+    """A job asked to stop (SIGTERM, Ctrl-C) finishes its batch, saves `last.ckpt` there and stops:
+    `resume` then continues from that batch. The stop is held back by allcls.jobs.signals while fit
+    runs. (Lightning warns on such a resume that the rest of that one epoch starts again from the
+    loader's first batch: a loader's position is not part of a checkpoint.)"""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / LAST
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        stop = pending_stop()
+        if stop is not None:
+            # Saving is a collective step under DDP, and only this process got the signal: there,
+            # last.ckpt stays the last epoch's.
+            if trainer.world_size == 1:
+                trainer.save_checkpoint(self.path)
+            stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        # Lightning's own SIGTERM handler may stop first, at the end of the same batch (its check
+        # comes after this callback's hook): the state is as consistent there, so save it.
+        if isinstance(exception, SIGTERMException) and trainer.training and trainer.world_size == 1:
+            trainer.save_checkpoint(self.path)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
+        # Mid-validation is no state to resume from: last.ckpt stays the previous epoch's.
+        if trainer.state.fn == "fit" and (stop := pending_stop()) is not None:
+            stop()

@@ -53,7 +53,7 @@ def _train(cfg: DictConfig) -> float:
     if resuming(cfg.get("resume"), output_dir):
         tracker = open_store(cfg)
         point = resume_point(cfg.get("resume"), output_dir, cfg.experiment_name, tracker, resolved_yaml(cfg),
-                             job_info().overrides)
+                             job_info().overrides, main_process=is_rank_zero())
         cfg = OmegaConf.create(point.config_yaml)  # the job's own config, into its own folder
         output_dir = Path(cfg.paths.output_dir)
     backbone = check_config(cfg)

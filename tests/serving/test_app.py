@@ -13,36 +13,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from allcls.serving.package import package
-
-from helpers import PROJECT, compose_config, console_script, free_port, served
+from helpers import PROJECT, console_script, free_port, served
 
 PAGE = str(PROJECT / "allcls" / "serving" / "app.py")
 CLASSES = ["hem", "all"]
 
 
 @pytest.fixture(scope="module")
-def models(store, tmp_path_factory):
-    """The store with two registered models: `page-cells` (one run) and `page-ensemble` (an ensemble
-    of the sweep), both with an 80% referral rule and alias `champion`."""
-    from allcls.ensemble.task import run_ensemble
-
-    folder = tmp_path_factory.mktemp("page")
-    root = store["root"]
-
-    def register(run_id, name):
-        return package(compose_config("package", root, [f"run_id={run_id}", f"register_as={name}", "alias=champion",
-                                                        "coverage=0.8", "bootstrap=50"],
-                                      output_dir=folder / name))
-
-    register(store["odd"], "page-cells")  # a run that no other test packages
-    run_ensemble(compose_config("ensemble", root, ["experiment_name=synthetic-cnmc", "sweep_id=multirun",
-                                                   "bootstrap=50", "~schemes.simplex_grid"],
-                                output_dir=folder / "ensemble"))
-    ensemble = store["client"].search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
-                                           order_by=["attributes.start_time DESC"])[0]
-    register(ensemble.info.run_id, "page-ensemble")
-    yield f"sqlite:///{root}/mlruns/mlflow.db"
+def models(store, registered) -> str:
+    """The store, with two registered models (conftest): `cells` (one run) and `ensemble` (an
+    ensemble of the sweep, the newest), both with an 80% referral rule and alias `champion`."""
+    return f"sqlite:///{store['root']}/mlruns/mlflow.db"
 
 
 def an_image(store) -> Path:
@@ -71,7 +52,7 @@ def expected(uri: str, name: str, data: bytes) -> pd.Series:
 
 
 def test_an_upload_gets_its_class_probability_set_and_gradcam_and_a_bad_file_gets_a_reason(store, models, monkeypatch):
-    page = pick(open_page(monkeypatch, models), "page-cells")
+    page = pick(open_page(monkeypatch, models), "cells")
     assert page.sidebar.selectbox[1].value == "@champion"
     assert "Not a diagnostic device" in page.expander[0].children[0].value  # the model card
     about = " ".join(m.value for m in page.sidebar.markdown)
@@ -80,7 +61,7 @@ def test_an_upload_gets_its_class_probability_set_and_gradcam_and_a_bad_file_get
     page.file_uploader[0].set_value([("cell.bmp", data, "image/bmp"), ("notes.png", b"not an image", "image/png")])
     page.run()
     assert not page.exception, page.exception
-    answer = expected(models, "page-cells", data)
+    answer = expected(models, "cells", data)
     headline = next(m.value for m in page.markdown if m.value.startswith("### Predicted:"))
     assert headline.startswith(f"### Predicted: {answer['label']}")
     assert f"{answer[f'prob_{answer.label}']:.1%} calibrated probability" in headline
@@ -98,7 +79,7 @@ def test_an_upload_gets_its_class_probability_set_and_gradcam_and_a_bad_file_get
 
 
 def test_an_ensemble_shows_each_members_vote_and_map_and_tta_agreement(store, models, monkeypatch):
-    page = pick(open_page(monkeypatch, models), "page-ensemble")
+    page = pick(open_page(monkeypatch, models), "ensemble")
     data = an_image(store).read_bytes()
     page.file_uploader[0].set_value(("cell.bmp", data, "image/bmp"))
     page.checkbox[0].check().run()  # test-time augmentation
@@ -175,7 +156,7 @@ def test_the_served_page_predicts_an_uploaded_image_in_chromium(store, models, t
             browser.save_screenshot(str(tmp_path / "page.png"))
         finally:
             browser.quit()
-    answer = expected(models, "page-ensemble", an_image(store).read_bytes())  # the newest model is the default
+    answer = expected(models, "ensemble", an_image(store).read_bytes())  # the newest model is the default
     assert f"Predicted: {answer['label']}" in text and "calibrated probability" in text
     assert "Members' votes" in text and "Not a diagnostic device" in text
     assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -11,18 +11,14 @@ import pandas as pd
 import pytest
 
 from allcls.errors import AllclsError
-from allcls.serving.package import package
 from allcls.serving.predict import predict
 
 from helpers import compose_config
 
 
 @pytest.fixture(scope="module")
-def model_uri(store, tmp_path_factory):
-    cfg = compose_config("package", store["root"], [f"run_id={store['members'][1]}", "bootstrap=50", "coverage=0.8",
-                                                    "register_as=batch", "alias=champion"],
-                         output_dir=tmp_path_factory.mktemp("package"))
-    return package(cfg)
+def model_uri(registered) -> str:
+    return registered["cells"]
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""train.py as users run it: `-m` sweeps (one MLflow run per job), DDP inside sweeps, Optuna,
-and the one-line error for a user's mistake. Each test runs the real script in a subprocess."""
+"""train.py as users run it: `-m` sweeps (one MLflow run per job), DDP inside sweeps, Optuna, and
+the one-line error for a user's mistake. The sweeps run the real script in a subprocess; a refusal
+before any work runs its entry point in this process."""
 
 import os
 import signal
@@ -13,8 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from allcls.predictions import read_table
+from allcls.training.cli import main
 
-from helpers import PROJECT, SMALL_SYNTHETIC, run_script
+from helpers import PROJECT, SMALL_SYNTHETIC, run_entry, run_script
 
 CLI_FAST = ["backbone=custom_cnn", "backbone.input_size=32", *SMALL_SYNTHETIC, "data.num_workers=0",
             "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -28,33 +30,6 @@ def sweep_runs(folder: Path, experiment: str = "synthetic-cnmc", stage: str = "t
                                       order_by=["attributes.start_time ASC"])
 
 
-def test_multirun_gives_one_tracked_run_per_job_and_a_summary(tmp_path):
-    result = run_script("train.py", "-m", *[o for o in CLI_FAST if not o.startswith("backbone=")],
-                        "backbone=custom_cnn,mobilenetv2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, runs = sweep_runs(tmp_path)
-    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
-    assert {r.data.tags["backbone"] for r in runs} == {"custom_cnn", "mobilenetv2_100"}
-    assert {r.data.tags["job_num"] for r in runs} == {"0", "1"}
-    sweep_ids = {r.data.tags["sweep_id"] for r in runs}
-    assert len(sweep_ids) == 1 and next(iter(sweep_ids)).startswith("multirun/train/")
-    assert len({r.data.tags["split_hash"] for r in runs}) == 1  # comparable: same split
-    # The launch ends with the runs' key metrics and how to browse them.
-    assert "2 MLflow run(s)" in result.stdout and f"mlflow ui --backend-store-uri sqlite:///{tmp_path}" in result.stdout
-    # The launch is one run in the MLflow UI: the jobs nest under it, it says what was typed and
-    # which job did best, and its address is printed.
-    _, (sweep,) = sweep_runs(tmp_path, stage="sweep")
-    assert sweep.info.status == "FINISHED" and sweep.data.tags["sweep_id"] in sweep_ids
-    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {sweep.info.run_id}
-    assert sweep.data.tags["mlflow.note.content"].startswith("python train.py -m ")
-    assert sweep.data.tags["mlflow.source.name"].endswith("train.py") and sweep.data.tags["git_commit"]
-    assert "backbone=custom_cnn,mobilenetv2" in sweep.data.tags["mlflow.note.content"]
-    best = max(runs, key=lambda r: r.data.metrics["val/f1_weighted_best"])
-    assert sweep.data.metrics["val/f1_weighted_best"] == best.data.metrics["val/f1_weighted_best"]
-    assert sweep.data.tags["best_run_id"] in {r.info.run_id for r in runs}
-    assert f"#/experiments/{sweep.info.experiment_id}/runs/{sweep.info.run_id}" in result.stdout
-
-
 def test_a_launch_that_stops_early_marks_its_own_run_failed(tmp_path):
     """A job's mistake ends the launch: its run is not left RUNNING, nor FINISHED."""
     result = run_script("train.py", "-m", *CLI_FAST, "trainer.max_epochs=0,1", cwd=tmp_path)
@@ -63,15 +38,15 @@ def test_a_launch_that_stops_early_marks_its_own_run_failed(tmp_path):
     assert sweep.info.status == "FAILED" and "before its last job" in sweep.data.tags["error"]
 
 
-def test_user_mistake_ends_with_one_line_and_no_traceback(tmp_path):
-    result = run_script("train.py", "dataset=cnmc", cwd=tmp_path)
+def test_user_mistake_ends_with_one_line_and_no_traceback(tmp_path, monkeypatch, capsys):
+    result = run_entry(main, "dataset=cnmc", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert result.returncode == 2
     assert "error: dataset.root is not set" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_unknown_group_option_is_refused_by_hydra_with_the_choices(tmp_path):
-    result = run_script("train.py", "backbone=resnet9000", cwd=tmp_path)
+def test_unknown_group_option_is_refused_by_hydra_with_the_choices(tmp_path, monkeypatch, capsys):
+    result = run_entry(main, "backbone=resnet9000", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert result.returncode != 0
     assert "Could not find 'backbone/resnet9000'" in result.stderr and "mobilenetv2" in result.stderr
 

@@ -15,9 +15,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from allcls.errors import AllclsError
+from allcls.jobs.cli import main as runs_main
+from allcls.training.cli import main as train_main
 from allcls.training.task import train
 
-from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, console_script, run_script
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, compose_train, run_entry, run_script
 
 # Epochs of about 60 small batches (a second or two each): long enough to stop a job in the middle of one.
 SLOW_EPOCHS = [*FAST, *SMALL_SYNTHETIC, "dataset.reader.cells_per_subject=20", "data.batch_size=4",
@@ -62,33 +64,44 @@ def stop(job: subprocess.Popen, signum: int, log: Path) -> int:
             job.kill()
 
 
-@pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_marks_the_run_killed_and_a_requeued_job_resumes_it(tmp_path):
-    """What SLURM or `kill` sends, in the middle of an epoch: the batch ends, last.ckpt is saved
-    there, the run ends KILLED with the reason and the process exits 143 (a failure to a scheduler).
-    Started again in its own folder as SLURM requeues it, the job continues into the same run."""
-    overrides = [*SLOW_EPOCHS, "trainer.max_epochs=2"]
-    log = tmp_path / "job.log"
-    job, run_id = start_training(tmp_path, log, overrides, in_the_second_epoch)
-    assert stop(job, signal.SIGTERM, log) == 143, log.read_text()[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    run = client.get_run(run_id)
+def test_sigterm_saves_a_checkpoint_marks_the_run_killed_and_a_requeued_job_resumes_it(train_cfg, mlflow_client,
+                                                                                        tmp_path, monkeypatch):
+    """What SLURM or `kill` sends, in the middle of an epoch (here: from the third training step of
+    the second epoch): the batch ends, last.ckpt is saved there, the run ends KILLED with the reason
+    and the process exits 143 (a failure to a scheduler). Started again in its own folder as SLURM
+    requeues it ($SLURM_RESTART_COUNT), the job continues into the same run and finishes it."""
+    from allcls.models.lit_classifier import LitClassifier
+
+    training_step = LitClassifier.training_step
+
+    def terminate_in_the_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, batch, batch_idx)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LitClassifier, "training_step", terminate_in_the_second_epoch)
+        with pytest.raises(SystemExit) as stopped:
+            train(train_cfg("trainer.max_epochs=2", "callbacks.early_stopping=null"))
+    assert stopped.value.code == 143
+    (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])
+    run_id = run.info.run_id
     assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"
     folder = Path(run.data.tags["output_dir"])
     saved = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["epoch"] == 1 and saved["global_step"] > steps(client, run_id, "val/loss")[0] + 1  # mid-epoch
+    per_epoch = steps(mlflow_client, run_id, "val/loss")[0] + 1
+    assert saved["epoch"] == 1 and saved["global_step"] == per_epoch + 3  # mid-epoch, at the batch's end
 
-    requeued = run_script("train.py", *overrides, f"hydra.run.dir={folder}", cwd=tmp_path,
-                          env_extra={"SLURM_RESTART_COUNT": "1"})
-    assert requeued.returncode == 0, requeued.stderr[-3000:]
-    run = client.get_run(run_id)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    train(compose_train(tmp_path, ["trainer.max_epochs=2", "callbacks.early_stopping=null"], output_dir=folder))
+    run = mlflow_client.get_run(run_id)
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
-    assert len(steps(client, run_id, "val/loss")) == 2
-    assert {"predictions/val.parquet", "predictions/test.parquet"} <= artifacts(client, run_id)
+    assert len(steps(mlflow_client, run_id, "val/loss")) == 2
+    assert {"predictions/val.parquet", "predictions/test.parquet"} <= artifacts(mlflow_client, run_id)
 
 
 @pytest.mark.slow
-def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_run(tmp_path):
+def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_run(tmp_path, monkeypatch, capsys):
     """SIGKILL leaves no chance to end the run. `allcls-runs cleanup` lists it, and marks
     it FAILED with the reason only with --mark (a live process's run is listed and left alone).
     `resume=last` then continues it from the last epoch's last.ckpt, into the same run; only the
@@ -102,18 +115,19 @@ def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_ru
     experiment = client.get_run(run_id).info.experiment_id
     alive = client.create_run(experiment, tags={"host": socket.gethostname(), "pid": str(os.getpid())})
 
-    listed = cleanup(tmp_path)
+    listed = cleanup(tmp_path, monkeypatch, capsys)
     assert listed.returncode == 0 and run_id in listed.stdout and "is gone" in listed.stdout
     assert "is still alive" in listed.stdout and "--mark" in listed.stdout
     assert client.get_run(run_id).info.status == "RUNNING"  # listing changes nothing
-    marked = cleanup(tmp_path, "--mark")
+    marked = cleanup(tmp_path, monkeypatch, capsys, "--mark")
     assert marked.returncode == 0 and "marked FAILED" in marked.stdout, marked.stdout + marked.stderr
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and "ended without ending the run" in run.data.tags["error"]
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
     client.delete_run(alive.info.run_id)
 
-    changed = run_script("train.py", "resume=last", "trainer.max_epochs=5", cwd=tmp_path)
+    changed = run_entry(train_main, "resume=last", "trainer.max_epochs=5", cwd=tmp_path, monkeypatch=monkeypatch,
+                        capsys=capsys)
     assert changed.returncode == 2 and "trainer.max_epochs=5" in changed.stderr and "ran with" in changed.stderr
     assert client.get_run(run_id).info.status == "FAILED"
 
@@ -136,10 +150,12 @@ def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_ru
     assert any(name.startswith("logs/resumed/") for name in found)
 
 
-def cleanup(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([console_script("allcls-runs"), "cleanup", *args], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=120)
+def cleanup(folder: Path, monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
+    """`allcls-runs cleanup *args` run from `folder`, in this process."""
+    monkeypatch.chdir(folder)
+    code = runs_main(["cleanup", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["allcls-runs", "cleanup", *args], code, out, err)
 
 
 def test_resume_refuses_what_it_cannot_continue(train_cfg, mlflow_client, tmp_path):

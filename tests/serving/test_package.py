@@ -28,10 +28,9 @@ def package_cfg(store, tmp_path, *overrides):
 
 
 @pytest.fixture(scope="module")
-def packaged(store, tmp_path_factory):
-    """The first member run, packaged and registered as `cells` with alias `champion`."""
-    folder = tmp_path_factory.mktemp("packaged")
-    return package(package_cfg(store, folder, f"run_id={store['members'][0]}", "register_as=cells", "alias=champion"))
+def packaged(registered) -> str:
+    """The first member run, packaged and registered as `cells` with alias `champion` (conftest)."""
+    return registered["cells"]
 
 
 @pytest.fixture(autouse=True)
@@ -103,23 +102,18 @@ def test_bad_images_get_a_reason_and_spoil_no_other_row(store, packaged, tmp_pat
     assert "No such file" in rows.loc[3, "error"] and rows.loc[1:, "label"].isna().all()
 
 
-def test_an_ensemble_packages_its_members_and_reports_their_votes(store, tmp_path, capsys):
-    from allcls.ensemble.task import run_ensemble
-
-    cfg = compose_config("ensemble", store["root"], ["experiment_name=synthetic-cnmc", "sweep_id=multirun",
-                                                     "bootstrap=50", "~schemes.simplex_grid"],
-                         output_dir=tmp_path / "ensemble")
-    run_ensemble(cfg)
+def test_an_ensemble_packages_its_members_and_reports_their_votes(store, ensemble_run, registered, tmp_path):
+    """Packaged without registering, it prints its run's page; packaged again with overwrite=true
+    (and registered), it answers with each weighted member's vote."""
+    assert registered["unregistered"] == f"runs:/{ensemble_run}/model"
+    assert f"#/experiments/{store['experiment_id']}/runs/{ensemble_run}" in registered["printed"]
     client = store["client"]
-    ensemble = client.search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
-                                  order_by=["attributes.start_time DESC"])[0]
-    uri = package(package_cfg(store, tmp_path, f"run_id={ensemble.info.run_id}"))
-    assert f"#/experiments/{store['experiment_id']}/runs/{ensemble.info.run_id}" in capsys.readouterr().out
-    rows = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": sample_images(store, 2)}))
+    rows = mlflow.pyfunc.load_model(registered["ensemble"]).predict(pd.DataFrame({"path": sample_images(store, 2)}))
     votes = [c for c in rows.columns if c.startswith("member_")]
-    weighted = json.loads(Path(client.download_artifacts(ensemble.info.run_id, "ensemble/members.json",
+    weighted = json.loads(Path(client.download_artifacts(ensemble_run, "ensemble/members.json",
                                                          str(tmp_path))).read_text())["members"]
     assert len(votes) == sum(m["weight"] > 0 for m in weighted) and rows[votes].isin(CLASSES).all().all()
+    assert client.get_model_version_by_alias("ensemble", "champion").tags["run_id"] == ensemble_run
 
 
 def test_packaging_again_is_refused_unless_asked_and_a_half_run_is_refused(store, packaged, tmp_path):

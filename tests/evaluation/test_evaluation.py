@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from allcls.ensemble.task import run_ensemble
 from allcls.errors import AllclsError
 from allcls.evaluation.task import evaluate
 from allcls.predictions import read_table
@@ -28,16 +27,6 @@ def evaluate_with(store, tmp_path, *overrides):
                               order_by=["attributes.start_time DESC"])
     return score, runs[0], client
 
-
-
-@pytest.fixture(scope="module")
-def ensemble_run(store, tmp_path_factory):
-    overrides = ["experiment_name=synthetic-cnmc", "sweep_id=multirun", "bootstrap=50", "~schemes.simplex_grid"]
-    cfg = compose_config("ensemble", store["root"], overrides, output_dir=tmp_path_factory.mktemp("ensemble"))
-    run_ensemble(cfg)
-    runs = store["client"].search_runs([store["experiment_id"]], "tags.stage = 'ensemble'",
-                                       order_by=["attributes.start_time DESC"])
-    return runs[0].info.run_id
 
 
 def test_evaluating_a_run_uses_its_logged_predictions_and_nests_the_result(store, tmp_path):

@@ -10,14 +10,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from allcls.config.stage import Job
+from allcls.ensemble.cli import main as ensemble_main
 from allcls.errors import AllclsError
 from allcls.jobs.summary import summary_text
 from allcls.predictions import read_table
 from allcls.tracking import schema as run_schema
 from allcls.tracking.tracker import MissingArtifact, Tracker
+from allcls.training.cli import main as train_main
 from allcls.training.task import train
 
-from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, console_script, free_port, run_script, served
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, console_script, free_port, run_entry, served
 
 
 def test_new_experiments_keep_artifacts_beside_the_local_database(tmp_path):
@@ -101,14 +103,14 @@ def test_a_tracking_server_is_browsed_at_its_own_address():
     assert browse_command("http://mlflow.lab:5000") == "http://mlflow.lab:5000"
 
 
-@pytest.mark.slow
-def test_an_unreachable_tracking_server_is_refused_in_one_line_before_any_work(tmp_path):
+def test_an_unreachable_tracking_server_is_refused_in_one_line_before_any_work(tmp_path, monkeypatch, capsys):
     """Nothing listens on the port: train.py and ensemble.py each stop with one line naming the
     URI (exit 2) instead of MLflow's minutes of retries, before a dataset is read or written."""
     uri = f"http://127.0.0.1:{free_port()}"
-    for script, args in (("train.py", [*FAST, *SMALL_SYNTHETIC]),
-                         ("ensemble.py", ["experiment_name=synthetic-cnmc", "sweep_id=latest"])):
-        result = run_script(script, *args, cwd=tmp_path, timeout=120, env_extra={"MLFLOW_TRACKING_URI": uri})
+    for main, program, args in ((train_main, "train.py", [*FAST, *SMALL_SYNTHETIC]),
+                                (ensemble_main, "ensemble.py", ["experiment_name=synthetic-cnmc", "sweep_id=latest"])):
+        result = run_entry(main, *args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys, program=program,
+                           env_extra={"MLFLOW_TRACKING_URI": uri})
         assert result.returncode == 2, result.stderr[-2000:]
         assert f"error: Cannot reach the MLflow tracking server {uri}" in result.stderr
         assert "Traceback" not in result.stderr
