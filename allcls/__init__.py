@@ -1,3 +1,3 @@
 """allcls: train, track, ensemble and deliver Acute Lymphoblastic Leukemia cell classifiers."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -51,15 +51,16 @@ def measure(paths: list[str], batch_size: int, allocator: bool) -> dict:
     """One variant, in this process."""
     import torch
 
-    from allcls.inference.predictor import Predictor, PredictorMember
+    from allcls.inference.members import Member, Preprocessing
+    from allcls.inference.predictor import Predictor
     from allcls.machine import inference_workers, keep_freed_memory
     from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
 
     if allocator:
         keep_freed_memory()
     spec = BackboneSpec("mobilenetv2_100")
-    member = PredictorMember("mobilenetv2", create_backbone(spec, num_classes=4), input_spec(spec), roi_crop=False)
-    predictor = Predictor([member], ["a", "b", "c", "d"], batch_size=batch_size,
+    member = Member("mobilenetv2", 1.0, spec.name, Preprocessing(input_spec(spec), roi_crop=False))
+    predictor = Predictor([member], [create_backbone(spec, num_classes=4)], ["a", "b", "c", "d"], batch_size=batch_size,
                           num_workers=inference_workers(None, torch.device("cpu")))
     predictor.predict(paths[:batch_size], ["identity"], desc="warm-up")
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -20,11 +20,13 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
 
+from allcls.config.entry import CONF_DIR  # noqa: E402
 from allcls.ensemble.candidates import Candidates, SplitPredictions  # noqa: E402
 from allcls.ensemble.schemes import build_schemes, simplex_grid_points  # noqa: E402
 from allcls.ensemble.selection import evaluate_schemes  # noqa: E402
+from allcls.tracking.tracker import Experiment  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parents[1] / "conf" / "ensemble.yaml"
+CONFIG = CONF_DIR / "ensemble.yaml"
 
 
 def members(models: int, samples: int, seed: int = 0) -> Candidates:
@@ -39,7 +41,7 @@ def members(models: int, samples: int, seed: int = 0) -> Candidates:
 
     names = [f"model{m}" for m in range(models)]
     return Candidates([f"run{m}" for m in range(models)], names, {"classes": "hem,all"}, split(samples), split(samples),
-                   experiment_id="0")
+                      Experiment("0", "benchmark"))
 
 
 def timed(function, *args, repeats: int = 3):

@@ -25,6 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from allcls.config.entry import prepare_process  # noqa: E402
+
+prepare_process()  # as the entry points do: no update check when albumentations is imported below
+
 import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -32,7 +36,6 @@ import torchvision.transforms as T  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision.datasets.folder import pil_loader  # noqa: E402
 
-import allcls  # noqa: E402,F401  (before albumentations: no update check)
 from allcls.data.datamodule import CellDataModule  # noqa: E402
 from allcls.data.preparation import ImageChecks, PreparedDataset, prepare_dataset  # noqa: E402
 from allcls.data.readers import CNMCReader  # noqa: E402

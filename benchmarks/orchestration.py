@@ -17,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+from allcls.config.entry import CONF_DIR, prepare_process
+
+prepare_process()  # as the entry points do: environment defaults and conf/'s resolvers
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -26,17 +28,17 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 from plain_finetune import evaluate  # noqa: E402  (this folder's plain script)
 
+from allcls.config.stage import Job  # noqa: E402
 from allcls.tracking import schema as run_schema  # noqa: E402
 from allcls.tracking.tracker import Tracker  # noqa: E402
-from allcls.training.task import RunMetricsLogger, build_datamodule, build_model, check_config, fit, prepare  # noqa: E402
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from allcls.training.build import build_datamodule, build_model, check_config, prepare  # noqa: E402
+from allcls.training.fit import RunMetricsLogger, fit  # noqa: E402
 
 
 def config(folder: Path, overrides: list[str], run: int):
     """conf/train.yaml as `python train.py <overrides>` composes it, launched from `folder`."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = str(folder)
@@ -51,17 +53,18 @@ def allcls_fit(cfg) -> tuple[float, int]:
     backbone = check_config(cfg)
     datamodule = build_datamodule(cfg, prepare(cfg), backbone)
     model = build_model(cfg, datamodule, backbone)
-    tracker = Tracker(cfg.logger.tracking_uri, cfg.experiment_name, cfg.logger.artifact_location)
-    with tracker.stage_run(run_schema.TRAIN, "benchmark", {}, cfg) as run_id:
-        logger = RunMetricsLogger(tracker, run_id=run_id, tracking_uri=tracker.tracking_uri,
-                                  experiment_name=tracker.experiment_name)
+    tracker = Tracker(cfg.logger.tracking_uri, cfg.logger.artifact_location)
+    experiment = tracker.experiment(cfg.experiment_name, create=True)
+    with tracker.stage_run(experiment, run_schema.TRAIN, "benchmark", {}, Job.of(cfg)) as run:
         start = time.perf_counter()
-        trainer = fit(cfg, model, datamodule, logger)
+        trainer = fit(cfg, model, datamodule, RunMetricsLogger(run))
         return time.perf_counter() - start, trainer.global_step
 
 
 def plain_fit(cfg, folder: Path) -> tuple[float, int]:
-    """Seconds of a plain loop over the same loaders, model, optimiser and schedule, and its steps."""
+    """Seconds of a plain loop over the same loaders, model, optimiser and schedule, and its steps.
+    Its batches become the network's input as allcls's do (the loaders carry uint8 images:
+    `model_input` augments and normalises them), so both loops do the same work per batch."""
     backbone = check_config(cfg)
     datamodule = build_datamodule(cfg, prepare(cfg), backbone)
     datamodule.setup("fit")
@@ -78,11 +81,12 @@ def plain_fit(cfg, folder: Path) -> tuple[float, int]:
         model.train()
         for images, labels in train_loader:
             optimizer.zero_grad()
-            criterion(model(images), labels).backward()
+            criterion(model(datamodule.model_input(images, train=True)), labels).backward()
             optimizer.step()
             steps += 1
         scheduler.step()
-        _, score = evaluate(model, val_loader)  # plain_finetune's: balanced accuracy, weighted F1
+        inputs = [(datamodule.model_input(images), labels) for images, labels in val_loader]
+        _, score = evaluate(model, inputs)  # plain_finetune's: balanced accuracy, weighted F1
         if score > best:
             best = score
             torch.save(model.state_dict(), folder / "plain-best.pt")

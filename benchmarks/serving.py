@@ -4,10 +4,10 @@ against a plain loop that loads the checkpoint and predicts image by image with 
 Trains three small MobileNetV2 runs (one epoch on synthetic cells drawn at C-NMC's 450 x 450 px),
 combines them into an equal-weight ensemble, and packages one run and the ensemble as the page
 and `predict` use them. Then, side by side in one run:
-  - the page: decoding one uploaded 450 px BMP and analysing it (allcls.app.analyse: calibrated
+  - the page: decoding one uploaded 450 px BMP and analysing it (allcls.serving.app.analyse: calibrated
     probabilities, prediction set, votes), for the single model and the 3-member ensemble, with
     and without Grad-CAM; median and 90th percentile over repeats, after a warm-up;
-  - `python -m allcls.predict` over a folder of C-NMC-sized BMPs, and the plain loop, each in its
+  - `allcls-predict` over a folder of C-NMC-sized BMPs, and the plain loop, each in its
     own process, each timed from loading the model to the CSV written.
 
     python benchmarks/serving.py [--images 500] [--repeats 20]
@@ -29,9 +29,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 SIZE = 450  # C-NMC's cells: 450 x 450 px, 24-bit BMP
 DATA = ["dataset=synthetic", f"dataset.reader.image_size={SIZE}", "dataset.reader.subjects_per_class=12",
@@ -43,7 +41,10 @@ ONLY_EQUAL = [f"schemes.{s}=null" for s in ("proportional", "majority_vote", "be
 
 
 def run(*command: str, cwd: Path) -> str:
-    result = subprocess.run([sys.executable, *command], cwd=cwd, capture_output=True, text=True)
+    """`python <command>`, or the console script `command[0]` (allcls-package) of this environment."""
+    program = [str(Path(sys.executable).parent / command[0])] if command[0].startswith("allcls-") else [sys.executable,
+                                                                                                     command[0]]
+    result = subprocess.run([*program, *command[1:]], cwd=cwd, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result.stdout
@@ -61,8 +62,8 @@ def prepare(work: Path) -> dict:
     experiment = client.get_experiment_by_name("synthetic-cnmc").experiment_id
     single = client.search_runs([experiment], "tags.stage = 'train'", order_by=["attributes.start_time ASC"])[0]
     for run_id in (single.info.run_id, "latest"):
-        run("-m", "allcls.package", f"run_id={run_id}", "experiment_name=synthetic-cnmc", "bootstrap=10",
-            "coverage=0.8", cwd=work)
+        run("allcls-package", f"run_id={run_id}", "experiment_name=synthetic-cnmc", "bootstrap=10", "coverage=0.8",
+            cwd=work)
     ensemble = client.search_runs([experiment], "tags.stage = 'ensemble'")[0]
     checkpoint = client.download_artifacts(single.info.run_id, "checkpoints/best.ckpt", str(work / "plain"))
     return {"store": store, "single": f"runs:/{single.info.run_id}/model",
@@ -81,16 +82,16 @@ def cell_folder(work: Path, count: int) -> Path:
 
 def page_latency(models: dict, image: Path, repeats: int) -> list[tuple[str, float, float]]:
     """(variant, median ms, 90th percentile ms) of what the page does for one upload."""
-    import mlflow
-
+    from allcls.inference.decoding import decode_limited
     from allcls.serving.app import analyse
-    from allcls.serving.pyfunc_model import decode_limited
+    from allcls.tracking import registry
+    from allcls.tracking.tracker import Tracker
 
-    mlflow.set_tracking_uri(models["store"])
+    tracker = Tracker(models["store"])
     data = image.read_bytes()
     rows = []
     for name, label in (("single", "MobileNetV2"), ("ensemble", "3-member MobileNetV2 ensemble")):
-        model = mlflow.pyfunc.load_model(models[name]).unwrap_python_model()
+        model = registry.load(tracker, models[name]).model
         for gradcam in (False, True):
             for _ in range(2):  # warm-up
                 analyse(model, decode_limited(data, image.name), tta=False, gradcam=gradcam)
@@ -105,29 +106,28 @@ def page_latency(models: dict, image: Path, repeats: int) -> list[tuple[str, flo
 
 
 def allcls_predict(model: str, folder: Path, output: Path) -> tuple[float, float]:
-    """(seconds to the model loaded, seconds predicting) of `python -m allcls.predict`, imports done."""
-    import runpy
-
-    import mlflow.pyfunc
-
-    import allcls.predict  # noqa: F401  (imported before the clock starts, as the plain loop's torch is)
+    """(seconds to the model loaded, seconds predicting) of `allcls-predict`, imports done."""
+    from allcls.serving import cli, predict
+    from allcls.tracking import registry
 
     loaded_at = []
-    load_model = mlflow.pyfunc.load_model
+    load = registry.load
 
     def load_and_note(*args, **kwargs):
-        loaded = load_model(*args, **kwargs)
+        loaded = load(*args, **kwargs)
         loaded_at.append(time.perf_counter())
         return loaded
 
-    mlflow.pyfunc.load_model = load_and_note
-    sys.argv = ["allcls.predict", f"model={model}", f"input={folder}", f"output={output}"]
+    predict.registry.load = load_and_note  # type: ignore[attr-defined]
+    sys.argv = ["allcls-predict", f"model={model}", f"input={folder}", f"output={output}"]
     start = time.perf_counter()
     try:
-        runpy.run_module("allcls.predict", run_name="__main__")
+        cli.predict()
     except SystemExit as end:
         if end.code:
             raise
+    finally:
+        predict.registry.load = load  # type: ignore[attr-defined]
     return loaded_at[0] - start, time.perf_counter() - loaded_at[0]
 
 
@@ -208,14 +208,14 @@ def main() -> None:
         print(f"\nBatch prediction, {args.images} BMPs of {SIZE} x {SIZE} px, MobileNetV2 (one checkpoint):")
         print("| command | model load, s | images/s, first image to CSV | whole command, s |\n|---|---|---|---|")
         sides = [("plain loop: checkpoint, then PIL image by image", "plain", models["checkpoint"]),
-                 ("python -m allcls.predict", "predict", models["single"])]
+                 ("allcls-predict", "predict", models["single"])]
         rates, ends = [], []
         for label, kind, source in sides:
             loading, predicting, whole = throughput(kind, source, folder, work / f"{kind}.csv", work)
             rates.append(args.images / predicting)
             ends.append(args.images / (loading + predicting))
             print(f"| {label} | {loading:.1f} | {rates[-1]:.1f} | {whole:.1f} |", flush=True)
-        print(f"\nallcls.predict / plain loop, images/s while predicting: {rates[1] / rates[0]:.2f}x; "
+        print(f"\nallcls-predict / plain loop, images/s while predicting: {rates[1] / rates[0]:.2f}x; "
               f"from the model's load to the CSV: {ends[1] / ends[0]:.2f}x")
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 input on the device. Preparing the dataset (reading, checking, splitting) happens before, in
 allcls.data.preparation.
 
-Two input pipelines (`data.pipeline`, README "Input pipeline"):
+Two input pipelines (`data.pipeline`; docs/data.md, "Input pipeline"):
 - batch: loaders carry uint8 images (decoded and resized per image, or gathered from the packed
   cache per batch); augmentation, the float conversion and normalisation run on the device, per batch.
 - per_sample: albumentations augments and normalises each training image in the loader workers,

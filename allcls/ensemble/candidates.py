@@ -87,7 +87,7 @@ def load_candidates(tracker: Tracker, experiment: Experiment | None, filter_stri
         where = f"experiment {experiment.name!r} with filter {filter_string!r}"
     if not runs:
         raise AllclsError(f"No finished training runs match {where}. Check experiment_name and filter "
-                          "(MLflow syntax, e.g. 'tags.sweep_id = \"multirun/2026-01-01/10-00-00\"').")
+                          "(MLflow syntax, e.g. 'tags.sweep_id = \"multirun/train/2026-01-01/10-00-00-000000\"').")
     if len(runs) < 2:
         raise AllclsError(f"Only one run matches {where} ({runs[0].info.run_id}): an ensemble needs two or more.")
     names = member_names(runs)

@@ -1,2 +1,2 @@
 """Evaluating a run, an ensemble or a checkpoint: metrics with confidence intervals, calibration,
-test-time augmentation, plots; Grad-CAM is in allcls.explain."""
+test-time augmentation, plots; the maps themselves come from allcls.inference.gradcam."""

@@ -21,7 +21,7 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
     """Parameter groups whose learning rates shrink by `layer_decay` per layer below the head
     (BEiT's layer-wise decay, as timm groups a model's layers); biases and norms get no weight decay.
     Each group carries its `lr_scale`: `scale_learning_rates` applies it once the optimiser exists.
-    (`model.layer_decay` is range-checked with the other settings: allcls.ranges.)"""
+    (`model.layer_decay` is range-checked with the other settings: allcls.config.ranges.)"""
     from timm.optim._param_groups import param_groups_layer_decay
 
     return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)

@@ -23,7 +23,7 @@ TRAIN = "train"
 ENSEMBLE = "ensemble"
 ENSEMBLE_SCHEME = "ensemble_scheme"  # one child of an ensemble run per weighting scheme compared
 EVALUATE = "evaluate"
-SWEEP = "sweep"  # the run of a whole `-m` launch; its jobs' runs nest under it (allcls.sweep_run)
+SWEEP = "sweep"  # the run of a whole `-m` launch; its jobs' runs nest under it (allcls.jobs.sweep_run)
 
 # Runs whose predictions are compared or combined must agree on these tags.
 DATA_TAGS = ("dataset", "classes", "split_hash")
