@@ -16,18 +16,19 @@ import json
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from allcls.config.hydra_job import JobInfo
 from allcls.errors import AllclsError
+from allcls.jobs.ddp import is_rank_zero
 from allcls.jobs.signals import pending_stop
 from allcls.tracking.tracker import Tracker
 
@@ -100,7 +101,7 @@ def resume_point(resume: str | None, output_dir: Path, experiment_name: str, tra
     what this command (`command_config`, resolved YAML; `overrides`) asks."""
     requeued = None if resume else requeued_point(output_dir)
     point = requeued or find_point(str(resume), tracker, experiment_name)
-    if rank_zero_only.rank == 0:  # a DDP child finds its parent's run RUNNING, as it should be
+    if is_rank_zero():  # a DDP child finds its parent's run RUNNING, as it should be
         check_resumable(point, tracker.get_run(point.run_id))
         refuse_changes(yaml.safe_load(point.config_yaml), yaml.safe_load(command_config), overrides)
     return point
