@@ -3,10 +3,12 @@ the kernel if its holder dies, so a killed job never leaves a lock behind)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from types import ModuleType
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # not POSIX (Windows): no lock; run the first job alone before parallel ones

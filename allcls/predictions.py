@@ -10,8 +10,8 @@ probability column per class in class-index order; each row sums to 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,9 @@ def prob_column(class_name: str) -> str:
     return f"{PROB_PREFIX}{class_name}"
 
 
-def make_table(sample_ids: Sequence[str], subjects: Sequence[str | None], labels: Sequence[int],
-               probabilities: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+def make_table(sample_ids: Sequence[str] | np.ndarray, subjects: Sequence[str | None] | np.ndarray,
+               labels: Sequence[int] | np.ndarray, probabilities: np.ndarray,
+               class_names: Sequence[str]) -> pd.DataFrame:
     table = pd.DataFrame({
         "sample_id": pd.Series(list(sample_ids), dtype="string"),
         "subject": pd.Series(list(subjects), dtype="string"),
@@ -98,7 +99,7 @@ def align(tables: Sequence[pd.DataFrame], names: Sequence[str]) -> tuple[pd.Data
     reference, reference_name = tables[0].set_index("sample_id").sort_index(), names[0]
     classes = class_names_of(tables[0])
     stacked = []
-    for table, name in zip(tables, names):
+    for table, name in zip(tables, names, strict=True):
         if class_names_of(table) != classes:
             raise AllclsError(f"{name} has classes {class_names_of(table)} but {reference_name} has {classes}: "
                               "an ensemble needs one class order.")

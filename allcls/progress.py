@@ -4,7 +4,8 @@ Grad-CAM, bootstrap replicates. `TQDM_DISABLE=1` switches them off."""
 from __future__ import annotations
 
 import sys
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 

@@ -41,7 +41,7 @@ def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
     table = pd.read_csv(client.download_artifacts(ensemble.info.run_id, "comparison/comparison.csv", str(tmp_path)))
     ranked = table.dropna(subset=["rank"])["cv_f1_weighted"]
     assert ranked.nunique() >= 3 and ranked.max() - ranked.min() >= 0.02, ranked.tolist()  # not a table of ties
-    assert 100 <= int(members[0].data.params["n_val"])  # validated on more than a handful of cells
+    assert int(members[0].data.params["n_val"]) >= 100  # validated on more than a handful of cells
     version = client.get_model_version_by_alias("demo-ensemble", "champion")  # the demo ends with a registered model
     assert version.tags["run_id"] == ensemble.info.run_id
 

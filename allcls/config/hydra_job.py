@@ -51,7 +51,7 @@ def job_info(output_dir: str = "") -> JobInfo:
 
 def resolved_yaml(cfg: DictConfig) -> str:
     """The job's config with every interpolation resolved (Hydra's own settings left out)."""
-    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"]), resolve=True)
 
 
 def launch_command(overrides: list[str], multirun: bool = False) -> str:

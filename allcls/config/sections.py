@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from typing import Any, Literal, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import hydra
 from hydra.errors import InstantiationException
@@ -16,7 +17,21 @@ from allcls.data.preparation import DatasetSpec, ImageChecks
 from allcls.data.splits import SplitSpec
 from allcls.errors import AllclsError
 
-T = TypeVar("T")
+
+class Dataclass(Protocol):
+    """Any dataclass (what `dataclasses.fields` takes)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+T = TypeVar("T", bound=Dataclass)
+
+
+def plain(section: DictConfig) -> dict[str, Any]:
+    """A config section as plain values (dicts, lists, scalars), every interpolation resolved."""
+    values = OmegaConf.to_container(section, resolve=True)
+    assert isinstance(values, dict)  # the container of a DictConfig is a dict
+    return {str(key): value for key, value in values.items()}
 
 
 def typed(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
@@ -25,9 +40,9 @@ def typed(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
     keys; an option outside a `Literal` field's choices fails naming them; a field whose type is
     itself such a dataclass is read the same way (its keys named `<where>.<field>.<key>`)."""
     if isinstance(values, DictConfig):
-        values = OmegaConf.to_container(values, resolve=True)  # type: ignore[assignment]
+        values = plain(values)
     values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     prefix = f"{where}." if where else ""
     for key in values:
         if key not in fields:
@@ -48,7 +63,7 @@ def typed(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
 def _field_value(hint: Any, value: Any, where: str) -> Any:
     """`value` as the field typed `hint` takes it: a nested section built, an option checked."""
     options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    section = next((arg for arg in [hint, *options] if dataclasses.is_dataclass(arg)), None)
+    section = next((arg for arg in [hint, *options] if isinstance(arg, type) and dataclasses.is_dataclass(arg)), None)
     if section is not None and isinstance(value, Mapping):
         return typed(section, value, where)
     literal = next((arg for arg in [hint, *options] if typing.get_origin(arg) is Literal), None)
@@ -82,7 +97,7 @@ def dataset_spec(section: Mapping[str, Any], root: str | None = None, split: boo
     built (reading `root` where given), its checks, and its split: the section's own (True), the one
     given, or none (False: every image is evaluated)."""
     if isinstance(section, DictConfig):
-        section = OmegaConf.to_container(section, resolve=True)  # type: ignore[assignment]
+        section = plain(section)
     reader = dict(section["reader"])
     if root is not None:
         reader["root"] = root

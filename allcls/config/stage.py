@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from allcls.config.hydra_job import JobInfo, job_info, resolved_yaml
-from allcls.config.sections import typed
+from allcls.config.sections import Dataclass, plain, typed
 from allcls.errors import AllclsError
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Dataclass)
 
 
 def default_tracking_uri(folder: str | Path | None = None) -> str:
@@ -49,7 +49,7 @@ class Job:
     config_yaml: str
 
     @classmethod
-    def of(cls, cfg: DictConfig) -> "Job":
+    def of(cls, cfg: DictConfig) -> Job:
         return cls(Path(cfg.paths.output_dir), job_info(cfg.paths.output_dir), resolved_yaml(cfg))
 
 
@@ -57,12 +57,11 @@ def settings_of(cls: type[T], cfg: DictConfig, **built: Any) -> T:
     """A task's settings from its composed config: each top-level key read by `typed` (Hydra's own
     section and `defaults` aside), `paths` and `logger` as the shared `job` and `store`, and `built`:
     fields the entry point has made itself."""
-    own = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # Hydra's section resolves in Hydra
+    own = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])  # Hydra's section resolves in Hydra
     unset = sorted(OmegaConf.missing_keys(own))
     if unset:
         raise AllclsError(f"{unset[0]} is not set: pass {unset[0]}=... on the command line.")
-    container = OmegaConf.to_container(own, resolve=True)
-    assert isinstance(container, dict)
+    container = plain(own)
     values = {key: value for key, value in container.items() if key not in ("paths", "logger", *built)}
     return typed(cls, {**values, "job": Job.of(cfg), "store": typed(Store, container.get("logger"), "logger"),
                        **built}, "")

@@ -9,13 +9,10 @@ with other transforms keep the per-sample albumentations pipeline (allcls.data.d
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import albumentations as A
-import numpy as np
 import torch
-
-from allcls.data.preprocessing import InputSpec
 
 # albumentations transforms with a batch form, by class: their only setting is p.
 BATCH_FORMS = {A.HorizontalFlip: "hflip", A.VerticalFlip: "vflip", A.Transpose: "transpose",
@@ -27,7 +24,7 @@ def lacks_batch_form(transforms: Sequence[A.BasicTransform]) -> list[str]:
     return [type(t).__name__ for t in transforms if type(t) not in BATCH_FORMS]
 
 
-def _dihedral(transposed: bool, turns: int):
+def _dihedral(transposed: bool, turns: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """One of the eight symmetries of a square, as a transpose (or not) then `turns` quarter turns."""
     def view(images: torch.Tensor) -> torch.Tensor:
         if transposed:
@@ -40,7 +37,7 @@ def _dihedral(transposed: bool, turns: int):
 # found by applying both to a probe image, so the table cannot disagree with the views themselves.
 SYMMETRIES = [_dihedral(t, k) for t in (False, True) for k in range(4)]
 STEP_VIEWS = {"hflip": lambda x: x.flip(-1), "vflip": lambda x: x.flip(-2), "transpose": lambda x: x.transpose(-2, -1),
-              **{f"rot{k}": (lambda x, k=k: torch.rot90(x, k, (-2, -1))) for k in range(1, 4)}}
+              **{f"rot{k}": _dihedral(False, k) for k in range(1, 4)}}
 _PROBE = torch.arange(9).view(3, 3)
 _SEEN = [s(_PROBE) for s in SYMMETRIES]
 THEN = {name: torch.tensor([next(i for i, seen in enumerate(_SEEN) if torch.equal(seen, view(s(_PROBE))))

@@ -12,7 +12,8 @@ Evaluation splits always take the first: they are not augmented.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Mapping, Sequence, get_args
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, get_args
 
 import albumentations as A
 import lightning as L
@@ -21,17 +22,17 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate, get_worker_info
 
-from allcls.machine import default_num_workers
 from allcls.data import imbalance as balancing
 from allcls.data.batch_transforms import BatchAugmentation, lacks_batch_form
-from allcls.data.preprocessing import InputSpec, Normalisation, preprocess
 from allcls.data.images import read_image
 from allcls.data.packed_cache import PackedImages, packed_images
 from allcls.data.preparation import PreparedDataset
+from allcls.data.preprocessing import InputSpec, Normalisation, preprocess
 from allcls.data.readers import Sample
 from allcls.data.splits import SPLITS
 from allcls.data.transforms import build_transform, seed_pipeline
 from allcls.errors import AllclsError
+from allcls.machine import default_num_workers
 
 Pipeline = Literal["auto", "batch", "per_sample"]
 PIPELINES: tuple[Pipeline, ...] = get_args(Pipeline)
@@ -67,7 +68,8 @@ class PackedCellDataset(CellDataset):
     indices), written straight into shared memory when a loader worker reads it."""
 
     def __init__(self, samples: Sequence[Sample], class_to_index: Mapping[str, int], spec: InputSpec,
-                 roi_crop: bool, packed: PackedImages, rows: Sequence[int], transform: A.Compose | None = None):
+                 roi_crop: bool, packed: PackedImages, rows: Sequence[int] | np.ndarray,
+                 transform: A.Compose | None = None):
         super().__init__(samples, class_to_index, spec, roi_crop, transform)
         self.packed, self.rows = packed, np.asarray(rows, dtype=np.int64)
         self.label_array = torch.as_tensor(self.labels, dtype=torch.int64)
@@ -199,6 +201,7 @@ class CellDataModule(L.LightningDataModule):
         """The split's packed array, found (or written) once per process: `prepare_data` and `setup`
         both ask, and each look-up reads every image file's size and modification time."""
         if split not in self.packed:
+            assert self.cache_dir is not None  # asked for only when the images are cached
             paths = [s.path for s in self.prepared.split_samples(split)]
             self.packed[split] = packed_images(self.cache_dir, f"{self.prepared.name}-{split}", paths,
                                                self.input_spec, self.roi_crop)
@@ -210,8 +213,9 @@ class CellDataModule(L.LightningDataModule):
         if self.imbalance == "weighted_sampler":
             weights = balancing.sample_weights(dataset.labels, len(self.classes))
             generator = torch.Generator().manual_seed(self.seed)
-            sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True,
-                                            generator=generator)
+            # torch types the weights as Sequence[float]; it takes a tensor (its own torch.as_tensor)
+            sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights),  # type: ignore[arg-type]
+                                            replacement=True, generator=generator)
         return self._loader(dataset, self.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
@@ -245,6 +249,7 @@ class CellDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
+        assert self.trainer is not None  # the trainer calls this hook
         return self.model_input(images, train=self.trainer.training), labels
 
     def model_input(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
@@ -271,6 +276,9 @@ def seed_worker(worker_id: int) -> None:
     per-sample pipeline), which would otherwise be the same in every worker (each starts from a
     copy of one pipeline)."""
     pl_worker_init_function(worker_id)
-    transform = get_worker_info().dataset.transform
+    info = get_worker_info()
+    assert info is not None  # it runs in a loader worker
+    dataset: Any = info.dataset  # any dataset with a `transform` (a per-sample pipeline, or None)
+    transform = dataset.transform
     if transform is not None:
         seed_pipeline(transform, torch.initial_seed() % 2**32)

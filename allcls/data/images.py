@@ -36,7 +36,7 @@ class ImageReadError(AllclsError):
     reason = "unreadable"
 
     @classmethod
-    def for_file(cls, path: str | Path, reason: str) -> "ImageReadError":
+    def for_file(cls, path: str | Path, reason: str) -> ImageReadError:
         error = cls(
             f"Cannot read image {path}: {reason}. Replace or remove the file "
             "(or set dataset.skip_unreadable_images=true to leave it out of the run)."
@@ -84,6 +84,7 @@ def decode_image(data: bytes | np.ndarray, path: str | Path = "<bytes>") -> np.n
 
 
 def _decode_with_pil(data: bytes, path: str | Path) -> np.ndarray:
+    image: Image.Image  # the file as opened, then perhaps converted
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()

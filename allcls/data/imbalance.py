@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence, get_args
+from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 def check_strategy(strategy: str) -> Strategy:
     if strategy not in STRATEGIES:
         raise AllclsError(f"data.imbalance={strategy!r} is not one of {list(STRATEGIES)}.")
-    return strategy  # type: ignore[return-value]  (checked just above)
+    return strategy
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:
@@ -47,11 +48,11 @@ def sample_weights(labels: Sequence[int], num_classes: int) -> np.ndarray:
 
 def oversample(labels: Sequence[int], seed: int) -> np.ndarray:
     """Indices into `labels` with minority classes randomly repeated up to the majority count."""
-    labels = np.asarray(labels, dtype=np.int64)
+    array = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    present = np.unique(labels)
-    target = max(int((labels == c).sum()) for c in present)
-    indices = [np.flatnonzero(labels == c) for c in present]
+    present = np.unique(array)
+    target = max(int((array == c).sum()) for c in present)
+    indices = [np.flatnonzero(array == c) for c in present]
     extra = [rng.choice(idx, target - len(idx), replace=True) for idx in indices]
     return np.sort(np.concatenate(indices + extra))
 

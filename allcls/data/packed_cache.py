@@ -15,17 +15,17 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from allcls.machine import usable_cores
 from allcls.data.images import ImageReadError, read_image
 from allcls.data.preprocessing import InputSpec, preprocess
 from allcls.errors import AllclsError
 from allcls.locks import exclusive
+from allcls.machine import usable_cores
 from allcls.progress import progress
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ def _write(target: Path, paths: Sequence[str], spec: InputSpec, roi_crop: bool, 
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
 
         def fill(row: int) -> None:
-            array[row] = preprocess(read_image(paths[row]), spec, roi_crop)
+            # pyflakes reads the `del array` below as leaving this name undefined; every fill has run by then
+            array[row] = preprocess(read_image(paths[row]), spec, roi_crop)  # noqa: F821
 
         list(progress(pool.map(fill, range(len(paths))), total=len(paths), unit="img",  # runs the fills, bar ticking
                       desc=f"Packing {target.name.rsplit('-', 1)[0]} images into {target.parent}"))

@@ -8,18 +8,29 @@ samples from it, and neither changes it: data flows one way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from allcls.machine import default_num_workers
 from allcls.data.images import check_images
 from allcls.data.readers import DatasetReader, Sample
-from allcls.data.splits import (ALL, SplitSpec, assign_splits, build_manifest, check_no_leakage, check_not_empty,
-                                group_ids, manifest_csv, manifest_hash, read_manifest)
+from allcls.data.splits import (
+    ALL,
+    SplitSpec,
+    assign_splits,
+    build_manifest,
+    check_no_leakage,
+    check_not_empty,
+    group_ids,
+    manifest_csv,
+    manifest_hash,
+    read_manifest,
+)
 from allcls.errors import AllclsError
+from allcls.machine import default_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +48,7 @@ class ImageChecks:
     skip_unreadable_images: bool = False
 
     @classmethod
-    def of(cls, dataset: Mapping[str, Any]) -> "ImageChecks":
+    def of(cls, dataset: Mapping[str, Any]) -> ImageChecks:
         """The checks a `dataset` config section sets (configs of older runs may set none)."""
         return cls(**{f.name: bool(dataset[f.name]) for f in fields(cls) if f.name in dataset})
 
@@ -106,7 +117,8 @@ def prepare_dataset(reader: DatasetReader, split: SplitSpec | None, checks: Imag
     if not samples:
         raise AllclsError(f"No readable images in the {reader.name} dataset at {reader.root}.")
     classes = reader.class_names(samples)
-    check_labels(samples, hashes, classes, trains=split is not None, where=f"the {reader.name} dataset at {reader.root}")
+    check_labels(samples, hashes, classes, trains=split is not None,
+                 where=f"the {reader.name} dataset at {reader.root}")
 
     groups = group_ids(samples, hashes)
     leaky = split is not None and split.by == "image"
@@ -146,7 +158,7 @@ def check_labels(samples: Sequence[Sample], hashes: Sequence[str | None], classe
         raise AllclsError(f"{where} has class name(s) {odd}: rename them without ',' (run tags list classes "
                           "separated by commas) and not blank.")
     labels_of: dict[str, dict[str, str]] = {}
-    for sample, digest in zip(samples, hashes):
+    for sample, digest in zip(samples, hashes, strict=True):
         if digest is not None:
             labels_of.setdefault(digest, {}).setdefault(sample.label, sample.path)
     conflicts = [paths for paths in labels_of.values() if len(paths) > 1]
@@ -170,12 +182,13 @@ def _checked(samples: list[Sample], skip_unreadable: bool):
     if bad:
         log.warning("Leaving out %d unreadable image(s), e.g. %s", len(bad), bad[0][0])
     keep = [c.problem is None for c in checks]
-    return ([s for s, ok in zip(samples, keep) if ok], [c.sha1 for c, ok in zip(checks, keep) if ok], bad)
+    return ([s for s, ok in zip(samples, keep, strict=True) if ok],
+            [c.sha1 for c, ok in zip(checks, keep, strict=True) if ok], bad)
 
 
 def _check_manifest_labels(manifest: pd.DataFrame, samples: Sequence[Sample]) -> None:
     on_disk = {s.sample_id: s.label for s in samples}
-    wrong = [sid for sid, label in zip(manifest["sample_id"], manifest["label"]) if on_disk[sid] != label]
+    wrong = [sid for sid, label in zip(manifest["sample_id"], manifest["label"], strict=True) if on_disk[sid] != label]
     if wrong:
         raise AllclsError(f"The split manifest labels {len(wrong)} image(s) differently from the dataset "
                           f"(e.g. {wrong[0]}): it belongs to another version of the data.")

@@ -10,9 +10,9 @@ import abc
 import csv
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from allcls.data.images import is_image_file
 from allcls.errors import AllclsError
@@ -137,7 +137,8 @@ class CNMCReader(DatasetReader):
             )
         folds = sorted(p for p in training.iterdir() if p.is_dir() and p.name.startswith("fold_"))
         if not folds:
-            raise AllclsError(f"{training} holds no fold_0/, fold_1/, fold_2/ folders: is this the C-NMC training_data?")
+            raise AllclsError(f"{training} holds no fold_0/, fold_1/, fold_2/ folders: "
+                              "is this the C-NMC training_data?")
 
         samples, counts, unnamed = [], {c: 0 for c in ("hem", "all")}, 0
         for fold in folds:
@@ -180,7 +181,8 @@ class CNMCReader(DatasetReader):
             if not row:
                 continue
             if len(row) != 3 or row[2].strip() not in by_label:
-                raise AllclsError(f"{labels_csv} line {line} is not 'Patient_ID,new_names,labels' with label 0 or 1: {row}")
+                raise AllclsError(f"{labels_csv} line {line} is not 'Patient_ID,new_names,labels' "
+                                  f"with label 0 or 1: {row}")
             patient_id, new_name, label = (c.strip() for c in row)
             path = image_dir / new_name
             if not path.is_file():
@@ -214,7 +216,8 @@ class ARIAReader(DatasetReader):
         if not base.is_dir():
             subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
             if set(self.classes or []) <= set(subfolders):
-                hint = f"It holds the class folders itself: use dataset.root={root.parent} dataset.variant={root.name}. "
+                hint = (f"It holds the class folders itself: use dataset.root={root.parent} "
+                        f"dataset.variant={root.name}. ")
             else:
                 found = _find_below(root, self.variant)
                 hint = f"Did you mean dataset.root={found.parent}? " if found else ""

@@ -11,9 +11,10 @@ import hashlib
 import io
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping, Sequence, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -63,8 +64,9 @@ class SplitSpec:
             if not 0 <= getattr(self, name) < 1:
                 raise AllclsError(f"dataset.split.{name}={getattr(self, name)} must be at least 0 and below 1.")
         if self.val_fraction + self.test_fraction >= 1:
-            raise AllclsError(f"dataset.split.val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
-                              "leaves nothing to train on: keep their sum below 1 (e.g. 0.15 and 0.15).")
+            raise AllclsError("dataset.split.val_fraction + test_fraction = "
+                              f"{self.val_fraction + self.test_fraction:g} leaves nothing to train on: "
+                              "keep their sum below 1 (e.g. 0.15 and 0.15).")
 
 
 def group_ids(samples: Sequence[Sample], content_hashes: Sequence[str | None]) -> list[str]:
@@ -79,7 +81,7 @@ def group_ids(samples: Sequence[Sample], content_hashes: Sequence[str | None]) -
         return key
 
     keys = []
-    for sample, digest in zip(samples, content_hashes):
+    for sample, digest in zip(samples, content_hashes, strict=True):
         own = [f"subject:{sample.subject}"] if sample.subject else []
         own += [f"content:{digest[:12]}"] if digest else []
         own = own or [f"sample:{sample.sample_id}"]
@@ -104,7 +106,7 @@ def assign_splits(samples: Sequence[Sample], groups: Sequence[str], spec: SplitS
         if split in splits or fraction <= 0:
             continue
         members: dict[str, list[int]] = defaultdict(list)
-        for index, (group, current) in enumerate(zip(groups, splits)):
+        for index, (group, current) in enumerate(zip(groups, splits, strict=True)):
             if current == "train":
                 members[group].append(index)
         by_class: dict[str, list[str]] = defaultdict(list)

@@ -9,14 +9,15 @@ subject-grouped split matters. Class distributions overlap: the task is learnabl
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -92,7 +93,7 @@ def _subject_style(rng: np.random.Generator, style: CellStyle, amount: float) ->
     cells (0: no shift, and no random draw, so the data of earlier versions stays as it was)."""
     if amount == 0:
         return style
-    shifted = {}
+    shifted: dict[str, Any] = {}  # CellStyle's fields: (mean, spread) pairs and a float
     for field in dataclasses.fields(CellStyle):
         value = getattr(style, field.name)
         if isinstance(value, tuple):
@@ -105,7 +106,8 @@ def _subject_style(rng: np.random.Generator, style: CellStyle, amount: float) ->
 def write_cnmc(spec: SyntheticSpec, root: Path) -> None:
     rng = np.random.default_rng(spec.seed)
     styles = spec.styles()
-    train, test = [], []
+    train: list[tuple[str, str, np.ndarray, CellStyle]] = []  # (subject, label, stain, style)
+    test: list[tuple[str, str, np.ndarray, CellStyle]] = []
     for label in LAYOUTS["cnmc"]:
         for k in range(spec.subjects_per_class + spec.test_subjects_per_class):
             # Normal subjects are H<n>; the original data spells a few of them with a lowercase h.

@@ -10,10 +10,9 @@ Training splits the pipeline after the resize: `preprocess` makes the uint8 imag
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import albumentations as A
-import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 

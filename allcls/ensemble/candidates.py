@@ -28,7 +28,7 @@ class SplitPredictions:
     labels: np.ndarray
     probs: np.ndarray
 
-    def subset(self, index: np.ndarray) -> "SplitPredictions":
+    def subset(self, index: np.ndarray) -> SplitPredictions:
         return SplitPredictions(self.sample_ids[index], self.subjects[index], self.labels[index], self.probs[:, index])
 
     def groups(self) -> np.ndarray:
@@ -53,10 +53,11 @@ class Candidates:
 def member_names(runs) -> list[str]:
     """Run names, made unique with the run id where two runs share one."""
     names = [run.info.run_name or run.info.run_id[:8] for run in runs]
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for name in names:
         counts[name] += 1
-    return [f"{name}@{run.info.run_id[:6]}" if counts[name] > 1 else name for name, run in zip(names, runs)]
+    return [f"{name}@{run.info.run_id[:6]}" if counts[name] > 1 else name
+            for name, run in zip(names, runs, strict=True)]
 
 
 def check_comparable(runs, names: list[str]) -> dict[str, str]:
@@ -64,7 +65,7 @@ def check_comparable(runs, names: list[str]) -> dict[str, str]:
     shared = {}
     for tag in DATA_TAGS:
         values = defaultdict(list)
-        for run, name in zip(runs, names):
+        for run, name in zip(runs, names, strict=True):
             values[run.data.tags.get(tag, "<missing>")].append(name)
         if len(values) > 1:
             listing = "; ".join(f"{tag}={value}: {', '.join(members)}" for value, members in values.items())
@@ -94,7 +95,7 @@ def load_candidates(tracker: Tracker, experiment: Experiment | None, filter_stri
     tags = check_comparable(runs, names)
     tables: dict[str, list[pd.DataFrame]] = {"val": [], "test": []}
     with tempfile.TemporaryDirectory(prefix="allcls-ensemble-") as folder:
-        for run, name in zip(runs, names):
+        for run, name in zip(runs, names, strict=True):
             for split in tables:
                 table = tracker.prediction_table(run.info.run_id, split, Path(folder) / run.info.run_id,
                                                  tags["classes"].split(","),

@@ -29,7 +29,7 @@ def comparison_table(results: list[SchemeResult], single: SchemeResult, member_n
         }
         if result.test_interval:
             row["test_ci_low"], row["test_ci_high"] = result.test_interval
-        row.update({f"weight:{name}": float(w) for name, w in zip(member_names, result.weights)})
+        row.update({f"weight:{name}": float(w) for name, w in zip(member_names, result.weights, strict=True)})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -39,7 +39,7 @@ def terminal_text(table: pd.DataFrame, metric: str, member_names: list[str]) -> 
         "rank": table["rank"].map(lambda r: "" if pd.isna(r) else int(r)),
         "scheme": table["scheme"],
         f"cv {metric} [95% CI]": [f"{c:.3f} [{lo:.3f}, {hi:.3f}]" for c, lo, hi in
-                                  zip(table[f"cv_{metric}"], table["cv_ci_low"], table["cv_ci_high"])],
+                                  zip(table[f"cv_{metric}"], table["cv_ci_low"], table["cv_ci_high"], strict=True)],
         f"val {metric}": table[f"val_{metric}"].map("{:.3f}".format),
         f"test {metric}": table.get(f"test_{metric}", pd.Series(np.nan, index=table.index))
         .map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),

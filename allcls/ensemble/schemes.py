@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -20,6 +21,7 @@ from scipy.optimize import minimize
 from allcls.config.sections import typed
 from allcls.ensemble.weight_search import Additions, best_weighting, best_weighting_per_fold
 from allcls.errors import AllclsError
+from allcls.inference.combining import Rule
 from allcls.metrics.names import regret
 from allcls.metrics.vectorised import CONFUSION_METRICS, EPS, scores
 
@@ -34,7 +36,7 @@ FitFolds = Callable[[np.ndarray, np.ndarray, list], list]
 class Scheme:
     name: str
     fit: Fit
-    rule: str = "arithmetic"
+    rule: Rule = "arithmetic"
     family: str = ""
     fit_folds: FitFolds | None = None  # None: `fit` once per fold
 
@@ -124,7 +126,7 @@ class SimplexGrid:
     grid over all of them would exceed `max_weightings` (the others get no weight). Across
     cross-validation folds (`fit_folds`), each weighting is predicted once for all folds."""
 
-    def __init__(self, metric: str, step: float, rule: str, max_weightings: int):
+    def __init__(self, metric: str, step: float, rule: Rule, max_weightings: int):
         self.metric, self.step, self.rule, self.max_weightings = metric, step, rule, max_weightings
 
     def members(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -150,7 +152,7 @@ class SimplexGrid:
             grid = simplex_grid_points(len(members), self.step)
             best = best_weighting_per_fold(probs[list(members)], labels, grid, self.metric, self.rule,
                                            [held_out[i] for i in folds])
-            for i, index in zip(folds, best):
+            for i, index in zip(folds, best, strict=True):
                 weights[i] = self._weights(probs.shape[0], np.array(members), grid[index])
         return weights
 
@@ -161,7 +163,7 @@ class SimplexGrid:
         return weights
 
 
-def greedy(metric: str, rule: str, iterations: int, bags: int, bag_fraction: float, seed: int) -> Fit:
+def greedy(metric: str, rule: Rule, iterations: int, bags: int, bag_fraction: float, seed: int) -> Fit:
     """Forward selection with replacement from the library of members, bagged (Caruana et al.
     2004): start from the best member, add the member that most improves the ensemble, repeat;
     weights are how often each member was picked, averaged over bags of random member subsets.
@@ -185,7 +187,7 @@ def greedy(metric: str, rule: str, iterations: int, bags: int, bag_fraction: flo
     return fit
 
 
-def min_log_loss(rule: str) -> Fit:
+def min_log_loss(rule: Rule) -> Fit:
     """Weights on the simplex that minimise the ensemble's validation log loss (a convex problem
     for both arithmetic and geometric means; solved with SLSQP and the exact gradient, so its cost
     does not grow with the number of members the way finite differences do)."""
@@ -257,29 +259,29 @@ SETTINGS = {"equal": NoSettings, "proportional": ProportionalSettings, "majority
             "greedy": GreedySettings, "log_loss": NoSettings}
 
 
-def build_schemes(config: Mapping[str, Any], metric: str, rule: str, seed: int, members: int) -> list[Scheme]:
+def build_schemes(config: Mapping[str, Any], metric: str, rule: Rule, seed: int, members: int) -> list[Scheme]:
     """The schemes that `schemes:` in conf/ensemble.yaml switches on, each with a readable name
     (top-k with k >= the number of members is left out: it is the equal-weights scheme)."""
     unknown = set(config) - set(SETTINGS)
     if unknown:
         raise AllclsError(f"Unknown ensemble scheme(s) {sorted(unknown)}: the schemes are {sorted(SETTINGS)}.")
-    on = {name: typed(SETTINGS[name], section, f"schemes.{name}")
-          for name, section in config.items() if section is not None}
+    # each switched-on scheme's settings (a dataclass of its own per scheme)
+    on: dict[str, Any] = {name: typed(SETTINGS[name], section, f"schemes.{name}")
+                          for name, section in config.items() if section is not None}
     result: list[Scheme] = []
     if "equal" in on:
         result.append(Scheme("equal", equal, rule, "equal"))
     if "proportional" in on:
-        for member_metric in on["proportional"].metrics:
-            for power in on["proportional"].powers:
-                name = f"proportional:{member_metric}" + (f"^{power:g}" if power != 1 else "")
-                result.append(Scheme(name, proportional(member_metric, power), rule, "proportional"))
+        result += [Scheme(f"proportional:{member_metric}" + (f"^{power:g}" if power != 1 else ""),
+                          proportional(member_metric, power), rule, "proportional")
+                   for member_metric in on["proportional"].metrics for power in on["proportional"].powers]
     if "majority_vote" in on:
         result.append(Scheme("majority_vote", equal, "vote", "vote"))
     if "best_single" in on:
         result.append(Scheme(f"best_single:{metric}", best_single(metric), rule, "best_single"))
     if "top_k" in on:
-        for k in (int(k) for k in on["top_k"].k if int(k) < members):
-            result.append(Scheme(f"top_{k}:{metric}", top_k(metric, k), rule, "top_k"))
+        result += [Scheme(f"top_{k}:{metric}", top_k(metric, k), rule, "top_k")
+                   for k in (int(k) for k in on["top_k"].k) if k < members]
     if "simplex_grid" in on:
         grid = on["simplex_grid"]
         step, budget = float(grid.step), int(grid.max_weightings)

@@ -16,7 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from allcls.ensemble.candidates import Candidates, SplitPredictions
 from allcls.ensemble.schemes import Scheme, best_single
 from allcls.errors import AllclsError
-from allcls.inference.combining import combine
+from allcls.inference.combining import Rule, combine
 from allcls.metrics.bootstrap import bootstrap_multiplicities, interval
 from allcls.metrics.names import RANKING, REPORTED, regret
 from allcls.metrics.vectorised import scores
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class SchemeResult:
     name: str
     family: str
-    rule: str
+    rule: Rule
     weights: np.ndarray  # fitted on the whole validation set
     val: dict[str, float]  # in-sample: optimistic for schemes that search
     cv: float  # cross-validated selection metric
@@ -58,7 +58,7 @@ def fold_indices(val: SplitPredictions, folds: int, seed: int) -> list[np.ndarra
 def out_of_fold(scheme: Scheme, val: SplitPredictions, folds: list[np.ndarray]) -> np.ndarray:
     """Each validation sample predicted by weights fitted without its fold (samples, classes)."""
     combined = np.zeros(val.probs.shape[1:])
-    for held_out, weights in zip(folds, scheme.weights_per_fold(val.probs, val.labels, folds)):
+    for held_out, weights in zip(folds, scheme.weights_per_fold(val.probs, val.labels, folds), strict=True):
         combined[held_out] = combine(val.probs[:, held_out], weights, scheme.rule)
     return combined
 

@@ -29,7 +29,7 @@ class EnsembleSettings:
     schemes: dict[str, Any] = field(default_factory=dict)  # each scheme's section: allcls.ensemble.schemes
 
     @classmethod
-    def of(cls, cfg: DictConfig) -> "EnsembleSettings":
+    def of(cls, cfg: DictConfig) -> EnsembleSettings:
         check_ranges(cfg, ENSEMBLE)
         settings = settings_of(cls, cfg)
         repeated = sorted({run_id for run_id in settings.run_ids if settings.run_ids.count(run_id) > 1})

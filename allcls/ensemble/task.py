@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -104,8 +105,16 @@ def result_metrics(result: SchemeResult, metric: str) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
 
 
+class OutputFiles(TypedDict):
+    """What `write_outputs` wrote, by the artifact folder it goes to."""
+
+    comparison: list[Path]
+    predictions: list[Path]
+    members: Path
+
+
 def write_outputs(output_dir: Path, table: pd.DataFrame, chosen: SchemeResult, members: Candidates, metric: str
-                  ) -> dict[str, list[Path] | Path]:
+                  ) -> OutputFiles:
     """The comparison (CSV, Markdown, HTML, charts), the chosen ensemble's prediction tables in the
     training runs' schema, and members.json (what is needed to rebuild the ensemble)."""
     folder = output_dir / "comparison"
@@ -116,7 +125,7 @@ def write_outputs(output_dir: Path, table: pd.DataFrame, chosen: SchemeResult, m
     page.write_text(html(table, f"Ensemble weighting schemes ({metric})"))
     charts = [score_chart(table, metric, folder / "scores.png"),
               weight_heatmap(table, members.names, folder / "weights.png")]
-    predictions = []
+    predictions: list[Path] = []
     for split, data in (("val", members.val), ("test", members.test)):
         probabilities = combine(data.probs, chosen.weights, chosen.rule)
         ensemble_table = make_table(data.sample_ids, data.subjects, data.labels, probabilities, members.classes)
@@ -125,6 +134,6 @@ def write_outputs(output_dir: Path, table: pd.DataFrame, chosen: SchemeResult, m
     members_file.write_text(json.dumps({
         "scheme": chosen.name, "combine": chosen.rule, "metric": metric, "classes": members.classes,
         "members": [{"run_id": r, "name": n, "weight": float(w)}
-                    for r, n, w in zip(members.run_ids, members.names, chosen.weights)],
+                    for r, n, w in zip(members.run_ids, members.names, chosen.weights, strict=True)],
     }, indent=2))
     return {"comparison": [csv, md, page, *charts], "predictions": predictions, "members": members_file}

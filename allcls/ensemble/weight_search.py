@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from allcls.inference.combining import combine, decision_base, predicted_classes
+from allcls.inference.combining import Rule, combine, decision_base, predicted_classes
 from allcls.metrics.names import regret
 from allcls.metrics.vectorised import CONFUSION_METRICS, EPS, confusion, confusion_metrics, scores
 
@@ -12,7 +12,7 @@ CHUNK_ELEMENTS = 8_000_000  # weightings are scored in chunks of about this many
 
 
 def score_weightings(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray, metric: str,
-                     rule: str = "arithmetic") -> np.ndarray:
+                     rule: Rule = "arithmetic") -> np.ndarray:
     """One metric for each of many weightings (K, models) -> (K,), in memory-bounded chunks."""
     order = np.argsort(labels, kind="stable")  # samples grouped by class: confusion counts read views
     probs, labels = probs[:, order], labels[order]
@@ -30,13 +30,13 @@ def score_weightings(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarr
 
 
 def best_weighting(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray, metric: str,
-                   rule: str = "arithmetic") -> int:
+                   rule: Rule = "arithmetic") -> int:
     """Index of the weighting with the best `metric`; ties (common for accuracy-like metrics on
     small sets) go to the lowest log loss: the best calibrated of the equally good."""
     return int(best_weightings(probs, labels, weightings[None], metric, rule)[0])
 
 
-def best_weighting_per_fold(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray, metric: str, rule: str,
+def best_weighting_per_fold(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray, metric: str, rule: Rule,
                             held_out: list[np.ndarray]) -> list[int]:
     """`best_weighting` fitted without each held-out fold, for a confusion metric: every weighting's
     predictions are made once, and a fold's counts are all counts minus the held-out ones (exact:
@@ -48,15 +48,15 @@ def best_weighting_per_fold(probs: np.ndarray, labels: np.ndarray, weightings: n
     held_out = [np.sort(position[fold]) for fold in held_out]  # still grouped by class: slices stay views
     classes = probs.shape[2]
     chunk = max(1, CHUNK_ELEMENTS // (probs.shape[1] * classes))
-    values = [[] for _ in held_out]
+    values: list[list[np.ndarray]] = [[] for _ in held_out]  # each fold's metric, chunk by chunk
     for start in range(0, len(weightings), chunk):
         predicted = predicted_classes(probs, weightings[start:start + chunk], rule)
         everything = confusion(predicted, labels, classes)
-        for fold, part in zip(held_out, values):
+        for fold, part in zip(held_out, values, strict=True):
             fitting = everything - confusion(predicted[:, fold], labels[fold], classes)
             part.append(confusion_metrics(fitting)[metric])
     chosen = []
-    for fold, part in zip(held_out, values):
+    for fold, part in zip(held_out, values, strict=True):
         errors = regret(metric, np.concatenate(part))
         tied = np.flatnonzero(np.isclose(errors, errors.min(), rtol=0, atol=1e-12))
         if len(tied) > 1:
@@ -67,7 +67,7 @@ def best_weighting_per_fold(probs: np.ndarray, labels: np.ndarray, weightings: n
 
 
 def best_weightings(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray, metric: str,
-                    rule: str = "arithmetic") -> np.ndarray:
+                    rule: Rule = "arithmetic") -> np.ndarray:
     """`best_weighting` for several independent searches at once: weightings (B, K, models) ->
     the index of the best weighting of each search (B,), all scored in one batch."""
     searches, options, models = weightings.shape
@@ -87,7 +87,7 @@ class Additions:
     addition's sums are the ensemble's sums plus the candidate's own, so no weighting is multiplied
     out, and the validation data is sorted and transformed once for all steps."""
 
-    def __init__(self, probs: np.ndarray, labels: np.ndarray, rule: str = "arithmetic"):
+    def __init__(self, probs: np.ndarray, labels: np.ndarray, rule: Rule = "arithmetic"):
         order = np.argsort(labels, kind="stable")  # samples grouped by class: confusion counts read views
         self.probs, self.labels, self.rule = probs[:, order], labels[order], rule
         self.classes = probs.shape[2]

@@ -3,9 +3,9 @@ their maps laid over the images (the maps themselves come from allcls.inference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -31,7 +31,8 @@ def overlay_grid(grid: CamGrid, path: Path, columns: int = 4) -> Path:
     fig, axes = subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, image, cam_map, caption in zip(axes.ravel(), grid.images, grid.maps, grid.captions):
+    # the last row's spare tiles stay empty; the images, maps and captions are one per tile shown
+    for ax, image, cam_map, caption in zip(axes.ravel(), grid.images, grid.maps, grid.captions, strict=False):
         ax.imshow(overlay(image, cam_map))
         ax.set_title(caption, fontsize=8)
     fig.suptitle(grid.title)
@@ -49,7 +50,7 @@ def choose_samples(labels: np.ndarray, predicted: np.ndarray, per_class: int, se
             raise AllclsError(f"gradcam.sample_ids {missing[:3]} are not in the evaluated split.")
         return np.array([position[sid] for sid in sample_ids])
     rng = np.random.default_rng(seed)
-    chosen = []
+    chosen: list[int] = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         wrong = rng.permutation(members[predicted[members] != c])[: max(1, per_class // 2)]

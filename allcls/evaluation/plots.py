@@ -3,8 +3,8 @@ class, a reliability diagram, and accuracy per subject. Each function writes one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -102,7 +102,7 @@ def per_subject_chart(per_subject: pd.DataFrame, title: str, path: Path) -> Path
     colours = {c: colormaps["tab10"](i % 10) for i, c in enumerate(classes)}
     x = np.arange(len(per_subject))
     ax.bar(x, per_subject["accuracy"], color=[colours[c] for c in per_subject["true_class"]])
-    for xi, (accuracy, cells) in enumerate(zip(per_subject["accuracy"], per_subject["cells"])):
+    for xi, (accuracy, cells) in enumerate(zip(per_subject["accuracy"], per_subject["cells"], strict=True)):
         ax.text(xi, accuracy + 0.01, str(cells), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, per_subject["subject"], rotation=90, fontsize=7)
     ax.set(ylabel="accuracy", ylim=(0, 1.1), title=f"Accuracy per subject (number of cells on top)\n{title}")

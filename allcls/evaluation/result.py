@@ -4,8 +4,8 @@ augmentation side by side, and the Grad-CAM grid. Nothing here reads images or t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

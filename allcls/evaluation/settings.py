@@ -75,7 +75,7 @@ class EvaluateSettings:
     device: Literal["auto", "cpu"] = "auto"
 
     @classmethod
-    def of(cls, cfg: DictConfig) -> "EvaluateSettings":
+    def of(cls, cfg: DictConfig) -> EvaluateSettings:
         check_ranges(cfg, EVALUATE)
         dataset = None
         if cfg.get("dataset") is not None:

@@ -12,9 +12,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from allcls.config.sections import plain
 from allcls.errors import AllclsError
 from allcls.inference.combining import Rule, check_rule
 from allcls.inference.members import Member, Preprocessing
@@ -38,7 +39,7 @@ class ModelSource:
     members: list[Member]
     checkpoints: list[CheckpointAt]  # member i's weights
     rule: Rule = "arithmetic"
-    run: object | None = None  # the evaluated MLflow run, when there is one
+    run: Any | None = None  # the evaluated MLflow run (an mlflow.entities.Run), when there is one
     experiment_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     # The data the members were trained on, as the (first) member's run recorded it: its `dataset`
@@ -76,7 +77,7 @@ class ModelSource:
         """The prediction table the run logged for `split`, if it has one."""
         if self.run is None or split not in ("val", "test"):
             return None
-        local = tracker.download_if_present(self.run_id, f"predictions/{split}.parquet", folder / "logged")
+        local = tracker.download_if_present(self.run.info.run_id, f"predictions/{split}.parquet", folder / "logged")
         if local is None:
             return None
         return validate_table(pd.read_parquet(local), self.classes, where=f"predictions/{split}.parquet of {self.name}")
@@ -89,6 +90,7 @@ def resolve_source(tracker: Tracker, run_id: str | None, ckpt_path: str | None, 
         raise AllclsError("Give exactly one of run_id=<MLflow run id> and ckpt_path=<checkpoint file>.")
     if ckpt_path:
         return _from_checkpoint(Path(ckpt_path).expanduser())
+    assert run_id  # exactly one of the two is given, and it is not ckpt_path
     run = tracker.get_run(run_id, hint="check run_id (and logger.tracking_uri / $MLFLOW_TRACKING_URI)")
     stage = run.data.tags.get("stage")
     if stage == run_schema.ENSEMBLE:
@@ -111,9 +113,8 @@ def _training_record(tracker: Tracker, run, workdir: Path) -> tuple[dict[str, An
     except MissingArtifact:
         raise AllclsError(f"Run {run.info.run_id} has no config/config.yaml or data/split_manifest.csv: "
                           "is it an allcls training run that got past its start?") from None
-    values = OmegaConf.to_container(config, resolve=True)
-    assert isinstance(values, dict)
-    return values, manifest
+    assert isinstance(config, DictConfig)  # the config.yaml a training job writes is a mapping
+    return plain(config), manifest
 
 
 def _member(name: str, weight: float, config: dict[str, Any]) -> Member:

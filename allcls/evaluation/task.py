@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,7 +126,8 @@ class Inputs:
         samples = self.target.samples(split)
         missing = [view for view in views if (split, view) not in self.predicted]
         if missing:
-            for view, probabilities in zip(missing, self.predictor.view_probabilities(samples.paths, missing, desc)):
+            predicted = self.predictor.view_probabilities(samples.paths, missing, desc)
+            for view, probabilities in zip(missing, predicted, strict=True):
                 self.predicted[split, view] = probabilities
         per_view = [self.predicted[split, view] for view in views]
         return samples.table(self.predictor.combine_views(per_view), self.source.classes)

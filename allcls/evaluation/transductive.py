@@ -10,8 +10,9 @@ plain ones, named transductive wherever they appear.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class NeighbourCorrection:
 
 
 def neighbour_correction(probabilities: np.ndarray, features: Sequence[np.ndarray], settings: NeighbourCorrection,
-                         feature_weights: Sequence[float] | None = None) -> np.ndarray:
+                         feature_weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """Corrected probabilities (N, C): self_weight x the cell's own + the rest x its neighbours'
     weighted mean. `features`: one (N, D) array per model (an ensemble's members), each compared by
     cosine similarity and averaged with `feature_weights`. Refuses a batch too small to have the
@@ -56,7 +57,7 @@ def neighbour_correction(probabilities: np.ndarray, features: Sequence[np.ndarra
                           "transductive_correction.neighbours.")
     weights = np.full(len(features), 1.0 / len(features)) if feature_weights is None else np.asarray(feature_weights)
     similarity = np.zeros((count, count))
-    for member, weight in zip(features, weights / weights.sum()):
+    for member, weight in zip(features, weights / weights.sum(), strict=True):
         unit = member / np.maximum(np.linalg.norm(member, axis=1, keepdims=True), 1e-12)
         similarity += weight * (unit @ unit.T)
     np.fill_diagonal(similarity, -np.inf)  # a cell is not its own neighbour

@@ -4,7 +4,8 @@ chosen by name once (`Rule`); each rule is one function of the members' probabil
 
 from __future__ import annotations
 
-from typing import Callable, Literal, get_args
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -41,7 +42,7 @@ COMBINE: dict[Rule, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 def check_rule(rule: str, where: str = "combine") -> Rule:
     if rule not in RULES:
         raise AllclsError(f"{where}={rule!r} is not a combining rule: use one of {list(RULES)}.")
-    return rule  # type: ignore[return-value]  (checked just above)
+    return rule
 
 
 def combine(probs: np.ndarray, weights: np.ndarray, rule: Rule = "arithmetic") -> np.ndarray:

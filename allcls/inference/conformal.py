@@ -13,8 +13,8 @@ more than one class means the model cannot tell, at that coverage: the cell shou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def prediction_sets(probabilities: np.ndarray, threshold: float) -> np.ndarray:
 
 def set_labels(members: np.ndarray, classes: Sequence[str]) -> list[str]:
     """Each set as text, classes in index order joined by '|': 'hem', 'hem|all'."""
-    return ["|".join(c for c, inside in zip(classes, row) if inside) for row in members]
+    return ["|".join(c for c, inside in zip(classes, row, strict=True) if inside) for row in members]
 
 
 def referred(members: np.ndarray) -> np.ndarray:

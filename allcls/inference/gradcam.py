@@ -9,7 +9,7 @@ image they explain.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -70,10 +70,10 @@ def overlay(image: np.ndarray, cam_map: np.ndarray) -> np.ndarray:
     return show_cam_on_image(image.astype(np.float32), cam_map, use_rgb=True)
 
 
-def combine_maps(maps: Sequence[np.ndarray], weights: Sequence[float], size: int) -> np.ndarray:
+def combine_maps(maps: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray, size: int) -> np.ndarray:
     """Weighted sum of members' maps (each (N, h, w)), resized to size x size, rescaled to [0, 1]."""
     total = np.zeros((maps[0].shape[0], size, size), np.float32)
-    for member_maps, weight in zip(maps, weights):
+    for member_maps, weight in zip(maps, weights, strict=True):
         total += weight * np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in member_maps])
     peak = total.reshape(len(total), -1).max(axis=1)[:, None, None]
     return np.divide(total, peak, out=np.zeros_like(total), where=peak > 0)

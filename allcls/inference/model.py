@@ -11,8 +11,8 @@ unaffected)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ class Model:
 
     @classmethod
     def load(cls, spec: ModelSpec, checkpoints: Sequence[str | Path], device: torch.device | str | None = None
-             ) -> "Model":
+             ) -> Model:
         """The model of `spec` with member i's network read from `checkpoints[i]` (on the GPU when
         there is one, unless `device` says otherwise)."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -54,8 +54,8 @@ class Model:
         table = pd.DataFrame(index=range(len(images)), columns=self.output_columns())
         table["error"] = list(errors)
         if readable:
-            per_view = self.predictor.view_probabilities([images[i] for i in readable], views, desc="Predicting",
-                                                         show_progress=show_progress)
+            decoded = [image for image in images if image is not None]
+            per_view = self.predictor.view_probabilities(decoded, views, desc="Predicting", show_progress=show_progress)
             probabilities = self.calibrated(self.predictor.combine_views(list(per_view)))
             members = self.sets(probabilities)
             table.loc[readable, "label"] = [spec.classes[k] for k in probabilities.argmax(axis=1)]

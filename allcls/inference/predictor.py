@@ -9,7 +9,7 @@ loaders carry too, normalised there as training normalises it (allcls.data.prepr
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -69,7 +69,8 @@ class Predictor:
         # backward pass. Channels-last: on the benchmarks' 2-core CPU the backbones predict 1.2x
         # (EfficientNet-Lite0) to 1.7x (MobileNetV2) faster in that layout, and a GPU's tensor cores want it.
         for network in self.networks:
-            network.to(self.device, memory_format=torch.channels_last)
+            # torch's overloads of Module.to leave out (device, memory_format=...), which it accepts
+            network.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def weights(self) -> np.ndarray:
@@ -84,7 +85,8 @@ class Predictor:
     def combine_views(self, per_view: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities (images, classes) from each view's member probabilities
         (members, images, classes): each member averaged over the views, then the members combined."""
-        return combine(sum(per_view) / len(per_view), self.weights, self.rule)
+        mean = np.asarray(sum(per_view) / len(per_view))  # (sum() of arrays is typed as array or 0)
+        return combine(mean, self.weights, self.rule)
 
     @torch.inference_mode()
     def view_probabilities(self, images: Sequence[Image], views: Sequence[str] = PLAIN, desc: str = "Predicting",
@@ -97,7 +99,7 @@ class Predictor:
         label = f"{desc}: {len(images)} images x {len(self.members)} model(s) x {len(views)} view(s)"
         with progress(desc=label, total=len(images), unit="image", show=show_progress) as bar:
             for batch in self.loader(images):
-                for m, (member, network) in enumerate(zip(self.members, self.networks)):
+                for m, (member, network) in enumerate(zip(self.members, self.networks, strict=True)):
                     inputs = self.network_input(self.resized(batch, member), member.preprocessing)
                     for v, view in enumerate(views):
                         chunks[v][m].append(view_probabilities(network, inputs, [view]).cpu().numpy())
@@ -114,9 +116,11 @@ class Predictor:
         with progress(desc=f"{desc}: {len(images)} images x {len(self.members)} model(s)", total=len(images),
                       unit="image") as bar:
             for batch in self.loader(images):
-                for chunk, member, network in zip(chunks, self.members, self.networks):
+                for chunk, member, network in zip(chunks, self.members, self.networks, strict=True):
                     inputs = self.network_input(self.resized(batch, member), member.preprocessing)
-                    pooled = network.forward_head(network.forward_features(inputs), pre_logits=True)
+                    # timm types its models as bare nn.Module: torch reads the method as a Tensor or Module
+                    pooled = network.forward_head(network.forward_features(inputs),  # type: ignore[operator]
+                                                  pre_logits=True)
                     chunk.append(pooled.flatten(1).double().cpu().numpy())
                 bar.update(len(batch[0]))
         return [np.concatenate(chunk) for chunk in chunks]

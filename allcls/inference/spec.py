@@ -45,7 +45,7 @@ class ModelSpec:
         return json.dumps(values, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         values = json.loads(text)
         values["members"] = [_member(m) for m in values["members"]]
         return cls(**values)

@@ -4,7 +4,7 @@ prediction and the page all take their views from here."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
@@ -21,7 +21,8 @@ LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "
 def is_rank_zero() -> bool:
     """True in the main process. Valid before the Trainer exists: Lightning sets the rank of a DDP
     child process from the environment (LOCAL_RANK, RANK, SLURM_PROCID) at import."""
-    return rank_zero_only.rank == 0
+    # Lightning's types leave out the `rank` it sets on the function (its documented way to read it)
+    return rank_zero_only.rank == 0  # type: ignore[attr-defined]
 
 
 def rerun_this_job_in_ddp_children() -> None:
@@ -39,7 +40,8 @@ def rerun_this_job_in_ddp_children() -> None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
-    with read_write(hydra_cfg):
+    # Hydra types HydraConfig.get() as its HydraConf dataclass; it returns the DictConfig made from it
+    with read_write(hydra_cfg):  # type: ignore[arg-type]
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
 

@@ -51,7 +51,7 @@ def left_running(tracker: Tracker) -> list[LeftRunning]:
         pid = int(tags["pid"]) if tags.get("pid", "").isdigit() else None
         host = tags.get("host", "")
         found.append(LeftRunning(run.info.run_id, run.info.run_name or "", experiment, host, pid,
-                                 gone=bool(pid) and host == here and not alive(pid)))
+                                 gone=bool(pid and host == here and not alive(pid))))
     return found
 
 

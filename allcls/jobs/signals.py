@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from types import FrameType
 
-REASONS = {signal.SIGTERM: "stopped by SIGTERM", signal.SIGINT: "interrupted (SIGINT / Ctrl-C)",
+REASONS: dict[int, str] = {signal.SIGTERM: "stopped by SIGTERM", signal.SIGINT: "interrupted (SIGINT / Ctrl-C)",
            signal.SIGUSR1: "preempted or out of time (SIGUSR1): requeued, it resumes from last.ckpt",
            signal.SIGUSR2: "preempted or out of time (SIGUSR2): requeued, it resumes from last.ckpt"}
 
@@ -47,14 +48,16 @@ def stop_signals_raise() -> Iterator[None]:
     _received.clear()
     previous = {signum: signal.getsignal(signum) for signum in REASONS}
 
-    def act(signum: int, frame) -> None:
+    def act(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGTERM:
             raise Terminated()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt()
-        previous[signum](signum, frame)  # the scheduler's: it requeues the job and exits
+        scheduler = previous[signum]
+        assert callable(scheduler)  # a preemption signal is ours only where its handler is callable
+        scheduler(signum, frame)  # the scheduler's: it requeues the job and exits
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: FrameType | None) -> None:
         _received.append(signum)
         if _holding.is_set() and not _held:
             _held.append(lambda: act(signum, None))
@@ -69,6 +72,7 @@ def stop_signals_raise() -> Iterator[None]:
         yield
     except (KeyboardInterrupt, SystemExit) as error:
         if _received:  # a stop signal ended the block: say which (the stage's run records it as its error)
+            # an attribute of our own on a built-in exception, which its type cannot declare
             error.stop_reason = REASONS[_received[-1]]  # type: ignore[union-attr]
         raise
     finally:

@@ -58,7 +58,7 @@ def summary_text(tracking_uri: str, experiment: Experiment, runs: list, sweep_id
              *(f"{run.data.metrics[c]:.3f}" if c in run.data.metrics else "-" for c in columns)] for run in runs]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+        lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
     lines.append("Browse them: " + browse_command(tracking_uri, experiment.id))
     if sweep_run is not None:
         lines.append(f"The sweep's run, its jobs nested under it: "

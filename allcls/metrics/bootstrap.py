@@ -4,7 +4,7 @@ per-sample weights (how often each sample was drawn), scored by the vectorised m
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ from allcls.progress import progress
 BLOCK = 100  # replicates scored at once: bounds memory, and moves the progress bar
 
 
-def resampling_groups(subjects: Sequence) -> np.ndarray:
+def resampling_groups(subjects: Sequence | np.ndarray) -> np.ndarray:
     """Resampling units: the subject of each sample where known, else the sample itself."""
     return np.array([s if isinstance(s, str) and s else f"sample:{i}" for i, s in enumerate(subjects)], dtype=object)
 

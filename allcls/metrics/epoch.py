@@ -4,7 +4,7 @@ test after fit comes from `allcls.metrics.vectorised`, like evaluation's numbers
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric, MetricCollection
@@ -22,7 +22,7 @@ from allcls.metrics.names import per_class_name
 
 def epoch_metrics(num_classes: int) -> MetricCollection:
     """The training metrics (`names.TRAINING_SCALAR`, then precision and recall per class)."""
-    metrics: dict[str, Metric] = {
+    metrics: dict[str, Metric | MetricCollection] = {
         "accuracy": MulticlassAccuracy(num_classes, average="micro"),
         "balanced_accuracy": MulticlassRecall(num_classes, average="macro"),
         "f1_weighted": MulticlassF1Score(num_classes, average="weighted"),
@@ -43,6 +43,6 @@ def flatten(results: dict[str, torch.Tensor], class_names: Sequence[str], prefix
         if value.ndim == 0:
             flat[f"{prefix}{key}"] = float(value)
         else:
-            for name, item in zip(class_names, value.tolist()):
+            for name, item in zip(class_names, value.tolist(), strict=True):
                 flat[f"{prefix}{per_class_name(key, name)}"] = float(item)
     return flat

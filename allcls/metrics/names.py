@@ -8,7 +8,7 @@ by `regret`, which is lower-is-better for every metric (the autogluon way).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -9,7 +9,7 @@ the classes present); tests check every one against it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

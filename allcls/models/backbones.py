@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import timm
 import torch
@@ -39,8 +40,8 @@ class BackboneSpec:
     std: tuple[float, float, float] | None = None
 
     @classmethod
-    def of(cls, backbone: "BackboneSpec | Mapping[str, Any]") -> "BackboneSpec":
-        return backbone if isinstance(backbone, cls) else typed(cls, backbone, "backbone")
+    def of(cls, backbone: BackboneSpec | Mapping[str, Any]) -> BackboneSpec:
+        return backbone if isinstance(backbone, BackboneSpec) else typed(cls, backbone, "backbone")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, as a checkpoint stores them (it loads with weights_only=True)."""
@@ -72,7 +73,9 @@ def create_backbone(spec: BackboneSpec, num_classes: int) -> nn.Module:
         head_loaded = load_weights_file(model, spec.weights)
     else:
         model = _from_hub(name, num_classes, drop_rate)
-        head_loaded = num_classes == timm.get_pretrained_cfg(name).num_classes
+        hub_cfg = timm.get_pretrained_cfg(name)
+        assert hub_cfg is not None  # _from_hub refuses a model without one
+        head_loaded = num_classes == hub_cfg.num_classes
     if not head_loaded:
         reset_classifier(model)
     return model
@@ -100,7 +103,8 @@ def reset_classifier(model: nn.Module) -> None:
     pretrained features this made fine-tuning noisier and cost accuracy against a plain
     torchvision script (benchmarks/aria_transfer.py); a fresh nn.Linear's scale does not.
     """
-    for module in model.get_classifier().modules():
+    # timm types its models as bare nn.Module: torch reads the method as a Tensor or Module
+    for module in model.get_classifier().modules():  # type: ignore[operator]
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
 
@@ -129,6 +133,13 @@ def input_spec(spec: BackboneSpec) -> InputSpec:
         raise AllclsError(f"backbone.input_size={size} is too small: use 16 pixels or more.")
     return InputSpec(
         size=size,
-        mean=tuple(float(v) for v in (spec.mean or (cfg.mean if cfg else timm.data.IMAGENET_DEFAULT_MEAN))),
-        std=tuple(float(v) for v in (spec.std or (cfg.std if cfg else timm.data.IMAGENET_DEFAULT_STD))),
+        mean=_rgb(spec.mean or (cfg.mean if cfg else timm.data.IMAGENET_DEFAULT_MEAN), "backbone.mean"),
+        std=_rgb(spec.std or (cfg.std if cfg else timm.data.IMAGENET_DEFAULT_STD), "backbone.std"),
     )
+
+
+def _rgb(values: Sequence[float], where: str) -> tuple[float, float, float]:
+    """One value per colour channel (R, G, B), or the user error naming `where`."""
+    if len(values) != 3:
+        raise AllclsError(f"{where}={list(values)} needs one value per colour channel: three (R, G, B).")
+    return float(values[0]), float(values[1]), float(values[2])

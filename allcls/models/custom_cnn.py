@@ -3,7 +3,8 @@ registry as ``custom_cnn`` so that it is built by name like every other backbone
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -14,6 +15,8 @@ from torch import nn
 class CustomCNN(nn.Module):
     """`len(channels)` blocks of two 3x3 convolutions and a 2x2 max-pool, then global average
     pooling, dropout and a linear classifier. Works at any input size of 2**len(channels) or more."""
+
+    pretrained_cfg: dict[str, Any]  # timm's pretrained config of the model, set by `custom_cnn` below
 
     def __init__(self, num_classes: int = 2, in_chans: int = 3, channels: Sequence[int] = (32, 64, 128, 256),
                  drop_rate: float = 0.0, **_: object):

@@ -3,8 +3,9 @@ transfer learning (frozen backbone for the first epochs, then all layers at a lo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -87,7 +88,7 @@ class LitClassifier(L.LightningModule):
         self.mixup = make_mixup(mixup, num_classes) if mixup else None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "LitClassifier":
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> LitClassifier:
         """Rebuild from a checkpoint file, loaded with weights_only=True and without fetching any
         pretrained weights (the checkpoint already holds every weight)."""
         checkpoint = read_checkpoint(path, map_location)
@@ -127,9 +128,11 @@ class LitClassifier(L.LightningModule):
     def _balanced_in_feature_space(self, images: torch.Tensor, labels: torch.Tensor):
         """data.imbalance=feature_smote: the head also trains on synthetic minority features, up to
         the batch's largest class; the logits returned (for the metrics) are the real samples'."""
-        features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        # timm types its models as bare nn.Module: torch reads these methods as a Tensor or Module
+        features = self.model.forward_head(self.model.forward_features(images),  # type: ignore[operator]
+                                           pre_logits=True)
         made, made_labels = feature_smote(features, labels, len(self.class_names), generator=self.smote_generator)
-        head = self.model.get_classifier()
+        head = self.model.get_classifier()  # type: ignore[operator]
         logits = head(features)
         loss = self.criterion(torch.cat([logits, head(made)]), torch.cat([labels, made_labels]))
         return logits, loss
@@ -194,7 +197,8 @@ class LitClassifier(L.LightningModule):
                                  "name": "train/lr"}}  # what LearningRateMonitor logs (else lr-AdamW)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        head = {id(p) for p in self.model.get_classifier().parameters()}
+        # timm types its models as bare nn.Module: torch reads the method as a Tensor or Module
+        head = {id(p) for p in self.model.get_classifier().parameters()}  # type: ignore[operator]
         return [p for p in self.model.parameters() if id(p) not in head]
 
     def on_fit_start(self) -> None:

@@ -23,6 +23,7 @@ import sys
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,11 +57,12 @@ def packaged_weights(model_name: str) -> Path:
     return Path(spec.origin).parent / relative
 
 
-def read_state_dict(path: str | Path) -> "OrderedDict[str, torch.Tensor]":
+def read_state_dict(path: str | Path) -> OrderedDict[str, torch.Tensor]:
     """Tensors of a .pth/.pt/.bin (loaded with weights_only=True) or .safetensors file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise AllclsError(f"Weights file {path} does not exist: check backbone.weights.")
+    state: Any  # whatever the file holds, until checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -114,15 +116,16 @@ def load_weights_file(model: nn.Module, path: str | Path) -> bool:
     return all(k in state for k in own if k.startswith(heads))
 
 
-def convert_state_dict(source: "OrderedDict[str, torch.Tensor]", target: dict[str, torch.Tensor]
-                       ) -> "OrderedDict[str, torch.Tensor]":
+def convert_state_dict(source: OrderedDict[str, torch.Tensor], target: dict[str, torch.Tensor]
+                       ) -> OrderedDict[str, torch.Tensor]:
     """Rename `source`'s tensors to `target`'s keys, pairing them in order; every shape must match."""
     if len(source) != len(target):
         raise AllclsError(
             f"Cannot convert: the file has {len(source)} tensors and the model {len(target)}. "
             "It is probably the weights of another architecture.")
     converted = OrderedDict()
-    for position, ((src_key, tensor), (dst_key, expected)) in enumerate(zip(source.items(), target.items())):
+    pairs = zip(source.items(), target.items(), strict=True)
+    for position, ((src_key, tensor), (dst_key, expected)) in enumerate(pairs):
         if tensor.shape != expected.shape:
             raise AllclsError(
                 f"Cannot convert: tensor {position} {src_key} has shape {tuple(tensor.shape)} but the model's "

@@ -68,7 +68,8 @@ def analyse(model: Model, image: np.ndarray, tta: bool, gradcam: bool) -> Analys
     probabilities = model.calibrated(predictor.combine_views(list(per_view)))
     target = int(probabilities[0].argmax())
     own = (sum(per_view) / len(per_view))[:, 0]  # each member, averaged over the views
-    votes = {m.name: spec.classes[int(p.argmax())] for m, p in zip(spec.members, own)} if len(spec.members) > 1 else {}
+    votes = ({m.name: spec.classes[int(p.argmax())] for m, p in zip(spec.members, own, strict=True)}
+             if len(spec.members) > 1 else {})
     agreement = None
     if tta:
         by_view = [int(combine(view, predictor.weights, predictor.rule)[0].argmax()) for view in per_view]
@@ -79,14 +80,14 @@ def analyse(model: Model, image: np.ndarray, tta: bool, gradcam: bool) -> Analys
         shown = overlay(display[0], combine_maps(maps, predictor.weights, display.shape[1])[0])
         if len(spec.members) > 1:
             per_member = {m.name: overlay(display[0], combine_maps([member], [1.0], display.shape[1])[0])
-                          for m, member in zip(spec.members, maps)}
+                          for m, member in zip(spec.members, maps, strict=True)}
     return Analysis(spec.classes[target], probabilities[0], model.sets(probabilities)[0].tolist(), votes, agreement,
                     shown, per_member)
 
 
 def referral_text(analysis: Analysis, classes: list[str], coverage: float | None) -> tuple[bool, str]:
     """(refer?, one plain sentence saying why)."""
-    inside = [c for c, member in zip(classes, analysis.members) if member]
+    inside = [c for c, member in zip(classes, analysis.members, strict=True) if member]
     if coverage is None:
         return False, "This model has no referral rule (its validation set was too small to fit one)."
     if len(inside) > 1:
@@ -227,11 +228,11 @@ def show_image(model: Model, name: str, data: bytes, tta: bool, gradcam: bool) -
         if analysis.member_overlays:
             with st.expander("Each member's Grad-CAM"):
                 columns = st.columns(len(analysis.member_overlays))
-                for column, (member, shown) in zip(columns, analysis.member_overlays.items()):
+                for column, (member, shown) in zip(columns, analysis.member_overlays.items(), strict=True):
                     column.image(shown, caption=member, width="stretch")
     row = {"file": name, "label": analysis.label,
-           **{f"prob_{c}": float(p) for c, p in zip(classes, analysis.probabilities)},
-           "set": "|".join(c for c, inside in zip(classes, analysis.members) if inside), "refer": refer}
+           **{f"prob_{c}": float(p) for c, p in zip(classes, analysis.probabilities, strict=True)},
+           "set": "|".join(c for c, inside in zip(classes, analysis.members, strict=True) if inside), "refer": refer}
     return [{**row, **{f"member_{m}": label for m, label in analysis.votes.items()}}]
 
 

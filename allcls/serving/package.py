@@ -51,6 +51,7 @@ def package(cfg: DictConfig) -> str:
         if run_id == "latest":
             run_id = tracker.latest_run_id(tracker.experiment(settings.experiment_name or ""), run_schema.ENSEMBLE)
         source = resolve_source(tracker, run_id, None, workdir)
+        assert source.run_id is not None  # resolved from a run id, not a checkpoint file
         run_id = source.run_id
         if tracker.has_artifact(run_id, f"{MODEL_PATH}/MLmodel") and not settings.overwrite:
             raise AllclsError(f"Run {run_id} already holds a packaged model ({MODEL_PATH}/): pass overwrite=true "

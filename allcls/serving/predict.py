@@ -63,7 +63,7 @@ def predict(cfg: DictConfig) -> Path:
                     upcoming = reader.submit(decode_files, batches[number + 1])
                 rows = model.rows(decoded, errors, views, show_progress=False)
                 rows.insert(0, "path", paths)
-                skipped += [(path, error) for path, error in zip(paths, errors) if error]
+                skipped += [(path, error) for path, error in zip(paths, errors, strict=True) if error]
                 kept = rows[rows["error"] == ""].drop(columns="error")
                 kept.to_csv(partial, mode="a", header=written == 0, index=False)
                 written += len(kept)

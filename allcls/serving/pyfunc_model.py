@@ -15,9 +15,9 @@ import binascii
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from allcls.data.images import ImageReadError
 from allcls.inference.decoding import decode_limited, read_bytes
@@ -27,7 +27,7 @@ from allcls.inference.spec import ModelSpec
 from allcls.inference.views import views_for
 
 
-class PackagedModel(mlflow.pyfunc.PythonModel):
+class PackagedModel(PythonModel):
     """The pyfunc model. After `load_context`, `model` (allcls.inference.model) holds the spec and
     the members, ready to predict or explain."""
 

@@ -35,7 +35,7 @@ class PackageSettings:
     seed: int = 0
 
     @classmethod
-    def of(cls, cfg: DictConfig) -> "PackageSettings":
+    def of(cls, cfg: DictConfig) -> PackageSettings:
         check_ranges(cfg, PACKAGE)
         return settings_of(cls, cfg)
 
@@ -56,6 +56,6 @@ class PredictSettings:
     coverage: float = 0.95  # the referral rule when a run is packaged on the fly
 
     @classmethod
-    def of(cls, cfg: DictConfig) -> "PredictSettings":
+    def of(cls, cfg: DictConfig) -> PredictSettings:
         check_ranges(cfg, PREDICT)
         return settings_of(cls, cfg)

@@ -12,8 +12,9 @@ import functools
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 from mlflow.exceptions import MlflowException

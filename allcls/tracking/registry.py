@@ -6,9 +6,10 @@ global tracking URI: every call goes through the Tracker's store."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import mlflow.artifacts
 import mlflow.pyfunc
@@ -111,8 +112,12 @@ def _local_copy(tracker: Tracker, uri: str, folder: Path) -> Path:
         return Path(tracker.client.download_artifacts(run_id, path or MODEL_PATH, str(folder)))
     if uri.startswith("models:/"):
         name, alias, version = _model_reference(uri.removeprefix("models:/"))
-        found = (tracker.client.get_model_version_by_alias(name, alias) if alias
-                 else tracker.client.get_model_version(name, version))
+        if alias is not None:
+            found = tracker.client.get_model_version_by_alias(name, alias)
+        else:
+            assert version is not None  # _model_reference names an alias or a version
+            found = tracker.client.get_model_version(name, version)
+        assert found.source is not None  # MLflow registers every version from a source
         source = found.source.rstrip("/")
         if source.startswith(("runs:/", "models:/")):
             return _local_copy(tracker, source, folder)
@@ -125,8 +130,10 @@ def _model_reference(reference: str) -> tuple[str, str | None, str | None]:
     """'name@alias' -> (name, alias, None); 'name/3' -> (name, None, '3')."""
     if "@" in reference:
         name, alias = reference.split("@", 1)
-        return name, alias, None
-    name, _, version = reference.rpartition("/")
-    if not name or not version:
-        raise MlflowException(f"models:/{reference} names no version: use models:/<name>@<alias> or /<version>")
-    return name, None, version
+        if name and alias:  # ('name@', an empty alias, names no version either)
+            return name, alias, None
+    else:
+        name, _, version = reference.rpartition("/")
+        if name and version:
+            return name, None, version
+    raise MlflowException(f"models:/{reference} names no version: use models:/<name>@<alias> or /<version>")

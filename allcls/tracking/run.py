@@ -8,8 +8,9 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from allcls import __version__
 from allcls.config.hydra_job import JobInfo
@@ -121,13 +122,13 @@ def ensemble_tags(shared_data_tags: dict[str, str], chosen_scheme: str, run_ids:
             "member_names": ",".join(names)}
 
 
-def weight_params(names: Sequence[str], weights: Sequence[float]) -> dict[str, str]:
+def weight_params(names: Sequence[str], weights: Iterable[float]) -> dict[str, str]:
     """`weight/<member>`: the weight of each member, as params (MLflow compares params side by side)."""
-    return {f"weight/{metric_safe(name)}": f"{w:.4f}" for name, w in zip(names, weights)}
+    return {f"weight/{metric_safe(name)}": f"{w:.4f}" for name, w in zip(names, weights, strict=True)}
 
 
 def ensemble_params(metric: str, rule: str, cv_folds: int, bootstrap: int, seed: int, schemes: int,
-                    chosen_scheme: str, names: Sequence[str], weights: Sequence[float]) -> dict[str, object]:
+                    chosen_scheme: str, names: Sequence[str], weights: Iterable[float]) -> dict[str, object]:
     return {"metric": metric, "combine": rule, "cv_folds": cv_folds, "bootstrap": bootstrap, "seed": seed,
             "n_members": len(names), "n_schemes": schemes, "chosen_scheme": chosen_scheme,
             **weight_params(names, weights)}

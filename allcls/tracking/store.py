@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import shlex
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from allcls.errors import AllclsError
 from allcls.locks import exclusive

@@ -12,10 +12,11 @@ import logging
 import os
 import posixpath
 import socket
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException

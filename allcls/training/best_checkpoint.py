@@ -5,12 +5,13 @@ and the test metrics, computed as evaluation computes them."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -32,13 +33,15 @@ def evaluate_best_checkpoint(run: Run, trainer: L.Trainer, model: LitClassifier,
     """Reload the best checkpoint; write the val and test prediction tables from one single-device
     pass over each whole split; log test metrics (the same vectorised metrics as evaluation's) and
     confusion matrices; return the best score."""
-    checkpoint = trainer.checkpoint_callback
+    checkpoint = trainer.checkpoint_callback  # typed as the base Checkpoint: ours is a ModelCheckpoint, or None
+    if not isinstance(checkpoint, ModelCheckpoint):
+        checkpoint = None
     best_path = checkpoint.best_model_path if checkpoint else ""
     if best_path:
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)
         run.log_file(best_path, "checkpoints")
-    elif not trainer.fast_dev_run:  # (a fast dev run saves none)
+    elif not trainer.fast_dev_run:  # type: ignore[attr-defined]  # Lightning's, undeclared; a fast dev run saves none
         log.warning("No best checkpoint was saved (did validation run?): evaluating the final weights.")
     device = trainer.strategy.root_device
     dataset, classes = datamodule.prepared, datamodule.classes

@@ -10,7 +10,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from allcls.config.ranges import TRAIN, check_ranges
-from allcls.config.sections import build, dataset_spec
+from allcls.config.sections import build, dataset_spec, plain
 from allcls.data.datamodule import CellDataModule, choose_pipeline
 from allcls.data.packed_cache import check_cache_dir
 from allcls.data.preparation import PreparedDataset
@@ -41,7 +41,7 @@ def check_config(cfg: DictConfig) -> BackboneSpec:
     if OmegaConf.is_missing(cfg.dataset, "root"):
         raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{cfg.dataset.name} "
                           "(the folder in the dataset's original layout).")
-    backbone = BackboneSpec.of(OmegaConf.to_container(cfg.backbone, resolve=True))
+    backbone = BackboneSpec.of(plain(cfg.backbone))
     input_spec(backbone)  # an unknown backbone name or a bad input size
     choose_pipeline(cfg.data.pipeline, build_augmentations(cfg))  # a value albumentations refuses, or no batch form
     if cfg.data.cache_dir:

@@ -4,8 +4,9 @@ a stop (SIGTERM, Ctrl-C) that waits for the batch in progress and saves last.ckp
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
 from hydra.errors import InstantiationException

@@ -54,7 +54,9 @@ def _train(cfg: DictConfig) -> float:
         tracker = open_store(cfg)
         point = resume_point(cfg.get("resume"), output_dir, cfg.experiment_name, tracker, resolved_yaml(cfg),
                              job_info().overrides, main_process=is_rank_zero())
-        cfg = OmegaConf.create(point.config_yaml)  # the job's own config, into its own folder
+        resumed = OmegaConf.create(point.config_yaml)  # the job's own config, into its own folder
+        assert isinstance(resumed, DictConfig)  # the config.yaml this job wrote: a mapping
+        cfg = resumed
         output_dir = Path(cfg.paths.output_dir)
     backbone = check_config(cfg)
     if is_rank_zero() and point is None:

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from allcls.config.sections import instantiate_dict
+from allcls.errors import AllclsError
 from allcls.models.backbones import BackboneSpec, create_backbone, input_spec
 
 from helpers import CONF_DIR, compose_config
@@ -51,6 +52,12 @@ def test_backbone_input_size_follows_the_backbone_unless_overridden(train_cfg):
     smaller = train_cfg("backbone=xception", "backbone.input_size=128", fast=False)
     xception = input_spec(BackboneSpec.of(smaller.backbone))
     assert xception.size == 128 and xception.mean == (0.5, 0.5, 0.5)
+
+
+def test_a_normalisation_without_one_value_per_colour_channel_is_refused(train_cfg):
+    cfg = train_cfg("backbone=mobilenetv2", "backbone.mean=[0.5,0.5]", fast=False)
+    with pytest.raises(AllclsError, match=r"backbone.mean=\[0.5, 0.5\] needs one value per colour channel"):
+        input_spec(BackboneSpec.of(cfg.backbone))
 
 
 @pytest.mark.parametrize("augmentation", options("augmentation"))

@@ -54,7 +54,7 @@ def test_batch_augmentation_gives_the_views_albumentations_gives_as_often(preset
     table = [[per_sample[v] for v in views], [batched[v] for v in views]]
     assert set(per_sample) == set(batched), table  # the same views...
     assert chi2_contingency(table).pvalue > 0.001, table  # ...as often
-    assert all(abs(a - b) / draws < 0.03 for a, b in zip(*table)), table
+    assert all(abs(a - b) / draws < 0.03 for a, b in zip(*table, strict=True)), table
 
 
 def test_batch_augmentation_follows_its_seed_and_draws_per_image():

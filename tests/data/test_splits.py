@@ -95,7 +95,7 @@ def test_a_split_section_with_a_misspelt_key_or_a_bad_value_is_refused(section, 
 def test_cnmc_split_uses_folds_and_the_preliminary_test_set(cnmc_root):
     dataset = prepare_dataset(CNMCReader(cnmc_root), split_config(hints=CNMC_HINTS))
     by_id = {s.sample_id: s for s in dataset.samples}
-    for sample_id, split in zip(dataset.manifest["sample_id"], dataset.manifest["split"]):
+    for sample_id, split in zip(dataset.manifest["sample_id"], dataset.manifest["split"], strict=True):
         hint = by_id[sample_id].split_hint
         assert split == CNMC_HINTS[hint]
 

@@ -159,7 +159,7 @@ def test_min_log_loss_beats_equal_weights_and_every_member():
     for rule in ("arithmetic", "geometric"):
         weights = min_log_loss(rule)(probs, labels)
         assert weights.sum() == pytest.approx(1) and (weights >= 0).all()
-        loss = lambda w: scores(combine(probs, w[None], rule), labels, ("log_loss",))["log_loss"][0]  # noqa: E731
+        loss = lambda w, rule=rule: scores(combine(probs, w[None], rule), labels, ("log_loss",))["log_loss"][0]  # noqa: E731
         assert loss(weights) <= loss(equal(probs, labels)) + 1e-9
         assert all(loss(weights) <= loss(np.eye(4)[m]) + 1e-9 for m in range(4))
 

@@ -68,7 +68,8 @@ def test_evaluation_reports_coverage_set_size_and_referrals(store, tmp_path):
     assert 1 <= metrics["test/conformal/mean_set_size"] <= 2 and 0 <= metrics["test/conformal/refer_rate"] <= 1
     assert run.data.params["prediction_sets"].startswith("split conformal (least ambiguous sets), 0.8 coverage")
     sets = client.download_artifacts(run.info.run_id, "predictions/test_sets.csv", str(tmp_path))
-    assert open(sets).readline().strip() == "sample_id,set,refer"
+    with open(sets) as handle:
+        assert handle.readline().strip() == "sample_id,set,refer"
 
 
 def test_a_coverage_the_validation_cannot_support_is_skipped_with_the_reason(store, tmp_path):

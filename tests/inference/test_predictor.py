@@ -44,7 +44,7 @@ def ensemble() -> Predictor:
 def by_hand(predictor: Predictor, paths: list[str], views: list[str]) -> np.ndarray:
     """Each member on its own preprocessing, its views averaged, combined with the normalised weights."""
     per_member = []
-    for m, network in zip(predictor.members, predictor.networks):
+    for m, network in zip(predictor.members, predictor.networks, strict=True):
         transform = build_transform(m.preprocessing.spec, m.preprocessing.roi_crop)
         images = torch.stack([transform(image=read_image(p))["image"] for p in paths])
         with torch.no_grad():

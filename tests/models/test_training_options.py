@@ -2,6 +2,7 @@
 group): each test shows that the option changes what it claims to change."""
 
 import functools
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -65,7 +66,7 @@ def test_debug_profiler_keeps_where_the_time_went(train_cfg, mlflow_client):
     run = only_run(mlflow_client)
     assert "profile/fit-profile.txt" in artifacts(mlflow_client, run.info.run_id)
     report = mlflow_client.download_artifacts(run.info.run_id, "profile/fit-profile.txt")
-    assert "run_training_epoch" in open(report).read()
+    assert "run_training_epoch" in Path(report).read_text()
 
 
 def test_layer_decay_gives_lower_layers_lower_learning_rates():

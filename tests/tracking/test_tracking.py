@@ -15,6 +15,8 @@ from allcls.errors import AllclsError
 from allcls.jobs.summary import summary_text
 from allcls.predictions import read_table
 from allcls.tracking import schema as run_schema
+from allcls.tracking.registry import ModelUnavailable
+from allcls.tracking.registry import load as load_model
 from allcls.tracking.tracker import MissingArtifact, Tracker
 from allcls.training.cli import main as train_main
 from allcls.training.task import train
@@ -42,9 +44,9 @@ def test_a_deleted_experiment_is_reported_not_silently_recreated(tmp_path):
 
 def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
-    with pytest.raises(ValueError):
-        with tracker.open_run(tracker.experiment("exp", create=True), "doomed", {"stage": "train"}) as opened:
-            raise ValueError("boom")
+    with (pytest.raises(ValueError),
+          tracker.open_run(tracker.experiment("exp", create=True), "doomed", {"stage": "train"}) as opened):
+        raise ValueError("boom")
     run = tracker.get_run(opened.run_id)
     assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: boom"
 
@@ -61,11 +63,18 @@ def test_a_stage_run_carries_its_provenance_and_config_and_fails_honestly(train_
     assert tags["git_commit"] and tags["allcls_version"] and run.info.status == "FINISHED"
     client = MlflowClient(tracker.tracking_uri)
     assert {"config/config.yaml", "config/overrides.yaml"} <= artifacts(client, run.info.run_id)
-    with pytest.raises(ValueError):
-        with tracker.stage_run(experiment, run_schema.TRAIN, "doomed", {}, job, parent_run_id=run.info.run_id) as child:
-            raise ValueError("boom")
+    with (pytest.raises(ValueError),
+          tracker.stage_run(experiment, run_schema.TRAIN, "doomed", {}, job, parent_run_id=run.info.run_id) as child):
+        raise ValueError("boom")
     failed = tracker.get_run(child.run_id)
     assert failed.info.status == "FAILED" and failed.data.tags["mlflow.parentRunId"] == run.info.run_id
+
+
+def test_a_model_uri_without_a_version_or_an_alias_is_refused_naming_both(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
+    for uri in ("models:/cells", "models:/cells@", "models:/@champion"):
+        with pytest.raises(ModelUnavailable, match="names no version: use models:/<name>@<alias> or /<version>"):
+            load_model(tracker, uri)
 
 
 def test_a_missing_artifact_is_named_and_a_present_one_downloads(tmp_path):
