@@ -11,11 +11,19 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from allcls.data.synthetic import SyntheticSpec, materialise
 
 from helpers import compose_config, compose_train
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite's two workers share the machine's cores: one thread each for torch's operations, and
+    # the same for the processes their tests start (they inherit the variable).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
