@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The suite's tests run on one worker per core, at most 4 (pytest-xdist); WORKERS= runs them in one process.
+WORKERS ?= -n auto --maxprocesses 4
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: demo test test-fast install benchmarks app browser docs
@@ -53,11 +55,11 @@ test: $(INSTALLED) browser
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mkdocs build --strict --quiet --site-dir $(CURDIR)/.site
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(WORKERS)
 
 test-fast: $(INSTALLED)
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(WORKERS) -m "not slow"
 
 # The reference site (docs/, mkdocs-material) on http://127.0.0.1:8000.
 docs: $(INSTALLED)

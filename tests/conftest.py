@@ -15,15 +15,22 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from allcls.data.synthetic import SyntheticSpec, materialise
+from allcls.machine import usable_cores
 
 from helpers import compose_config, compose_train
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # The suite's workers (make test: pytest-xdist) share the machine's cores: each takes its share
+    # for torch's threads, and so do the processes its tests start (they inherit the variable).
+    _share = max(1, usable_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    torch.set_num_threads(_share)
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # The suite's two workers share the machine's cores: one thread each for torch's operations, and
-    # the same for the processes their tests start (they inherit the variable).
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
+
+def pytest_collection_modifyitems(items):
+    """The long end-to-end tests first (the demo's first of all): spread over the workers from the
+    start, they do not leave one worker finishing them while the others wait."""
+    items.sort(key=lambda item: (item.path.name != "test_demo.py", item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture
