@@ -145,3 +145,15 @@ def test_mlflow_models_serve_answers_like_the_model_in_process(store, packaged, 
     in_process = mlflow.pyfunc.load_model(packaged).predict(pd.DataFrame({"image": encoded}))
     assert served_rows["label"].tolist() == in_process["label"].tolist()
     assert served_rows["prob_all"].to_numpy() == pytest.approx(in_process["prob_all"].to_numpy(), abs=1e-9)
+
+
+def test_a_model_packaged_before_the_restructuring_still_loads(store, packaged, tmp_path):
+    """A model packaged by allcls 0.1.0 runs a code file that imports `allcls.packaged_model`: the
+    alias keeps it loading, and it answers as a model packaged now does."""
+    folder = Path(store["client"].download_artifacts(store["members"][0], "model", str(tmp_path)))
+    (folder / "model_code.py").write_text(  # the code file as 0.1.0 wrote it
+        "from mlflow.models import set_model\n\nfrom allcls.packaged_model import PackagedModel\n\n"
+        "set_model(PackagedModel())\n")
+    images = pd.DataFrame({"path": sample_images(store)})
+    pd.testing.assert_frame_equal(mlflow.pyfunc.load_model(str(folder)).predict(images),
+                                  mlflow.pyfunc.load_model(packaged).predict(images))
