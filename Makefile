@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-# The suite's tests run on one worker per core, at most 4 (pytest-xdist); WORKERS= runs them in one process.
-WORKERS ?= -n auto --maxprocesses 4
+# The suite's tests run on one worker more than the machine has cores (many tests wait on processes
+# and servers they start), at most 5 (pytest-xdist); `make test WORKERS=` runs them in one process.
+WORKERS ?= -n $(shell cores=$$(nproc 2>/dev/null || echo 2); echo $$((cores < 4 ? cores + 1 : 5))) --dist loadgroup
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: demo test test-fast install benchmarks app browser docs

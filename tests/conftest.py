@@ -29,8 +29,12 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 def pytest_collection_modifyitems(items):
     """The long end-to-end tests first (the demo's first of all): spread over the workers from the
-    start, they do not leave one worker finishing them while the others wait."""
+    start, they do not leave one worker finishing them while the others wait. The tests that read
+    the session's store (below) go to one worker (`--dist loadgroup`), which builds it once."""
     items.sort(key=lambda item: (item.path.name != "test_demo.py", item.get_closest_marker("slow") is None))
+    for item in items:
+        if "store" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("store"))
 
 
 @pytest.fixture
