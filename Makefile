@@ -38,6 +38,7 @@ demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficie
 	$(BIN)/python ensemble.py experiment_name=synthetic-cnmc sweep_id=latest
 	$(BIN)/allcls-package run_id=latest experiment_name=synthetic-cnmc register_as=demo-ensemble \
 		alias=champion coverage=0.8
+	@echo "The commands above (mlflow ui, allcls-*) are in .venv: source .venv/bin/activate first, or call them as .venv/bin/<command>."
 
 # The diagnosis page on http://127.0.0.1:8501, reading ./mlruns (after `make demo`: demo-ensemble@champion).
 app: $(INSTALLED)

@@ -17,7 +17,8 @@ def subplots(*args: Any, **kwargs: Any) -> tuple[Figure, Any]:
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
-    """Lay the figure out and write it to `path`; returns the path."""
+    """Lay the figure out and write it to `path`, cropped to what it draws (a colour bar's label
+    included); returns the path."""
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path

@@ -76,7 +76,7 @@ def run_ensemble(cfg: DictConfig) -> float:
     log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, settings.metric, chosen.cv)
     print(f"Ensemble run {run.run_id} in experiment {experiment.name!r}; one child run per scheme.\n"
           f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
-          f"python evaluate.py run_id={run.run_id} tta.enabled=true gradcam.enabled=true\n"
+          f"allcls-evaluate run_id={run.run_id} tta.enabled=true gradcam.enabled=true\n"
           f"Browse: {browse_command(tracker.tracking_uri, experiment.id, run.run_id)}", flush=True)
     return chosen.cv
 

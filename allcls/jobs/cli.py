@@ -13,8 +13,9 @@ from pathlib import Path
 
 from allcls.config.entry import prepare_process
 from allcls.config.stage import default_tracking_uri
-from allcls.errors import AllclsError, reports_user_errors
+from allcls.errors import reports_user_errors
 from allcls.jobs.housekeeping import cleanup, upload_job
+from allcls.tracking.store import require_existing
 from allcls.tracking.tracker import Tracker
 
 
@@ -39,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(upload_job(args.folder, args.tracking_uri))
         return 0
     uri = args.tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise AllclsError(f"No MLflow store at {uri}: run this from the folder that holds mlruns/, or pass "
-                          "--tracking-uri.")
+    require_existing(uri)
     runs = cleanup(Tracker(uri), args.mark)
     if not runs:
         print("No run is left RUNNING.")

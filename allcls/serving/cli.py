@@ -16,8 +16,20 @@ predict = hydra_entry("predict", "allcls.serving.predict:predict")
 PAGE = Path(__file__).resolve().with_name("app.py")
 
 
+USAGE = """usage: allcls-app [streamlit options, e.g. --server.port 8600 --server.address 0.0.0.0]
+
+The diagnosis page: pick a registered model, upload cell images, see each one's class, calibrated
+probability, prediction set and referral, Grad-CAM and, for an ensemble, each member's vote. It
+reads the MLflow store of $MLFLOW_TRACKING_URI, else mlruns/ in the folder it is started from, and
+serves http://127.0.0.1:8501 unless told otherwise. Every other option is Streamlit's
+(`streamlit run --help`)."""
+
+
 def app() -> None:
     """`allcls-app [streamlit options]`: serve the page, on 127.0.0.1 unless told otherwise."""
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(USAGE)
+        return
     from streamlit.web import cli
 
     prepare_process()

@@ -79,7 +79,7 @@ def markdown(facts: CardFacts) -> str:
                      f"{measured.refer_rate:.1%} of images referred.")
     lines += ["", "## Known limits",
               "- Measured on one dataset's test split; other labs, stains, microscopes and patient populations "
-              "may behave differently (evaluate.py with dataset=... measures that).",
+              "may behave differently (allcls-evaluate with dataset=... measures that).",
               "- The coverage of the prediction sets holds on average over images like the validation ones; it "
               "is not a guarantee for an individual image, nor under a shift of the data.",
               "- Grad-CAM maps show where the model looked, not why a cell is malignant."]

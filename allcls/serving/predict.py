@@ -31,6 +31,7 @@ from allcls.serving.package import build
 from allcls.serving.settings import PredictSettings, Referral
 from allcls.tracking import registry
 from allcls.tracking.registry import MODEL_PATH
+from allcls.tracking.store import require_existing
 from allcls.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def output_path(output: Path, images: list[str], overwrite: bool) -> Path:
 def load(settings: PredictSettings, workdir: Path) -> Model:
     """The model `model` names: a model URI (models:/..., runs:/...), or a run id, whose packaged
     model is used when it has one and which is packaged here on the fly (not logged) when not."""
+    require_existing(settings.store.tracking_uri)
     tracker = Tracker(settings.store.tracking_uri)
     uri = settings.model
     if "://" not in uri and ":/" not in uri:

@@ -47,6 +47,14 @@ def check_reachable(uri: str) -> None:
                           "at one that runs.")
 
 
+def require_existing(uri: str) -> None:
+    """Refuse a local store that does not exist yet: a command that only reads one (batch
+    prediction, housekeeping) would otherwise create an empty one and then find nothing in it."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise AllclsError(f"No MLflow store at {uri}: run this from the folder that holds mlruns/, or set "
+                          "MLFLOW_TRACKING_URI (or pass the store's address).")
+
+
 def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("sqlite:", "file:", "/"))
 

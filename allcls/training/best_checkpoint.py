@@ -57,7 +57,7 @@ def evaluate_best_checkpoint(run: Run, trainer: L.Trainer, model: LitClassifier,
             scores = table_scores(probabilities, labels, classes, "test/")
             run.log_metrics(scores, step=trainer.global_step)
             headline = ", ".join(f"{k}={scores[f'test/{k}']:.3f}" for k in HEADLINE)
-            log.info("Best checkpoint on test: %s", headline)
+            log.info("The best checkpoint (chosen on validation), on test: %s", headline)
     score = checkpoint.best_model_score if checkpoint else None
     return float(score) if score is not None else float("nan")
 

@@ -82,3 +82,14 @@ def test_an_existing_output_is_kept_and_nothing_goes_next_to_the_images(store, m
     with pytest.raises(AllclsError, match="Cannot load model models:/nobody@champion"):
         predict(predict_cfg(store, tmp_path, "model=models:/nobody@champion", f"input={odd_folder}",
                             f"output={tmp_path / 'x.csv'}"))
+
+
+def test_a_folder_without_a_store_is_refused_and_none_is_created(odd_folder, tmp_path):
+    """Run where there is no mlruns/ (and MLFLOW_TRACKING_URI is not set), prediction names the store
+    it looked for and the fix, and leaves no empty store behind."""
+    elsewhere = tmp_path / "elsewhere"
+    cfg = compose_config("predict", elsewhere, ["model=models:/cells@champion", f"input={odd_folder}",
+                                                f"output={tmp_path / 'out.csv'}"], output_dir=tmp_path / "job")
+    with pytest.raises(AllclsError, match=f"No MLflow store at sqlite:///{elsewhere}/mlruns/mlflow.db: run this from"):
+        predict(cfg)
+    assert not (elsewhere / "mlruns").exists() and not (tmp_path / "out.csv").exists()
