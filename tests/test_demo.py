@@ -3,31 +3,37 @@ tracked run per job, nested under the launch's own run, and a summary of them), 
 of weighting schemes, whose ranking must mean something (members that differ, schemes that do not
 all tie), then the chosen ensemble packaged and registered."""
 
-import subprocess
-
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import console_script, run_script
+from allcls.ensemble.cli import main as ensemble_main
+from allcls.models.weights import main as weights_main
+from allcls.serving.cli import package as package_main
+from allcls.training.cli import main as train_main
+
+from helpers import run_entry
 
 DEMO_SWEEP = ["-m", "experiment=quickstart", "backbone=mobilenetv2,efficientnet_lite0", "seed=0,1",
               "trainer.enable_progress_bar=false"]
 
 
 @pytest.mark.slow
-def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path):
+def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path, monkeypatch, capsys):
+    """The demo's commands, each through its entry point in this process (as the recipes' test runs
+    theirs): the weights converted, the sweep, the comparison, the packaging."""
     for name in ("mobilenetv2_100", "tf_efficientnet_lite0"):  # what `make demo` converts first
-        subprocess.run([console_script("allcls-weights"), "--packaged", name,
-                        str(tmp_path / "data" / "weights" / f"{name}_in1k.pth")], check=True, capture_output=True)
-    trained = run_script("train.py", *DEMO_SWEEP, cwd=tmp_path, timeout=900)
+        assert weights_main(["--packaged", name, str(tmp_path / "data" / "weights" / f"{name}_in1k.pth")]) == 0
+
+    def demo(main, program: str, *args: str):
+        return run_entry(main, *args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys, program=program)
+
+    trained = demo(train_main, "train.py", *DEMO_SWEEP)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    compared = run_script("ensemble.py", "experiment_name=synthetic-cnmc", "sweep_id=latest", cwd=tmp_path)
+    compared = demo(ensemble_main, "ensemble.py", "experiment_name=synthetic-cnmc", "sweep_id=latest")
     assert compared.returncode == 0, compared.stderr[-3000:]
-    packaging = ["run_id=latest", "experiment_name=synthetic-cnmc", "register_as=demo-ensemble", "alias=champion",
-                 "coverage=0.8"]
-    packaged = subprocess.run([console_script("allcls-package"), *packaging], cwd=tmp_path, capture_output=True,
-                              text=True)
+    packaged = demo(package_main, "allcls-package", "run_id=latest", "experiment_name=synthetic-cnmc",
+                    "register_as=demo-ensemble", "alias=champion", "coverage=0.8")
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     assert "then open http://127.0.0.1:5000/#/models/demo-ensemble/versions/1" in packaged.stdout  # its page
 

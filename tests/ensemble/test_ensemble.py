@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from allcls.ensemble.cli import main as ensemble_main
 from allcls.ensemble.task import run_ensemble
 from allcls.errors import AllclsError
 from allcls.predictions import read_table
 
-from helpers import compose_config, run_script
+from helpers import compose_config, run_entry
 
 
 def ensemble_cfg(store, tmp_path, *overrides):
@@ -170,11 +171,11 @@ def test_explicit_run_ids_ensemble_into_the_members_experiment(store, tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_over_ensemble_settings_gives_one_ensemble_run_each(store, tmp_path):
+def test_multirun_over_ensemble_settings_gives_one_ensemble_run_each(store, monkeypatch, capsys):
     before = len(ensemble_runs(store))
-    result = run_script("ensemble.py", "-m", "experiment_name=synthetic-cnmc", "sweep_id=multirun",
-                        "combine=arithmetic,geometric", "bootstrap=100",
-                        "~schemes.simplex_grid", cwd=store["root"])
+    result = run_entry(ensemble_main, "-m", "experiment_name=synthetic-cnmc", "sweep_id=multirun",
+                       "combine=arithmetic,geometric", "bootstrap=100", "~schemes.simplex_grid", cwd=store["root"],
+                       monkeypatch=monkeypatch, capsys=capsys, program="ensemble.py")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = ensemble_runs(store)
     assert len(runs) == before + 2

@@ -19,7 +19,7 @@ from allcls.jobs.cli import main as runs_main
 from allcls.training.cli import main as train_main
 from allcls.training.task import train
 
-from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, compose_train, run_entry, run_script
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, compose_train, run_entry
 
 # Epochs of about 60 small batches (a second or two each): long enough to stop a job in the middle of one.
 SLOW_EPOCHS = [*FAST, *SMALL_SYNTHETIC, "dataset.reader.cells_per_subject=20", "data.batch_size=4",
@@ -131,7 +131,7 @@ def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_ru
     assert changed.returncode == 2 and "trainer.max_epochs=5" in changed.stderr and "ran with" in changed.stderr
     assert client.get_run(run_id).info.status == "FAILED"
 
-    resumed = run_script("train.py", "resume=last", cwd=tmp_path)
+    resumed = run_entry(train_main, "resume=last", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = client.search_runs([experiment])
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"

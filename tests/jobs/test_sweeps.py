@@ -74,7 +74,8 @@ def test_ddp_jobs_inside_a_multirun_each_run_their_own_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_optuna_search_stopped_after_two_of_four_trials_continues_where_it_stopped(tmp_path):
+def test_an_optuna_search_stopped_after_two_of_four_trials_continues_where_it_stopped(tmp_path, monkeypatch,
+                                                                                       capsys):
     """The study lives in optuna.db: the same command again runs only the missing trials, with
     values not drawn before, and each trial is a tracked job."""
     command = ["-m", "hparams_search=optuna", "optuna_trials=4", *CLI_FAST]
@@ -96,7 +97,7 @@ def test_an_optuna_search_stopped_after_two_of_four_trials_continues_where_it_st
             first.kill()
     assert len(finished(tmp_path)) == 2
 
-    again = run_script("train.py", *command, cwd=tmp_path, timeout=480)
+    again = run_entry(main, *command, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 finished trial(s): 2 to go of 4" in again.stdout + again.stderr
     runs = finished(tmp_path)

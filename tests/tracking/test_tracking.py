@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -12,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from allcls.config.stage import Job
 from allcls.ensemble.cli import main as ensemble_main
 from allcls.errors import AllclsError
+from allcls.jobs.cli import main as runs_main
 from allcls.jobs.summary import summary_text
 from allcls.predictions import read_table
 from allcls.tracking import schema as run_schema
@@ -21,7 +23,7 @@ from allcls.tracking.tracker import MissingArtifact, Tracker
 from allcls.training.cli import main as train_main
 from allcls.training.task import train
 
-from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, console_script, free_port, run_entry, served
+from helpers import FAST, PROJECT, SMALL_SYNTHETIC, artifacts, free_port, run_entry, served
 
 
 def test_new_experiments_keep_artifacts_beside_the_local_database(tmp_path):
@@ -148,7 +150,7 @@ def test_four_jobs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_it_is_back(tmp_path):
+def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_it_is_back(tmp_path, capsys):
     """Training logs to a real `mlflow server`, which is stopped by PID after the first epoch:
     training goes on and finishes, keeping
     what the run would have logged in its folder; `allcls-runs upload` sends it to the
@@ -181,11 +183,10 @@ def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_
     (folder,) = [p.parent for p in (tmp_path / "outputs").rglob("mlflow_run.json")]
     assert (folder / "mlflow_offline.jsonl").is_file() and (folder / "predictions" / "test.parquet").is_file()
 
-    upload = [console_script("allcls-runs"), "upload", str(folder)]
-    refused = subprocess.run(upload, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    refused = upload(folder, capsys)
     assert refused.returncode == 2 and f"Cannot reach the MLflow tracking server {url}" in refused.stderr
     with served(server, f"{url}/health", tmp_path / "server-again.log", timeout=120):
-        sent = subprocess.run(upload, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        sent = upload(folder, capsys)
         assert sent.returncode == 0 and "The run is FINISHED" in sent.stdout, sent.stdout + sent.stderr
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and "test/f1_weighted" in run.data.metrics
@@ -197,5 +198,16 @@ def test_a_server_that_goes_away_mid_run_loses_nothing_and_upload_sends_it_when_
         local = client.download_artifacts(run_id, "predictions/test.parquet", str(tmp_path / "download"))
         assert len(read_table(local)) > 0
         assert not (tmp_path / "mlruns").exists()  # nothing went to a local store by the side
-        again = subprocess.run(upload, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        again = upload(folder, capsys)
         assert again.returncode == 2 and "uploaded already" in again.stderr
+
+
+def upload(folder: Path, capsys) -> subprocess.CompletedProcess:
+    """`allcls-runs upload <folder>`, run in this process."""
+    capsys.readouterr()  # what came before is not this command's
+    try:
+        code = runs_main(["upload", str(folder)])
+    except SystemExit as stopped:
+        code = stopped.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["allcls-runs", "upload", str(folder)], code, out, err)
