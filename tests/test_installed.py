@@ -24,11 +24,13 @@ def installed(tmp_path_factory) -> Path:
     finder (a .pth in an added folder is not run). Returns the virtualenv's bin/."""
     root = tmp_path_factory.mktemp("installed")
     source, wheels, venv = root / "source", root / "wheels", root / "venv"
-    # The wheel is built from a copy of the checkout without what builds and runs leave there
-    # (a stale build/ folder would hand the wheel files that the package's declaration leaves out).
-    left_by_runs = {".git", ".venv", "build", "allcls.egg-info", "mlruns", "outputs", "multirun", "data", ".site"}
+    # The wheel is built from a copy of the checkout without what builds, runs and tools leave there
+    # (a stale build/ folder would hand the wheel files that the package's declaration leaves out;
+    # .venv, .git and the caches are large).
+    left_by_runs = {"build", "allcls.egg-info", "mlruns", "outputs", "multirun", "data"}
     shutil.copytree(PROJECT, source, ignore=lambda folder, names: (
-        [name for name in names if name in left_by_runs] if Path(folder) == PROJECT else ["__pycache__"]))
+        [name for name in names if name in left_by_runs or name.startswith(".")] if Path(folder) == PROJECT
+        else ["__pycache__"]))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(wheels), str(source)], check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

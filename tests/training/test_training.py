@@ -94,8 +94,8 @@ def test_the_same_seed_trains_the_same_model(train_cfg, mlflow_client, tmp_path)
 
 
 def test_runs_of_the_same_split_share_its_hash(train_cfg, mlflow_client):
-    train(train_cfg("seed=1"))
-    train(train_cfg("seed=2"))
+    train(train_cfg("seed=1", *SMALL_SYNTHETIC))
+    train(train_cfg("seed=2", *SMALL_SYNTHETIC))
     experiment = mlflow_client.get_experiment_by_name("synthetic-cnmc")
     hashes = {r.data.tags["split_hash"] for r in mlflow_client.search_runs([experiment.experiment_id])}
     assert len(hashes) == 1
