@@ -21,7 +21,7 @@ LAYERS = [
     {"allcls", "errors", "predictions", "progress", "figures", "locks", "machine"},
 ]
 # Outside allcls/tracking/, only the pyfunc entry that MLflow itself loads may import mlflow.
-PYFUNC_ENTRY = {"allcls/serving/pyfunc_model.py", "allcls/serving/model_code.py"}
+PYFUNC_ENTRY = {"allcls/serving/pyfunc_model.py"}
 
 
 def modules() -> list[Path]:

@@ -4,8 +4,8 @@ The folder (written by allcls.serving.package) holds each member's checkpoint an
 (allcls.inference.spec). `mlflow.pyfunc.load_model` on it gives a model whose `predict` takes a
 DataFrame with a column `image` (base64-encoded image bytes, what `mlflow models serve` receives as
 JSON) or `path` (image files), and returns one row per image (allcls.inference.model). This module
-and model_code.py are the pyfunc entry that MLflow itself loads: the only ones outside
-allcls.tracking that import mlflow.
+is the pyfunc entry that MLflow itself loads: the only one outside allcls.tracking that imports
+mlflow (model_code.py, the file MLflow runs to build the model, calls `name_the_model` here).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
 from allcls.data.images import ImageReadError
@@ -78,3 +79,8 @@ def decode_inputs(model_input: pd.DataFrame) -> tuple[list[np.ndarray | None], l
             images.append(None)
             errors.append(f"{source if kind == 'path' else 'the image'}: {error.reason}")
     return images, errors
+
+
+def name_the_model() -> None:
+    """What a packaged model's code file (model_code.py) runs: this class is the model MLflow builds."""
+    set_model(PackagedModel())
