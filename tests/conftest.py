@@ -117,21 +117,23 @@ def ensemble_run(store, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
-    """Packaged models, each with an 80% referral rule: `cells`, the sweep's first run, registered as
-    cells@champion; `ensemble`, the store's ensemble, first packaged without registering (`printed`:
-    what packaging said), then packaged again (overwrite=true) and registered as ensemble@champion,
-    the newest registered model."""
+    """Packaged models, each with 70% class-conditional prediction sets (the most three validation
+    subjects per class support) and an out-of-distribution gate: `cells`, the sweep's first run,
+    registered as cells@champion; `ensemble`, the store's ensemble, which also protects `all` (miss
+    rate 30%), first packaged without registering (`printed`: what packaging said), then packaged
+    again (overwrite=true) and registered as ensemble@champion, the newest registered model."""
     from allcls.serving.package import package
 
     folder = tmp_path_factory.mktemp("registered")
 
     def packaged(*overrides: str) -> str:
-        return package(compose_config("package", store["root"], ["coverage=0.8", "bootstrap=50", *overrides],
+        return package(compose_config("package", store["root"], ["coverage=0.7", "bootstrap=50", *overrides],
                                       output_dir=folder / "job"))
 
     cells = packaged(f"run_id={store['members'][0]}", "register_as=cells", "alias=champion")
+    protect = ["referral.protect=all", "referral.max_miss_rate=0.3"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        unregistered = packaged(f"run_id={ensemble_run}")
-    ensemble = packaged(f"run_id={ensemble_run}", "overwrite=true", "register_as=ensemble", "alias=champion")
+        unregistered = packaged(f"run_id={ensemble_run}", *protect)
+    ensemble = packaged(f"run_id={ensemble_run}", "overwrite=true", "register_as=ensemble", "alias=champion", *protect)
     return {"cells": cells, "ensemble": ensemble, "unregistered": unregistered, "printed": printed.getvalue()}

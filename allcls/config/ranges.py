@@ -55,6 +55,7 @@ TRAIN: dict[str, Rule] = {
     "backbone.input_size": optional(at_least(16)),
     "callbacks.early_stopping.patience": at_least(0),
 }
+RATE: Rule = (lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1, e.g. 0.02")
 COVERAGE: Rule = (lambda v: _number(v) and 0.5 <= v < 1, "a number from 0.5 up to (not including) 1, e.g. 0.95")
 EVALUATE: dict[str, Rule] = {
     "batch_size": optional(at_least(1)),
@@ -62,9 +63,15 @@ EVALUATE: dict[str, Rule] = {
     "bootstrap": at_least(0),
     "gradcam.samples_per_class": at_least(1),
     "conformal.coverage": COVERAGE,
+    "referral.max_miss_rate": RATE,
+    "ood.max_rejected": RATE,
+    "ood.train_cells": at_least(2),
 }
 PACKAGE: dict[str, Rule] = {
     "coverage": COVERAGE,
+    "referral.max_miss_rate": RATE,
+    "ood.max_rejected": RATE,
+    "ood.train_cells": at_least(2),
     "bootstrap": at_least(0),
 }
 PREDICT: dict[str, Rule] = {

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from allcls.evaluation.gradcam import CamGrid
-from allcls.inference import conformal
-from allcls.inference.calibration import calibrated, fit_temperature
+from allcls.evaluation.safeguards import DecisionMeasures, probe_metrics
+from allcls.inference.calibration import calibrated, choose_temperature, fit_temperature
+from allcls.inference.decision import DecisionRule, Decisions
 from allcls.metrics.bootstrap import metric_table
 from allcls.metrics.names import CALIBRATION, REPORTED
 from allcls.predictions import probabilities_of
@@ -32,7 +33,10 @@ class Calibration:
 
     @property
     def param(self) -> str:
-        return f"{self.temperature:.4f}" if self.temperature is not None else self.status
+        if self.temperature is None:
+            return self.status
+        return f"{self.temperature:.4f}" + (" (not kept: it did not help on validation)" if "not kept" in self.status
+                                            else "")
 
 
 @dataclass(frozen=True)
@@ -45,22 +49,40 @@ class TestTimeAugmentation:
 
 
 @dataclass(frozen=True)
-class PredictionSets:
-    """Split-conformal prediction sets of the evaluated split (allcls.evaluation.conformal), fitted
-    on the validation predictions (temperature-scaled where a temperature was fitted)."""
+class DecisionResult:
+    """The decision rule (allcls.evaluation.safeguards: fitted on the model's own training and
+    validation splits) and what it does on the evaluated split: prediction sets per class, referrals
+    and their reasons, the protected miss rate, the out-of-distribution gate on these cells and on
+    probes, and the patient-level call."""
 
-    target: float  # the coverage asked for
-    threshold: float
-    members: np.ndarray  # (images, classes) bool
-    measured: conformal.SetMeasures  # on the evaluated split
+    rule: DecisionRule
+    decisions: Decisions
+    measures: DecisionMeasures
+    probes: pd.DataFrame | None = None
+    warnings: tuple[str, ...] = ()
+    ood_scores: np.ndarray | None = None  # the gate's score of each evaluated cell
+    sample_ids: tuple[str, ...] = ()  # the evaluated cells, in the order of `decisions`
+    labels: np.ndarray | None = None  # their true classes
 
     def metrics(self, split: str) -> dict[str, float]:
-        measured = self.measured
-        return {f"{split}/conformal/coverage": measured.coverage, f"{split}/conformal/coverage_ci_low":
-                measured.coverage_low, f"{split}/conformal/coverage_ci_high": measured.coverage_high,
-                f"{split}/conformal/mean_set_size": measured.mean_size,
-                f"{split}/conformal/refer_rate": measured.refer_rate, "conformal/threshold": self.threshold,
-                "conformal/target_coverage": self.target}
+        values = self.measures.metrics(split)
+        sets, rule = self.measures.sets, self.rule
+        if sets is not None and rule.sets is not None:
+            values.update({f"{split}/conformal/coverage": sets.coverage, f"{split}/conformal/coverage_ci_low":
+                           sets.coverage_low, f"{split}/conformal/coverage_ci_high": sets.coverage_high,
+                           f"{split}/conformal/mean_set_size": sets.mean_size,
+                           f"{split}/conformal/refer_rate": sets.refer_rate,
+                           f"{split}/conformal/empty_rate": sets.empty_rate,
+                           "conformal/target_coverage": rule.sets.coverage})
+        if rule.temperature is not None:
+            values["decision/temperature"] = rule.temperature
+        if self.probes is not None:
+            values.update(probe_metrics(self.probes, split))
+        return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+
+    def param(self) -> str:
+        """The `prediction_sets` param: what the sets are, or why there are none."""
+        return self.rule.sets_note
 
 
 @dataclass(frozen=True)
@@ -85,8 +107,7 @@ class EvaluationResult:
     calibration: Calibration
     tta: TestTimeAugmentation | None = None
     transductive: Transductive | None = None
-    sets: PredictionSets | None = None
-    sets_note: str = ""  # why there are no prediction sets, when they were asked for
+    decision: DecisionResult | None = None
     gradcam: CamGrid | None = None
 
     @property
@@ -126,8 +147,8 @@ class EvaluationResult:
                            for row in self.transductive.metrics.itertuples(index=False)})
         if self.calibration.temperature is not None:
             values["calibration/temperature"] = self.calibration.temperature
-        if self.sets is not None:
-            values.update(self.sets.metrics(split))
+        if self.decision is not None:
+            values.update(self.decision.metrics(split))
         return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
 
     def summary(self) -> str:
@@ -150,14 +171,27 @@ class EvaluationResult:
         if self.transductive is not None:
             lines.append(f"  transductive: {self.transductive.method}, using every image of this {self.split} batch "
                          "at once (not how a single image is classified)")
-        if self.sets_note:
-            lines.append(f"  no prediction sets: {self.sets_note}")
-        if self.sets is not None:
-            measured = self.sets.measured
-            lines.append(f"  prediction sets for {self.sets.target:.0%} coverage: measured {measured.coverage:.3f} "
-                         f"[{measured.coverage_low:.3f}, {measured.coverage_high:.3f}], mean size "
-                         f"{measured.mean_size:.2f}, {measured.refer_rate:.1%} of images referred "
-                         "(more than one class)")
+        if self.decision is not None:
+            rule, measures = self.decision.rule, self.decision.measures
+            lines.append(f"  when the model refers (fitted on its own validation split): sets {rule.sets_note}; "
+                         f"protected miss rate {rule.protect_note}; out-of-distribution gate {rule.ood_note}")
+            sets = measures.sets
+            if sets is not None and rule.sets is not None:
+                lines.append(f"  prediction sets for {rule.sets.coverage:.0%} coverage: measured {sets.coverage:.3f} "
+                             f"[{sets.coverage_low:.3f}, {sets.coverage_high:.3f}], mean size {sets.mean_size:.2f}")
+            lines += [f"  {line}" for line in measures.lines()]
+            probes = self.decision.probes
+            if probes is not None:
+                lines.append("  probes (AUROC against these cells, share rejected): " + ", ".join(
+                    f"{row.name} {row.auroc:.3f} / {row.rejected:.0%}" for row in probes.itertuples(index=False)))
+            if measures.patients is not None:
+                shown = measures.patients.set_index("metric")
+                lines.append("  per patient: " + ", ".join(
+                    f"{name} {shown.loc[name, 'value']:.3f} [{shown.loc[name, 'ci_low']:.3f}, "
+                    f"{shown.loc[name, 'ci_high']:.3f}]" for name in shown.index if name not in ("patients",
+                                                                                               "refer_rate"))
+                    + f" over {int(shown.loc['patients', 'value'])} patients")
+            lines += [f"  WARNING: {warning}" for warning in self.decision.warnings]
         return "\n".join(lines)
 
 
@@ -165,11 +199,11 @@ def compute_result(*, evaluated: str, dataset: str, split: str, classes: Sequenc
                    origin: str, bootstrap: int, seed: int, calibrate: bool, validation: pd.DataFrame | None = None,
                    tta: tuple[Sequence[str], pd.DataFrame] | None = None,
                    transductive: tuple[str, pd.DataFrame] | None = None, gradcam: CamGrid | None = None,
-                   coverage: float | None = None) -> EvaluationResult:
+                   decision: DecisionResult | None = None) -> EvaluationResult:
     """Score `table` (bootstrap intervals from `bootstrap` subject-resampled replicates); with
     `calibrate`, fit a temperature on the `validation` table; score the TTA table given as
-    (views, table) and the transductive table given as (method, table) beside it; with `coverage`,
-    prediction sets fitted on the `validation` table."""
+    (views, table) and the transductive table given as (method, table) beside it; `decision`: what
+    the decision rule does on this split (allcls.evaluation.safeguards)."""
     classes = list(classes)
     probabilities, labels, subjects = probabilities_of(table), table["label"].to_numpy(), table["subject"].tolist()
     tta_result = None
@@ -184,34 +218,11 @@ def compute_result(*, evaluated: str, dataset: str, split: str, classes: Sequenc
                                                                            subjects, classes, 0, seed))
     scaling = calibration(probabilities, labels, subjects, classes, seed, validation) if calibrate \
         else Calibration("off")
-    sets, note = None, ""
-    if coverage is not None and validation is None:
-        note = "no validation predictions to fit them on"
-    elif coverage is not None:
-        sets = prediction_sets_of(probabilities, labels, subjects, validation, scaling.temperature, coverage,
-                                  bootstrap, seed)
-        if sets is None:
-            note = (f"{coverage:.0%} coverage needs {conformal.units_needed(coverage)} validation subjects or more; "
-                    f"lower conformal.coverage")
     return EvaluationResult(
         evaluated=evaluated, dataset=dataset, split=split, classes=classes, table=table, origin=origin,
         metrics=metric_table(probabilities, labels, subjects, classes, bootstrap, seed),
         per_subject=per_subject_table(table, classes), calibration=scaling,
-        tta=tta_result, transductive=transductive_result, gradcam=gradcam, sets=sets, sets_note=note)
-
-
-def prediction_sets_of(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, validation: pd.DataFrame,
-                       temperature: float | None, coverage: float, replicates: int, seed: int
-                       ) -> PredictionSets | None:
-    """Sets fitted on the validation table for `coverage`, and what they measure on this split;
-    None when validation has too few subjects for that coverage."""
-    threshold = conformal.fit_threshold(calibrated(probabilities_of(validation), temperature),
-                                        validation["label"].to_numpy(), validation["subject"].tolist(), coverage)
-    if threshold is None:
-        return None
-    members = conformal.prediction_sets(calibrated(probabilities, temperature), threshold)
-    measured = conformal.measure_sets(members, labels, subjects, replicates, seed)
-    return PredictionSets(coverage, threshold, members, measured)
+        tta=tta_result, transductive=transductive_result, gradcam=gradcam, decision=decision)
 
 
 def calibration(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, classes: list[str], seed: int,
@@ -221,8 +232,10 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequenc
     temperature = fit_temperature(probabilities_of(validation), validation["label"].to_numpy())
     if temperature is None:
         return Calibration("not fitted (validation all correct)")
+    kept, _ = choose_temperature(probabilities_of(validation), validation["label"].to_numpy())
+    status = "fitted and kept" if kept is not None else "fitted, not kept (it did not help on validation)"
     scaled = calibrated(probabilities, temperature)
-    return Calibration("fitted", temperature, scaled, metric_table(scaled, labels, subjects, classes, 0, seed))
+    return Calibration(status, temperature, scaled, metric_table(scaled, labels, subjects, classes, 0, seed))
 
 
 def per_subject_table(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:

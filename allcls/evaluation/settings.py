@@ -1,4 +1,5 @@
-"""The evaluate task's settings (conf/evaluate.yaml), as frozen dataclasses built at its entry."""
+"""The evaluate task's settings (conf/evaluate.yaml), as frozen dataclasses built at its entry; and
+how a decision rule is fitted (`RuleSettings`), which packaging's settings share."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from allcls.config.stage import Job, Store, settings_of
 from allcls.data.preparation import DatasetSpec
 from allcls.errors import AllclsError
 from allcls.evaluation.transductive import NeighbourCorrection
+from allcls.inference.conformal import SetKind
 from allcls.inference.views import check_views
 
 Split = Literal["train", "val", "test", "all"]
@@ -28,10 +30,41 @@ class CalibrationSettings:
 @dataclass(frozen=True)
 class ConformalSettings:
     """`conformal`: `coverage` is the wanted share of sets that hold the true class (e.g. 0.95;
-    range-checked with the other settings); `enabled: false` switches the sets off."""
+    range-checked with the other settings), for every class (`sets: class_conditional`) or on
+    average (`marginal`); `enabled: false` switches the sets off."""
 
     enabled: bool = True
     coverage: float = 0.95
+    sets: SetKind = "class_conditional"
+
+
+@dataclass(frozen=True)
+class OodSettings:
+    """`ood`: the out-of-distribution gate; at most `max_rejected` of the validation cells are
+    rejected; its statistics are fitted on at most `train_cells` training cells (drawn per class)."""
+
+    enabled: bool = True
+    max_rejected: float = 0.02
+    train_cells: int = 2000
+    probes: bool = True  # measure it on images that are not cells (allcls.evaluation.probes)
+
+
+@dataclass(frozen=True)
+class ReferralSettings:
+    """`referral`: the classes whose miss matters (`protect`: a class or a list; null: none) and the
+    rate at which their cells may be cleared as another class."""
+
+    protect: tuple[str, ...] | None = None
+    max_miss_rate: float = 0.05
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    coverage: float | None  # None: no prediction sets
+    sets: SetKind = "class_conditional"
+    referral: ReferralSettings = field(default_factory=ReferralSettings)
+    ood: OodSettings = field(default_factory=OodSettings)
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +100,8 @@ class EvaluateSettings:
     seed: int = 0
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     conformal: ConformalSettings = field(default_factory=ConformalSettings)
+    referral: ReferralSettings = field(default_factory=ReferralSettings)
+    ood: OodSettings = field(default_factory=OodSettings)
     tta: TTASettings = field(default_factory=TTASettings)
     transductive_correction: NeighbourCorrection = field(default_factory=NeighbourCorrection)
     gradcam: GradcamSettings = field(default_factory=GradcamSettings)
@@ -85,6 +120,13 @@ class EvaluateSettings:
         settings = settings_of(cls, cfg, dataset=dataset)
         check_views(settings.tta.views)  # checked even when off: a typo should not wait for tta.enabled=true
         return settings
+
+    @property
+    def rule(self) -> RuleSettings:
+        """How the decision rule is fitted (allcls.evaluation.safeguards)."""
+        conformal = self.conformal
+        return RuleSettings(conformal.coverage if conformal.enabled else None, conformal.sets, self.referral, self.ood,
+                            self.seed)
 
     @property
     def views(self) -> list[str]:

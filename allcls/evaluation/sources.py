@@ -27,8 +27,8 @@ from allcls.tracking.tracker import MissingArtifact, Tracker
 
 # Where a member's weights are: the id of the training run that logged its best checkpoint, or a file.
 CheckpointAt = str | Path
-NOT_RERUN = ("it cannot be re-run for TTA, Grad-CAM or another dataset. Evaluate its logged predictions (split=val "
-             "or test, tta.enabled=false, gradcam.enabled=false)")
+NOT_RERUN = ("it cannot be re-run for TTA, Grad-CAM, the out-of-distribution gate or another dataset. Evaluate its "
+             "logged predictions (split=val or test, tta.enabled=false, gradcam.enabled=false, ood.enabled=false)")
 
 
 @dataclass

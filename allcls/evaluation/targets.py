@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from allcls.config.sections import dataset_spec
 from allcls.data.preparation import DatasetSpec, PreparedDataset
@@ -20,6 +21,8 @@ from allcls.errors import AllclsError
 from allcls.evaluation.settings import EvaluateSettings
 from allcls.evaluation.sources import ModelSource
 from allcls.inference.members import Member
+from allcls.inference.predictor import Predictor
+from allcls.machine import inference_workers
 from allcls.predictions import make_table
 from allcls.tracking.tracker import Tracker
 
@@ -142,3 +145,13 @@ def label_index(dataset_classes: list[str], model_classes: list[str], class_map:
             f"The dataset's class(es) {unmapped} are not classes of the model {model_classes}. Map each one to a "
             f"model class, e.g. class_map.{unmapped[0]}={model_classes[0]}, or evaluate a model trained on them.")
     return {c: model_classes.index(target) for c, target in mapping.items()}
+
+
+def predictor_for(source: ModelSource, target: Target, tracker: Tracker, workdir: Path, device: str = "auto",
+                  batch_size: int | None = None, num_workers: int | None = None) -> Predictor:
+    """The source's networks, each fed the input its backbone expects with the crop the target gives it."""
+    chosen = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
+    members = [replace(m, preprocessing=replace(m.preprocessing, roi_crop=target.roi_crop(m))) for m in source.members]
+    networks = source.networks(tracker, workdir, chosen)
+    return Predictor(members, networks, source.classes, source.rule, chosen,
+                     batch_size or (64 if chosen.type == "cuda" else 16), inference_workers(num_workers, chosen))

@@ -18,20 +18,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
 from allcls.errors import AllclsError
 from allcls.evaluation.gradcam import CamGrid, choose_samples
-from allcls.evaluation.result import Calibration, compute_result
+from allcls.evaluation.result import Calibration, DecisionResult, compute_result
+from allcls.evaluation.safeguards import (
+    SplitOutputs,
+    fit_rule,
+    measure,
+    measure_probes,
+    probe_table,
+    split_outputs,
+    table_outputs,
+    train_sample,
+)
 from allcls.evaluation.settings import EvaluateSettings
 from allcls.evaluation.sources import ModelSource, resolve_source
-from allcls.evaluation.targets import Target, make_target
+from allcls.evaluation.targets import OwnData, Target, make_target, predictor_for
 from allcls.evaluation.transductive import NeighbourCorrection, neighbour_correction
 from allcls.evaluation.writer import log_result
 from allcls.inference.gradcam import explain
 from allcls.inference.predictor import Predictor
-from allcls.machine import inference_workers, keep_freed_memory
+from allcls.machine import keep_freed_memory
 from allcls.predictions import class_names_of, probabilities_of
 from allcls.tracking.store import browse_command
 from allcls.tracking.tracker import Experiment, Tracker
@@ -55,7 +64,8 @@ def evaluate(cfg: DictConfig) -> float:
         if class_names_of(table) != source.classes:
             raise AllclsError(f"The predictions have classes {class_names_of(table)}, the model {source.classes}.")
         calibrate = settings.calibration.temperature_scaling
-        validation = validation_table(inputs) if calibrate else None
+        validation = validation_table(inputs)
+        decision = decision_result(inputs, table, validation)
         tta = (settings.views, inputs.table(split, settings.views, "Predicting with TTA")) if settings.tta.enabled \
             else None
         correction = settings.transductive_correction
@@ -66,11 +76,9 @@ def evaluate(cfg: DictConfig) -> float:
         result = compute_result(
             evaluated=source.name, dataset=inputs.target.dataset_name, split=split, classes=source.classes,
             table=table, origin=origin, bootstrap=settings.bootstrap, seed=settings.seed, calibrate=calibrate,
-            validation=validation, tta=tta, transductive=transductive, gradcam=cams,
-            coverage=settings.conformal.coverage if settings.conformal.enabled else None)
+            validation=validation if calibrate else None, tta=tta, transductive=transductive, gradcam=cams,
+            decision=decision)
         report_calibration(result.calibration)
-        if result.sets_note:
-            log.warning("Prediction sets are skipped: %s.", result.sets_note)
         print("\n" + result.summary() + "\n", flush=True)
         run_id = log_result(tracker, experiment, source, result, settings, inputs.target.split_hash)
     print(f"Evaluation run {run_id} in experiment {experiment.name!r}"
@@ -99,18 +107,24 @@ class Inputs:
         self.source, self.target, self.settings = source, target, settings
         self.tracker, self.workdir = tracker, workdir
         self.predicted: dict[tuple[str, str], np.ndarray] = {}  # (split, view) -> (members, images, classes)
+        self.split_outputs: dict[tuple[str, int | None], SplitOutputs] = {}
 
     @functools.cached_property
     def predictor(self) -> Predictor:
-        """The source's networks, each fed the input its backbone expects with the crop the target gives it."""
         settings = self.settings
-        device = torch.device("cuda" if torch.cuda.is_available() and settings.device != "cpu" else "cpu")
-        members = [replace(m, preprocessing=replace(m.preprocessing, roi_crop=self.target.roi_crop(m)))
-                   for m in self.source.members]
-        networks = self.source.networks(self.tracker, self.workdir, device)
-        batch_size = settings.batch_size or (64 if device.type == "cuda" else 16)
-        return Predictor(members, networks, self.source.classes, self.source.rule, device, batch_size,
-                         inference_workers(settings.num_workers, device))
+        return predictor_for(self.source, self.target, self.tracker, self.workdir, settings.device,
+                             settings.batch_size, settings.num_workers)
+
+    def outputs(self, split: str, limit: int | None = None) -> SplitOutputs:
+        """The split through the networks with the gate's inputs (at most `limit` cells, drawn per
+        class); its plain predictions are kept for `table`."""
+        if (split, limit) not in self.split_outputs:
+            samples = self.target.samples(split)
+            if limit is not None:
+                samples = train_sample(samples, limit, self.settings.seed)
+            outputs = split_outputs(self.predictor, samples, True, f"Predicting {split} for the decision rule")
+            self.split_outputs[split, limit] = outputs
+        return self.split_outputs[split, limit]
 
     def corrected(self, table: pd.DataFrame, split: str, correction: NeighbourCorrection) -> pd.DataFrame:
         """`table` after the transductive neighbour correction over the whole split."""
@@ -143,6 +157,44 @@ def validation_table(inputs: Inputs) -> pd.DataFrame | None:
     if not inputs.target.has_split("val"):
         return None
     return inputs.table("val", desc="Predicting validation")
+
+
+def decision_result(inputs: Inputs, table: pd.DataFrame, validation: pd.DataFrame | None) -> DecisionResult | None:
+    """The decision rule fitted on the model's own data and what it does on the evaluated split.
+    With the out-of-distribution gate (on by default) the images are read: the gate's statistics
+    come from the model's own training split, whatever dataset is evaluated; without it, the rule is
+    fitted on the logged validation predictions alone."""
+    settings, source = inputs.settings, inputs.source
+    rule = settings.rule
+    if rule.ood.enabled and source.trained_on is None:
+        log.warning("The out-of-distribution gate is skipped: a checkpoint file carries no training split to fit it "
+                    "on (evaluate its training run instead).")
+        rule = replace(rule, ood=replace(rule.ood, enabled=False))
+    train = None
+    if rule.ood.enabled:
+        own = inputs if isinstance(inputs.target, OwnData) else \
+            Inputs(source, OwnData(source, settings.dataset_root), settings, inputs.tracker, inputs.workdir)
+        validation_outputs = own.outputs("val")
+        train = own.outputs("train", rule.ood.train_cells)
+        evaluated = inputs.outputs(settings.split)
+    elif validation is not None:
+        validation_outputs, evaluated = table_outputs(validation), table_outputs(table)
+    else:
+        log.warning("No decision rule: there are no validation predictions to fit it on.")
+        return None
+    if rule.coverage is None and not rule.referral.protect and not rule.ood.enabled:
+        return None
+    fitted = fit_rule(validation_outputs, train, source.classes, rule)
+    for warning in fitted.warnings:
+        log.warning(warning)
+    decisions, measures = measure(evaluated, fitted, source.classes, settings.bootstrap, settings.seed)
+    ood = fitted.gate.scores(evaluated.features, evaluated.logits) if fitted.gate is not None else None
+    probes = None
+    if fitted.gate is not None and ood is not None and rule.ood.probes:
+        probes = probe_table(measure_probes(inputs.predictor, fitted.gate, ood, evaluated.samples.paths,
+                                            source.classes, settings.seed))
+    return DecisionResult(fitted.rule, decisions, measures, probes, tuple(fitted.warnings), ood,
+                          tuple(evaluated.samples.sample_ids), evaluated.labels)
 
 
 def gradcam_grid(inputs: Inputs, table: pd.DataFrame, settings: EvaluateSettings, source_name: str) -> CamGrid:

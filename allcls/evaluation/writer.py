@@ -54,15 +54,31 @@ def write_files(result: EvaluationResult, output_dir: Path) -> dict[str, list[Pa
     if result.transductive is not None:
         files["predictions"].append(write_table(result.transductive.table,
                                                 folders["predictions"] / f"{split}_transductive.parquet"))
-    if result.sets is not None:
-        sets = pd.DataFrame({"sample_id": result.table["sample_id"],
-                             "set": conformal.set_labels(result.sets.members, classes),
-                             "refer": conformal.referred(result.sets.members)})
-        files["predictions"].append(folders["predictions"] / f"{split}_sets.csv")
-        sets.to_csv(files["predictions"][-1], index=False)
+    if result.decision is not None:
+        decision_files(result, folders, files)
     if result.gradcam is not None:
         files["gradcam"] = [overlay_grid(result.gradcam, folders["gradcam"] / f"{split}.png")]
     return files
+
+
+def decision_files(result: EvaluationResult, folders: dict[str, Path], files: dict[str, list[Path]]) -> None:
+    """The decision rule's files: each cell's decision, the gate on the probes, the patient-level metrics."""
+    assert result.decision is not None
+    classes, split, decision = result.classes, result.split, result.decision
+    decisions = decision.decisions
+    assert decision.labels is not None
+    frame = pd.DataFrame({"sample_id": list(decision.sample_ids), "true": [classes[k] for k in decision.labels],
+                          "label": [classes[k] for k in decisions.labels],
+                          "set": conformal.set_labels(decisions.members, classes), "refer": decisions.refer,
+                          "refer_reason": decisions.reasons, "ood_score": result.decision.ood_scores})
+    files["predictions"].append(folders["predictions"] / f"{split}_decisions.csv")
+    frame.to_csv(files["predictions"][-1], index=False)
+    if result.decision.probes is not None:
+        files["metrics"].append(folders["metrics"] / "ood_probes.csv")
+        result.decision.probes.to_csv(files["metrics"][-1], index=False)
+    if result.decision.measures.patients is not None:
+        files["metrics"].append(folders["metrics"] / "patients.csv")
+        result.decision.measures.patients.to_csv(files["metrics"][-1], index=False)
 
 
 def log_result(tracker: Tracker, experiment: Experiment, source: ModelSource, result: EvaluationResult,
@@ -89,7 +105,4 @@ def log_result(tracker: Tracker, experiment: Experiment, source: ModelSource, re
 
 
 def sets_param(result: EvaluationResult) -> str:
-    if result.sets is not None:
-        sets = result.sets
-        return f"split conformal (least ambiguous sets), {sets.target:g} coverage, threshold {sets.threshold:.4f}"
-    return f"not fitted ({result.sets_note})" if result.sets_note else "off"
+    return result.decision.param() if result.decision is not None else "off"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from allcls.metrics.vectorised import EPS
+from allcls.metrics.vectorised import EPS, expected_calibration_error, log_loss
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -40,3 +40,25 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float | No
 
     result = minimize_scalar(nll, bounds=(np.log(BOUNDS[0]), np.log(BOUNDS[1])), method="bounded")
     return float(np.exp(result.x))
+
+
+def choose_temperature(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float | None, str]:
+    """The temperature a model keeps, and why: one fitted on validation is kept only where it lowers
+    the validation log loss without raising the validation ECE (a temperature that trades calibration
+    for likelihood would make the number shown as a probability less true where it is read)."""
+    if not len(labels):
+        return None, "no validation predictions to fit one on"
+    temperature = fit_temperature(probabilities, labels)
+    if temperature is None:
+        return None, "every validation prediction was right: a temperature fitted there would make mistakes confident"
+    scaled = apply_temperature(probabilities, temperature)
+    before = (float(log_loss(probabilities[None], labels)[0]), float(expected_calibration_error(probabilities[None],
+                                                                                              labels)[0]))
+    after = (float(log_loss(scaled[None], labels)[0]), float(expected_calibration_error(scaled[None], labels)[0]))
+    measured = (f"validation log loss {before[0]:.3f} -> {after[0]:.3f}, ECE {before[1]:.3f} -> {after[1]:.3f} "
+                f"at T = {temperature:.2f}")
+    if after[0] >= before[0] - 1e-9:
+        return None, f"not kept: it did not lower the validation log loss ({measured})"
+    if after[1] > before[1] + 1e-9:
+        return None, f"not kept: it made the validation ECE worse ({measured})"
+    return temperature, f"kept: {measured}"

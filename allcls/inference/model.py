@@ -1,50 +1,71 @@
-"""A packaged model ready to answer (allcls.inference.spec plus its loaded networks): decoded images
-in, one row per image out. Every surface that answers for new images (the pyfunc model behind
-`mlflow models serve`, batch prediction, the page) takes its rows from `Model.rows`:
+"""A packaged model ready to answer (allcls.inference.spec plus its loaded networks and its
+out-of-distribution gate): decoded images in, one row per image out. Every surface that answers for
+new images (the pyfunc model behind `mlflow models serve`, batch prediction, the page) takes its
+rows from `Model.rows`, and a patient's row from `Model.patient_rows`:
 
-    label, prob_<class>..., set, refer, [member_<name>... for an ensemble], error
+    label, prob_<class>..., set, refer, refer_reason, ood_score, [member_<name>... for an ensemble], error
 
-`prob_<class>` are temperature-scaled where packaging fitted a temperature; `set` is the prediction
-set (classes joined by `|`); `refer` is true where the set holds more than one class; `error` is
-empty, or why the image could not be read (its other fields are then empty; other rows are
-unaffected)."""
+`prob_<class>` are what `ModelSpec.probability_name` says (temperature-scaled only where that helped
+on validation); `set` is the prediction set (classes joined by `|`, empty when no class fits);
+`refer` is true where the model should not be taken at its word, and `refer_reason` says why
+(allcls.inference.decision); `ood_score` is the gate's score (above the model's threshold: out of
+distribution; empty for a model packaged without a gate); `error` is empty, or why the image could
+not be read (its label and probabilities are then empty; other rows are unaffected). A referred
+row keeps its label and probabilities for whoever wants them: no surface shows them as the answer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from allcls.inference import conformal
-from allcls.inference.calibration import calibrated
-from allcls.inference.predictor import Predictor
+from allcls.inference import conformal, patients
+from allcls.inference.decision import OOD, UNREADABLE, Decisions, combined
+from allcls.inference.ood import OodGate
+from allcls.inference.predictor import Outputs, Predictor
 from allcls.inference.spec import ModelSpec
 from allcls.inference.views import PLAIN
 from allcls.models.backbones import network_from_checkpoint
 
+ROW_COLUMNS = ("label", "set", "refer", "refer_reason", "ood_score")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's probabilities (N, C), its decisions, the gate's scores (None without a gate) and
+    the members' outputs they came from."""
+
+    probabilities: np.ndarray
+    decisions: Decisions
+    ood: np.ndarray | None
+    outputs: Outputs
+
 
 class Model:
-    def __init__(self, spec: ModelSpec, predictor: Predictor):
-        self.spec, self.predictor = spec, predictor
+    def __init__(self, spec: ModelSpec, predictor: Predictor, gate: OodGate | None = None):
+        self.spec, self.predictor, self.gate = spec, predictor, gate
 
     @classmethod
-    def load(cls, spec: ModelSpec, checkpoints: Sequence[str | Path], device: torch.device | str | None = None
-             ) -> Model:
+    def load(cls, spec: ModelSpec, checkpoints: Sequence[str | Path], device: torch.device | str | None = None,
+             gate: str | Path | None = None) -> Model:
         """The model of `spec` with member i's network read from `checkpoints[i]` (on the GPU when
-        there is one, unless `device` says otherwise)."""
+        there is one, unless `device` says otherwise), and its gate's statistics from `gate`."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         networks = [network_from_checkpoint(path, map_location=device) for path in checkpoints]
         predictor = Predictor(spec.members, networks, spec.classes, spec.rule, device,
                               batch_size=64 if device.type == "cuda" else 16)
-        return cls(spec, predictor)
+        return cls(spec, predictor, OodGate.load(gate) if gate is not None else None)
 
     def output_columns(self) -> list[str]:
         spec = self.spec
         members = [spec.member_column(m) for m in spec.members] if len(spec.members) > 1 else []
-        return ["label", *[f"prob_{c}" for c in spec.classes], "set", "refer", *members, "error"]
+        return ["label", *[f"prob_{c}" for c in spec.classes], "set", "refer", "refer_reason", "ood_score", *members,
+                "error"]
 
     def rows(self, images: Sequence[np.ndarray | None], errors: Sequence[str], views: Sequence[str] = PLAIN,
              show_progress: bool = True) -> pd.DataFrame:
@@ -53,30 +74,75 @@ class Model:
         readable = [i for i, image in enumerate(images) if image is not None]
         table = pd.DataFrame(index=range(len(images)), columns=self.output_columns())
         table["error"] = list(errors)
+        table["refer"] = True
+        table["refer_reason"] = UNREADABLE
         if readable:
-            decoded = [image for image in images if image is not None]
-            per_view = self.predictor.view_probabilities(decoded, views, desc="Predicting", show_progress=show_progress)
-            probabilities = self.calibrated(self.predictor.combine_views(list(per_view)))
-            members = self.sets(probabilities)
-            table.loc[readable, "label"] = [spec.classes[k] for k in probabilities.argmax(axis=1)]
+            answer = self.answer([image for image in images if image is not None], views, show_progress)
+            probabilities, decisions, ood, outputs = answer.probabilities, answer.decisions, answer.ood, answer.outputs
+            table.loc[readable, "label"] = [spec.classes[k] for k in decisions.labels]
             for c, name in enumerate(spec.classes):
                 table.loc[readable, f"prob_{name}"] = probabilities[:, c]
-            table.loc[readable, "set"] = conformal.set_labels(members, spec.classes)
-            table.loc[readable, "refer"] = conformal.referred(members)
+            table.loc[readable, "set"] = conformal.set_labels(decisions.members, spec.classes)
+            table.loc[readable, "refer"] = decisions.refer
+            table.loc[readable, "refer_reason"] = decisions.reasons
+            if ood is not None:
+                table.loc[readable, "ood_score"] = ood
             if len(spec.members) > 1:
-                own = sum(per_view) / len(per_view)  # (members, images, classes)
+                own = outputs.per_view.mean(axis=0)  # (members, images, classes)
                 for m, member in enumerate(spec.members):
                     table.loc[readable, spec.member_column(member)] = [spec.classes[k] for k in own[m].argmax(axis=1)]
-        for column in [f"prob_{c}" for c in spec.classes]:
+        for column in [*[f"prob_{c}" for c in spec.classes], "ood_score"]:
             table[column] = table[column].astype(float)
-        table["refer"] = table["refer"].astype("boolean")
+        table["refer"] = table["refer"].astype(bool)
+        table["refer_reason"] = table["refer_reason"].astype(str)
         return table
 
-    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
-        return calibrated(probabilities, self.spec.temperature)
+    def answer(self, images: Sequence[np.ndarray], views: Sequence[str] = PLAIN, show_progress: bool = True
+               ) -> Answer:
+        """The decisions on decoded images, with what they were made from."""
+        spec = self.spec
+        outputs = self.predictor.outputs(images, views, "Predicting", show_progress, features=self.gate is not None)
+        probabilities, vote = combined(outputs.per_view, self.predictor.weights, spec.rule, spec.temperature)
+        ood = self.gate.scores(outputs.features, outputs.logits) if self.gate is not None else None
+        return Answer(probabilities, spec.decision.decide(probabilities, spec.classes, vote, ood), ood, outputs)
 
-    def sets(self, probabilities: np.ndarray) -> np.ndarray:
-        """Prediction sets (images, classes); the top class alone where the package has no referral rule."""
-        if self.spec.threshold is None:
-            return np.eye(len(self.spec.classes), dtype=bool)[probabilities.argmax(axis=1)]
-        return conformal.prediction_sets(probabilities, self.spec.threshold)
+    def patient_rows(self, rows: pd.DataFrame, patient_of: Sequence[str]) -> pd.DataFrame:
+        """One row per patient from their cells' rows (`patient_of[i]`: row i's patient), with the
+        cells' fields and `patient, cells, cells_used` (readable and in distribution: what the call
+        is made from) and `cells_referred`. Without a patient rule (no validation subjects to fit one
+        on) the call is the plain mean of the used cells, without a set."""
+        spec = self.spec
+        probabilities = rows[[f"prob_{c}" for c in spec.classes]].to_numpy(dtype=np.float64)
+        readable = rows["error"].eq("").to_numpy() & np.isfinite(probabilities).all(axis=1)
+        reasons = rows["refer_reason"].astype(str)
+        ood = reasons.str.contains(OOD).to_numpy()
+        used = readable & ~ood
+        grouped = patients.group(np.nan_to_num(probabilities), list(patient_of), used, readable, ood)
+        rule = spec.decision.patient or patients.PatientRule(patients.AGGREGATION, None, None, None, 0)
+        decided = patients.decide(rule, grouped)
+        referred = np.bincount([grouped.ids.index(p) for p in np.array(patient_of)[rows["refer"].to_numpy(bool)]],
+                               minlength=len(grouped.ids))
+        table = pd.DataFrame({"patient": grouped.ids, "cells": grouped.cells, "cells_used": grouped.used,
+                              "cells_referred": referred})
+        table["label"] = [spec.classes[k] if seen else None
+                          for k, seen in zip(decided.labels, grouped.readable, strict=True)]
+        for c, name in enumerate(spec.classes):
+            table[f"prob_{name}"] = decided.probabilities[:, c]
+        table["set"] = conformal.set_labels(decided.members, spec.classes)
+        table["refer"] = decided.refer
+        table["refer_reason"] = decided.reasons
+        scores = rows["ood_score"].to_numpy(dtype=np.float64)
+        table["ood_score"] = [float(np.nanmedian(scores[np.array(patient_of) == p])) if np.isfinite(
+            scores[np.array(patient_of) == p]).any() else np.nan for p in grouped.ids]
+        if len(spec.members) > 1:
+            for member in spec.members:
+                column = spec.member_column(member)
+                table[column] = [_majority(rows.loc[np.array(patient_of) == p, column]) for p in grouped.ids]
+        table["error"] = ["no readable image" if r == 0 else "" for r in grouped.readable]
+        return table
+
+
+def _majority(labels: pd.Series) -> str | None:
+    """A member's most frequent label over a patient's readable cells."""
+    counts = labels.dropna().value_counts()
+    return str(counts.index[0]) if len(counts) else None

@@ -10,6 +10,7 @@ loaders carry too, normalised there as training normalises it (allcls.data.prepr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,6 +42,26 @@ class _Inputs(Dataset):
         image = self.images[index]
         decoded = read_image(image) if isinstance(image, str) else image
         return tuple(torch.from_numpy(preprocess(decoded, p.spec, p.roi_crop)) for p in self.preprocessings)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the members make of a batch of images: probabilities of every view (views, members,
+    images, classes); and, where asked for, each member's pooled features (images, features) and
+    logits (images, classes) of the image as it is."""
+
+    per_view: np.ndarray
+    features: list[np.ndarray]
+    logits: list[np.ndarray]
+
+
+def _features_and_logits(network: nn.Module, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A timm network's pooled features (what its classifier sees) and logits, from one forward pass."""
+    # timm types its models as bare nn.Module: torch reads the methods as a Tensor or Module
+    feature_map = network.forward_features(inputs)  # type: ignore[operator]
+    pooled = network.forward_head(feature_map, pre_logits=True)  # type: ignore[operator]
+    logits = network.forward_head(feature_map)  # type: ignore[operator]
+    return pooled.flatten(1).double().cpu().numpy(), logits.double().cpu().numpy()
 
 
 class Predictor:
@@ -88,42 +109,51 @@ class Predictor:
         mean = np.asarray(sum(per_view) / len(per_view))  # (sum() of arrays is typed as array or 0)
         return combine(mean, self.weights, self.rule)
 
-    @torch.inference_mode()
     def view_probabilities(self, images: Sequence[Image], views: Sequence[str] = PLAIN, desc: str = "Predicting",
                            show_progress: bool = True) -> np.ndarray:
         """Every member's probabilities of every view (views, members, images, classes), from one
         pass over the images."""
+        return self.outputs(images, views, desc, show_progress, features=False).per_view
+
+    @torch.inference_mode()
+    def outputs(self, images: Sequence[Image], views: Sequence[str] = PLAIN, desc: str = "Predicting",
+                show_progress: bool = True, features: bool = True) -> Outputs:
+        """Every member's probabilities of every view and, with `features`, its pooled features
+        and logits of the image as it is (what the out-of-distribution gate reads), from one pass."""
         views = check_views(views)
         self.ready()
+        members = len(self.members)
         chunks: list[list[list[np.ndarray]]] = [[[] for _ in self.members] for _ in views]
-        label = f"{desc}: {len(images)} images x {len(self.members)} model(s) x {len(views)} view(s)"
+        pooled: list[list[np.ndarray]] = [[] for _ in self.members]
+        logits: list[list[np.ndarray]] = [[] for _ in self.members]
+        label = f"{desc}: {len(images)} images x {members} model(s) x {len(views)} view(s)"
         with progress(desc=label, total=len(images), unit="image", show=show_progress) as bar:
             for batch in self.loader(images):
                 for m, (member, network) in enumerate(zip(self.members, self.networks, strict=True)):
                     inputs = self.network_input(self.resized(batch, member), member.preprocessing)
                     for v, view in enumerate(views):
-                        chunks[v][m].append(view_probabilities(network, inputs, [view]).cpu().numpy())
+                        if features and view == "identity":
+                            own, head = _features_and_logits(network, inputs)
+                            pooled[m].append(own)
+                            logits[m].append(head)
+                            chunks[v][m].append(torch.from_numpy(head).softmax(dim=1).numpy())
+                        else:
+                            chunks[v][m].append(view_probabilities(network, inputs, [view]).cpu().numpy())
+                    if features and "identity" not in views:
+                        own, head = _features_and_logits(network, inputs)
+                        pooled[m].append(own)
+                        logits[m].append(head)
                 bar.update(len(batch[0]))
         empty = np.zeros((0, len(self.classes)))
-        return np.array([[np.concatenate(chunk) if chunk else empty for chunk in per_view] for per_view in chunks])
+        per_view = np.array([[np.concatenate(chunk) if chunk else empty for chunk in view] for view in chunks])
+        join = [np.concatenate(chunk) if chunk else np.zeros((0, 0)) for chunk in pooled]
+        return Outputs(per_view, join if features else [],
+                       [np.concatenate(chunk) if chunk else empty for chunk in logits] if features else [])
 
-    @torch.inference_mode()
     def features(self, images: Sequence[Image], desc: str = "Features") -> list[np.ndarray]:
         """Each member's features of the images (what its classifier head sees), one (images,
         features) array per member."""
-        self.ready()
-        chunks: list[list[np.ndarray]] = [[] for _ in self.members]
-        with progress(desc=f"{desc}: {len(images)} images x {len(self.members)} model(s)", total=len(images),
-                      unit="image") as bar:
-            for batch in self.loader(images):
-                for chunk, member, network in zip(chunks, self.members, self.networks, strict=True):
-                    inputs = self.network_input(self.resized(batch, member), member.preprocessing)
-                    # timm types its models as bare nn.Module: torch reads the method as a Tensor or Module
-                    pooled = network.forward_head(network.forward_features(inputs),  # type: ignore[operator]
-                                                  pre_logits=True)
-                    chunk.append(pooled.flatten(1).double().cpu().numpy())
-                bar.update(len(batch[0]))
-        return [np.concatenate(chunk) for chunk in chunks]
+        return self.outputs(images, PLAIN, desc).features
 
     def ready(self) -> None:
         for network in self.networks:

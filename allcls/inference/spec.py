@@ -1,7 +1,8 @@
 """What a packaged model is, as `allcls_model.json` holds it: the class names, the combining rule,
-its members (weight, backbone, preprocessing), the temperature fitted on validation, the referral
-rule (the conformal threshold for a coverage), where it came from and its headline test scores.
-Each member's checkpoint sits beside it under the artifact key `member_<index>`."""
+its members (weight, backbone, preprocessing), its decision rule (allcls.inference.decision:
+temperature, prediction sets, protected miss rate, out-of-distribution threshold, patient rule, each
+with a note on how it was fitted), where it came from and its headline test scores. Each member's
+checkpoint sits beside it under the artifact key `member_<index>`, the gate's statistics under `ood`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 
 from allcls.data.preprocessing import InputSpec
 from allcls.inference.combining import Rule
+from allcls.inference.decision import DecisionRule, SetRule
 from allcls.inference.members import Member, Preprocessing
 from allcls.metrics.names import metric_safe
 
 SPEC_FILE = "allcls_model.json"
-FORMAT = 1  # the file's layout; a member is one flat object in it (as models packaged before 0.2 wrote it)
+FORMAT = 2  # the file's layout; a member is one flat object in it. 1: a temperature and one threshold (0.1-0.2)
+OOD_KEY = "ood"  # the artifact key of the out-of-distribution gate's statistics (allcls.inference.ood)
 
 
 @dataclass(frozen=True)
@@ -23,9 +26,7 @@ class ModelSpec:
     classes: list[str]
     rule: Rule
     members: list[Member]
-    temperature: float | None = None
-    coverage: float | None = None  # the referral rule: sets for this coverage...
-    threshold: float | None = None  # ...hold classes while their mass stays within this
+    decision: DecisionRule = field(default_factory=DecisionRule)
     source: dict[str, str] = field(default_factory=dict)  # run id, kind, dataset, classes, split hash
     test_scores: dict[str, list[float]] = field(default_factory=dict)  # metric -> [value, ci_low, ci_high]
     format: int = FORMAT
@@ -34,6 +35,22 @@ class ModelSpec:
     def checkpoint_key(index: int) -> str:
         """The artifact key of member `index`'s checkpoint."""
         return f"member_{index}"
+
+    @property
+    def temperature(self) -> float | None:
+        return self.decision.temperature
+
+    @property
+    def coverage(self) -> float | None:
+        return self.decision.sets.coverage if self.decision.sets is not None else None
+
+    @property
+    def probability_name(self) -> str:
+        """What the `prob_<class>` numbers are, in words a reader of a row can act on."""
+        what = "the members' weighted mean probability (the label is their vote)" if self.rule == "vote" \
+            else "probability"
+        return f"{what}, temperature-scaled on validation" if self.temperature is not None else \
+            f"{what}, uncalibrated (no temperature helped on validation)"
 
     def member_column(self, member: Member) -> str:
         """The output column of a member's own label (an ensemble's rows carry each member's vote)."""
@@ -48,6 +65,15 @@ class ModelSpec:
     def from_json(cls, text: str) -> ModelSpec:
         values = json.loads(text)
         values["members"] = [_member(m) for m in values["members"]]
+        if values.get("format", 1) == 1:  # a temperature and one marginal threshold, the top class filling empty sets
+            temperature, coverage, threshold = (values.pop(k, None) for k in ("temperature", "coverage", "threshold"))
+            sets = SetRule("marginal", coverage, [threshold] * len(values["classes"])) if threshold is not None \
+                else None
+            values["decision"] = DecisionRule(temperature, "fitted on validation by allcls 0.1", sets,
+                                              "packaged by allcls 0.1: marginal sets" if sets else "none")
+        else:
+            values["decision"] = DecisionRule.from_dict(values["decision"])
+        values["format"] = FORMAT
         return cls(**values)
 
 

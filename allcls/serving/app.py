@@ -1,6 +1,6 @@
 """The diagnosis page: pick a registered model, upload cell images, see for each the predicted class
-and its calibrated probability, the prediction set with the referral flag, the Grad-CAM overlay and,
-for an ensemble, each member's vote.
+and its probability, or "refer to a human" with the reasons (allcls.inference.decision), the
+prediction set, the Grad-CAM overlay and, for an ensemble, each member's vote.
 
     allcls-app              # or `make app`; serves http://127.0.0.1:8501
     allcls-app --server.port 8600 --server.address 0.0.0.0
@@ -22,6 +22,7 @@ from allcls.config.stage import default_tracking_uri
 from allcls.data.images import ImageReadError
 from allcls.errors import AllclsError
 from allcls.inference.combining import combine
+from allcls.inference.decision import AMBIGUOUS, REASONS, UNCERTAIN
 from allcls.inference.decoding import decode_limited
 from allcls.inference.gradcam import combine_maps, member_maps, overlay
 from allcls.inference.model import Model
@@ -49,11 +50,14 @@ class Choice:
 
 @dataclass(frozen=True)
 class Analysis:
-    """What the page shows for one image."""
+    """What the page shows for one image (allcls.inference.model's row, and what it came from)."""
 
-    label: str
-    probabilities: np.ndarray  # calibrated, per class
+    label: str  # the model's reading; the answer only where `refer` is false
+    probabilities: np.ndarray  # per class, as ModelSpec.probability_name says
     members: list[bool]  # the prediction set
+    refer: bool
+    reasons: list[str]  # allcls.inference.decision's reasons, most fundamental first
+    ood_score: float | None
     votes: dict[str, str]  # member -> its label (an ensemble)
     agreement: tuple[int, int] | None  # TTA views agreeing with the label, of all views
     overlay: np.ndarray | None  # the weighted Grad-CAM over the image
@@ -63,11 +67,10 @@ class Analysis:
 def analyse(model: Model, image: np.ndarray, tta: bool, gradcam: bool) -> Analysis:
     """One decoded image through a packaged model."""
     predictor, spec = model.predictor, model.spec
-    views = views_for(tta)
-    per_view = predictor.view_probabilities([image], views, show_progress=False)  # (views, members, 1, classes)
-    probabilities = model.calibrated(predictor.combine_views(list(per_view)))
-    target = int(probabilities[0].argmax())
-    own = (sum(per_view) / len(per_view))[:, 0]  # each member, averaged over the views
+    answer = model.answer([image], views_for(tta), show_progress=False)
+    per_view = answer.outputs.per_view  # (views, members, 1, classes)
+    target = int(answer.decisions.labels[0])
+    own = per_view.mean(axis=0)[:, 0]  # each member, averaged over the views
     votes = ({m.name: spec.classes[int(p.argmax())] for m, p in zip(spec.members, own, strict=True)}
              if len(spec.members) > 1 else {})
     agreement = None
@@ -81,18 +84,28 @@ def analyse(model: Model, image: np.ndarray, tta: bool, gradcam: bool) -> Analys
         if len(spec.members) > 1:
             per_member = {m.name: overlay(display[0], combine_maps([member], [1.0], display.shape[1])[0])
                           for m, member in zip(spec.members, maps, strict=True)}
-    return Analysis(spec.classes[target], probabilities[0], model.sets(probabilities)[0].tolist(), votes, agreement,
-                    shown, per_member)
+    reasons = [r for r in answer.decisions.reasons[0].split("; ") if r]
+    return Analysis(spec.classes[target], answer.probabilities[0], answer.decisions.members[0].tolist(),
+                    bool(answer.decisions.refer[0]), reasons,
+                    float(answer.ood[0]) if answer.ood is not None else None, votes, agreement, shown, per_member)
 
 
 def referral_text(analysis: Analysis, classes: list[str], coverage: float | None) -> tuple[bool, str]:
-    """(refer?, one plain sentence saying why)."""
+    """(refer?, plain sentences saying why, or what the answer rests on)."""
     inside = [c for c, member in zip(classes, analysis.members, strict=True) if member]
+    if analysis.refer:
+        why = []
+        for reason in analysis.reasons:
+            if reason == AMBIGUOUS and len(inside) > 1:
+                why.append(f"at {coverage:.0%} coverage the model has to keep {' or '.join(inside)} open for this "
+                           "image; it cannot tell them apart here" if coverage else REASONS[reason])
+            elif reason == UNCERTAIN and coverage:
+                why.append(f"no class is as probable as {coverage:.0%} of that class's validation cells were")
+            else:
+                why.append(REASONS[reason])
+        return True, "Refer to a human: " + "; ".join(why) + "."
     if coverage is None:
-        return False, "This model has no referral rule (its validation set was too small to fit one)."
-    if len(inside) > 1:
-        return True, (f"Refer to a human: to be right {coverage:.0%} of the time the model has to keep "
-                      f"{' or '.join(inside)} open for this image; it cannot tell them apart here.")
+        return False, "This model has no prediction sets (its validation split was too small to fit them)."
     return False, (f"The prediction set is {inside[0]} alone: at {coverage:.0%} coverage the model excludes the "
                    "other classes for this image.")
 
@@ -170,12 +183,15 @@ def load_model(uri: str) -> Model | None:
 
 def describe(model: Model, choice: Choice) -> None:
     spec = model.spec
-    source = spec.source
+    source, rule = spec.source, spec.decision
     backbones = sorted({m.backbone for m in spec.members if m.backbone})
     st.sidebar.markdown(f"**Dataset** {source.get('dataset', '?')}  \n**Classes** {', '.join(spec.classes)}  \n"
                         f"**Backbone{'s' if len(backbones) > 1 else ''}** {', '.join(backbones) or '?'}  \n"
                         f"**Temperature** {'none' if spec.temperature is None else f'{spec.temperature:.2f}'}  \n"
-                        f"**Referral** {'none' if spec.coverage is None else f'{spec.coverage:.0%} coverage'}")
+                        f"**Referral** {'no sets' if spec.coverage is None else f'{spec.coverage:.0%} coverage'}"
+                        + (f", protects {' / '.join(rule.protect.classes)} (miss rate "
+                           f"{rule.protect.max_miss_rate:.0%})" if rule.protect is not None else "")
+                        + f"  \n**Out-of-distribution gate** {'on' if rule.ood_threshold is not None else 'none'}")
     if spec.test_scores:
         st.sidebar.markdown("**On its test split** (95% intervals over subjects)  \n" + "  \n".join(
             f"{name.replace('_', ' ')} {value:.3f} [{low:.3f}, {high:.3f}]"
@@ -189,12 +205,18 @@ def describe(model: Model, choice: Choice) -> None:
         st.markdown(card or "This version has no model card.")
 
 
-def probability_chart(classes: list[str], probabilities: np.ndarray) -> alt.Chart:
+def short_name(model: Model) -> str:
+    """The probability axis's title: what the numbers are, in three words or so."""
+    spec = model.spec
+    what = "members' mean probability" if spec.rule == "vote" else "probability"
+    return f"calibrated {what}" if spec.temperature is not None else f"{what} (uncalibrated)"
+
+
+def probability_chart(classes: list[str], probabilities: np.ndarray, title: str) -> alt.Chart:
     """One bar per class in the model's class order, on a fixed 0-100% axis (a half-full bar looks half full)."""
     table = pd.DataFrame({"class": classes, "probability": probabilities})
     return alt.Chart(table).mark_bar().encode(
-        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"),
-                title="calibrated probability"),
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=title),
         y=alt.Y("class:N", sort=classes, title=None, axis=alt.Axis(labelFontSize=14)),
         tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
     )
@@ -215,11 +237,20 @@ def show_image(model: Model, name: str, data: bytes, tta: bool, gradcam: bool) -
     if analysis.overlay is not None:
         middle.image(analysis.overlay, caption="Grad-CAM of " + analysis.label, width="stretch")
     probability = float(analysis.probabilities[classes.index(analysis.label)])
-    right.markdown(f"### Predicted: {analysis.label}  \n{probability:.1%} calibrated probability")
-    right.altair_chart(probability_chart(classes, analysis.probabilities), width="stretch",
-                       height=44 * len(classes) + 50)
+    named = model.spec.probability_name
     refer, sentence = referral_text(analysis, classes, coverage)
-    (right.warning if refer else right.success)(sentence)
+    if refer:
+        right.markdown("### Refer to a human")
+        right.warning(sentence)
+        right.caption(f"Not an answer: the model's own reading is {analysis.label}, {probability:.1%} ({named}).")
+    else:
+        right.markdown(f"### Predicted: {analysis.label}  \n{probability:.1%}: {named}")
+        right.success(sentence)
+    right.altair_chart(probability_chart(classes, analysis.probabilities, short_name(model)), width="stretch",
+                       height=44 * len(classes) + 50)
+    if analysis.ood_score is not None and model.spec.decision.ood_threshold is not None:
+        right.caption(f"Out-of-distribution score {analysis.ood_score:.2f} (above "
+                      f"{model.spec.decision.ood_threshold:.2f}: unlike the cells this model was trained on).")
     if analysis.agreement is not None:
         agree, views = analysis.agreement
         right.caption(f"Test-time augmentation: {agree} of {views} views agree on {analysis.label}.")
@@ -232,7 +263,8 @@ def show_image(model: Model, name: str, data: bytes, tta: bool, gradcam: bool) -
                     column.image(shown, caption=member, width="stretch")
     row = {"file": name, "label": analysis.label,
            **{f"prob_{c}": float(p) for c, p in zip(classes, analysis.probabilities, strict=True)},
-           "set": "|".join(c for c, inside in zip(classes, analysis.members, strict=True) if inside), "refer": refer}
+           "set": "|".join(c for c, inside in zip(classes, analysis.members, strict=True) if inside), "refer": refer,
+           "refer_reason": "; ".join(analysis.reasons), "ood_score": analysis.ood_score}
     return [{**row, **{f"member_{m}": label for m, label in analysis.votes.items()}}]
 
 

@@ -5,11 +5,13 @@ the model and shown as the registered version's description in the MLflow UI."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
-from allcls.inference.conformal import SetMeasures
+from allcls.evaluation.safeguards import DecisionMeasures
+from allcls.inference.decision import REASONS
 from allcls.inference.spec import ModelSpec
 from allcls.metrics.names import REPORTED
 
@@ -26,8 +28,12 @@ class CardFacts:
     split: str  # e.g. "by subject (no patient's cells on both sides)"
     test_metrics: pd.DataFrame  # metric, value, ci_low, ci_high (allcls.metrics.bootstrap.metric_table)
     test_size: tuple[int, int]  # images, subjects (0 where unknown)
-    calibration: dict[str, tuple[float, float]]  # metric -> (before, after temperature scaling)
-    referral: SetMeasures | None  # the referral rule's sets, measured on test
+    calibration: dict[str, tuple[float, float]]  # metric -> (before, after the temperature fitted on validation)
+    decisions: DecisionMeasures  # the decision rule, measured on test
+    probes: pd.DataFrame | None  # the out-of-distribution gate on each probe set (allcls.evaluation.safeguards)
+    warnings: list[str]  # a rule that refers nobody or nearly everybody on validation
+    reliability: dict[str, np.ndarray] = field(default_factory=dict)  # test probabilities before / after
+    test_labels: np.ndarray | None = None
 
 
 def markdown(facts: CardFacts) -> str:
@@ -58,30 +64,47 @@ def markdown(facts: CardFacts) -> str:
         if name in table.index:
             row = table.loc[name]
             lines.append(f"| {name} | {row['value']:.3f} | [{row['ci_low']:.3f}, {row['ci_high']:.3f}] |")
-    lines += ["", "## Calibration"]
-    if spec.temperature is None:
-        lines.append("No temperature was fitted (every validation prediction was right, or there were none): "
-                     "probabilities are the model's own.")
-    else:
-        lines.append(f"Temperature scaling, T = {spec.temperature:.3f}, fitted on the validation predictions.")
-        lines += ["", "| on test | before | after |", "|---|---|---|"]
-        lines += [f"| {name} | {before:.3f} | {after:.3f} |" for name, (before, after) in facts.calibration.items()]
-    lines += ["", "## Referral rule"]
-    if spec.threshold is None or facts.referral is None:
-        lines.append("None: the validation split has too few subjects for a conformal threshold at the coverage "
-                     "asked for. Every image gets its top class only and is never flagged.")
-    else:
-        measured = facts.referral
-        lines.append(f"Split-conformal prediction sets (least ambiguous sets) for {spec.coverage:.0%} coverage, "
-                     f"fitted on the validation predictions: an image whose set holds more than one class is flagged "
-                     f"\"refer to a human\". On test: coverage {measured.coverage:.3f} [{measured.coverage_low:.3f}, "
-                     f"{measured.coverage_high:.3f}], mean set size {measured.mean_size:.2f}, "
-                     f"{measured.refer_rate:.1%} of images referred.")
+    rule = spec.decision
+    lines += ["", "## Probabilities", f"`prob_<class>` is the {spec.probability_name}.",
+              f"Temperature scaling: {rule.temperature_note}."]
+    if facts.calibration:
+        temperature = facts.calibration["temperature"][0]
+        lines += ["", f"| on test | as served | with T = {temperature:.2f} |", "|---|---|---|"]
+        lines += [f"| {name} | {before:.3f} | {after:.3f} |" for name, (before, after) in facts.calibration.items()
+                  if name != "temperature"]
+        lines.append("The reliability diagram of both is `reliability.png`, beside this card in the model's folder.")
+    lines += ["", "## When the model refers a cell to a human",
+              "Every row says `refer` and, in `refer_reason`, why: " + "; ".join(
+                  f"**{reason}**: {meaning}" for reason, meaning in REASONS.items()) + ". A referred row keeps "
+              "its probabilities, but its label is not an answer.", "",
+              f"- Prediction sets: {rule.sets_note}.",
+              f"- Protected miss rate: {rule.protect_note}.",
+              f"- Out-of-distribution gate: {rule.ood_note}.", "", "On test:", ""]
+    lines += [f"- {line}" for line in facts.decisions.lines()]
+    lines += [f"- **Warning**: {warning}" for warning in facts.warnings]
+    if facts.probes is not None:
+        lines += ["", "### Images that are not the model's cells (probes)",
+                  "How the out-of-distribution gate scores images of other kinds against the test cells (AUROC: "
+                  "1 separates them completely) and the share it rejects.", "",
+                  "| probe set | kind | images | AUROC | rejected |", "|---|---|---|---|---|"]
+        lines += [f"| {row.name} | {row.kind} | {row.images} | {row.auroc:.3f} | {row.rejected:.1%} |"
+                  for row in facts.probes.itertuples(index=False)]
+    lines += ["", "## One decision per patient", f"Rule: {rule.patient_note}."]
+    if rule.patient is not None:
+        lines.append(f"A patient's probability is the {rule.patient.aggregation}.")
+    patient_table = facts.decisions.patients
+    if patient_table is not None:
+        lines += ["", "| on test patients | value | 95% interval |", "|---|---|---|"]
+        lines += [f"| {row.metric} | {row.value:.3f} | [{row.ci_low:.3f}, {row.ci_high:.3f}] |"
+                  if row.metric != "patients" else f"| patients | {row.value:.0f} | |"
+                  for row in patient_table.itertuples(index=False)]
     lines += ["", "## Known limits",
               "- Measured on one dataset's test split; other labs, stains, microscopes and patient populations "
               "may behave differently (allcls-evaluate with dataset=... measures that).",
-              "- The coverage of the prediction sets holds on average over images like the validation ones; it "
-              "is not a guarantee for an individual image, nor under a shift of the data.",
+              "- The coverage of the prediction sets holds for each class on average over images like the "
+              "validation ones; it is not a guarantee for an individual image, nor under a shift of the data.",
+              "- The out-of-distribution gate is measured on the probes above; images unlike both the training "
+              "cells and the probes may pass it.",
               "- Grad-CAM maps show where the model looked, not why a cell is malignant."]
     if "image" in facts.split:
         lines.append("- The split put cells of one patient on both sides: the test metrics are inflated.")

@@ -3,9 +3,11 @@
     allcls-package run_id=<run> [register_as=<name>] [alias=champion]
 
 The model (allcls.serving.pyfunc_model) is logged into the run as `model/`, with its model card
-(allcls.serving.model_card). The temperature and the referral rule are fitted on the run's logged
-validation predictions; the card's numbers come from its logged test predictions. Nothing is
-retrained or predicted again.
+(allcls.serving.model_card). Its decision rule (temperature, prediction sets, protected miss rate,
+out-of-distribution gate, patient rule) is fitted on the run's own images, predicted through the
+networks exactly as the served model predicts (the gate's statistics on the training split, the
+rest on validation); the card's test metrics are the ones the run logged, its figures on the rule
+are measured on the test split. Nothing is retrained.
 """
 
 from __future__ import annotations
@@ -18,15 +20,27 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from allcls.errors import AllclsError
+from allcls.evaluation.plots import reliability_diagram
+from allcls.evaluation.safeguards import (
+    RuleSettings,
+    SplitOutputs,
+    fit_rule,
+    measure,
+    measure_probes,
+    probe_table,
+    split_outputs,
+    train_sample,
+)
 from allcls.evaluation.sources import ModelSource, resolve_source
-from allcls.inference import conformal
+from allcls.evaluation.targets import OwnData, predictor_for
 from allcls.inference.calibration import calibrated, fit_temperature
-from allcls.inference.spec import SPEC_FILE, ModelSpec
+from allcls.inference.spec import OOD_KEY, SPEC_FILE, ModelSpec
 from allcls.metrics.bootstrap import metric_table
-from allcls.metrics.names import CALIBRATION, HEADLINE
-from allcls.predictions import class_names_of, probabilities_of
+from allcls.metrics.names import HEADLINE
+from allcls.metrics.vectorised import expected_calibration_error, log_loss
+from allcls.predictions import probabilities_of
 from allcls.serving.model_card import CardFacts, markdown
-from allcls.serving.settings import PackageSettings, Referral
+from allcls.serving.settings import PackageSettings
 from allcls.tracking import registry
 from allcls.tracking import schema as run_schema
 from allcls.tracking.registry import MODEL_PATH
@@ -56,17 +70,18 @@ def package(cfg: DictConfig) -> str:
         if tracker.has_artifact(run_id, f"{MODEL_PATH}/MLmodel") and not settings.overwrite:
             raise AllclsError(f"Run {run_id} already holds a packaged model ({MODEL_PATH}/): pass overwrite=true "
                               "to replace it, or register the one it has.")
-        spec, artifacts, facts = build(tracker, source, settings.referral, settings.register_as or source.name,
-                                       workdir)
+        spec, artifacts, facts = build(tracker, source, settings.rule, settings.register_as or source.name,
+                                       workdir, settings.dataset_root, settings.bootstrap)
+        assert facts is not None  # asked for (card=True)
         saved = workdir / MODEL_PATH
         save_model(spec, artifacts, saved)
         card = markdown(facts)
         (saved / CARD_FILE).write_text(card)
+        assert facts.test_labels is not None
+        reliability_diagram(facts.reliability, facts.test_labels, f"{facts.name} on test", saved / "reliability.png")
         tracker.run(run_id).log_folder(saved, MODEL_PATH)
         uri = f"runs:/{run_id}/{MODEL_PATH}"
-        print(f"Packaged {source.name} as {uri} ({len(spec.members)} member(s), temperature "
-              f"{'none' if spec.temperature is None else f'{spec.temperature:.3f}'}, referral "
-              f"{'none' if spec.threshold is None else f'{spec.coverage:.0%} coverage'}).", flush=True)
+        print(f"Packaged {source.name} as {uri} ({len(spec.members)} member(s)).\n" + summary(spec, facts), flush=True)
         page = ui_view(tracker.tracking_uri, source.experiment_id, run_id)
         if settings.register_as:
             uri, version = register(tracker, run_id, settings.register_as, settings.alias, spec, card)
@@ -77,28 +92,38 @@ def package(cfg: DictConfig) -> str:
     return uri
 
 
-def build(tracker: Tracker, source: ModelSource, referral: Referral, name: str, workdir: Path
-          ) -> tuple[ModelSpec, dict[str, str], CardFacts]:
-    """The model's spec, its artifact files and the facts of its card (`name`: the model's)."""
-    validation = source.logged_table(tracker, "val", workdir)
-    test = source.logged_table(tracker, "test", workdir)
-    if validation is None or test is None:
+def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: str, workdir: Path,
+          dataset_root: str | None = None, bootstrap: int = 1000, card: bool = True
+          ) -> tuple[ModelSpec, dict[str, str], CardFacts | None]:
+    """The model's spec, its artifact files and the facts of its card (`name`: the model's). The
+    decision rule is fitted on the run's own data, predicted through the networks as the served
+    model predicts it (allcls.evaluation.safeguards); the card's test metrics are the run's logged ones."""
+    test_logged = source.logged_table(tracker, "test", workdir)
+    if source.logged_table(tracker, "val", workdir) is None or test_logged is None:
         raise AllclsError(f"Run {source.run_id} has no predictions/val.parquet or test.parquet: package a training "
                           "or ensemble run that finished.")
-    temperature = fit_temperature(probabilities_of(validation), validation["label"].to_numpy())
-    threshold = conformal.fit_threshold(calibrated(probabilities_of(validation), temperature),
-                                        validation["label"].to_numpy(), validation["subject"].tolist(),
-                                        referral.coverage)
-    if threshold is None:
-        log.warning("The validation split has too few subjects for %.0f%% coverage: the model gets no referral rule.",
-                    100 * referral.coverage)
+    target = OwnData(source, dataset_root)
+    try:
+        predictor = predictor_for(source, target, tracker, workdir)
+        validation = split_outputs(predictor, target.samples("val"), settings.ood.enabled, "Predicting validation")
+        train = split_outputs(predictor, train_sample(target.samples("train"), settings.ood.train_cells, settings.seed),
+                              True, "Features of training cells") if settings.ood.enabled else None
+        test = split_outputs(predictor, target.samples("test"), settings.ood.enabled, "Predicting test") \
+            if card else None
+    except AllclsError as error:
+        raise AllclsError(f"{error} (packaging fits the referral rule and the out-of-distribution gate on the run's "
+                          "own images: pass dataset_root=<where they are now>)") from None
+    fitted = fit_rule(validation, train, source.classes, settings)
+    for warning in fitted.warnings:
+        log.warning(warning)
     artifacts = {ModelSpec.checkpoint_key(index): str(source.checkpoint(index, tracker, workdir, "nothing to package"))
                  for index in range(len(source.members))}
+    if fitted.gate is not None:
+        artifacts[OOD_KEY] = str(fitted.gate.save(workdir / "ood.npz"))
     tags = source.tags
-    scores = metric_table(probabilities_of(test), test["label"].to_numpy(), test["subject"].tolist(), source.classes,
-                          referral.bootstrap, referral.seed)
-    model = ModelSpec(source.classes, source.rule, source.members, temperature,
-                      referral.coverage if threshold else None, threshold,
+    scores = metric_table(probabilities_of(test_logged), test_logged["label"].to_numpy(),
+                          test_logged["subject"].tolist(), source.classes, bootstrap, settings.seed)
+    model = ModelSpec(source.classes, source.rule, source.members, fitted.rule,
                       {"run_id": source.run_id or "", "kind": source.kind, "dataset": tags.get("dataset", ""),
                        "classes": ",".join(source.classes), "split_hash": tags.get("split_hash", "")},
                       {row.metric: [float(row.value), float(row.ci_low), float(row.ci_high)]
@@ -106,10 +131,38 @@ def build(tracker: Tracker, source: ModelSource, referral: Referral, name: str, 
     spec_file = workdir / SPEC_FILE
     spec_file.write_text(model.to_json())
     artifacts["spec"] = str(spec_file)
-    facts = CardFacts(name, model, split_type(source, test), scores,
-                      (len(test), int(test["subject"].nunique())), calibration_facts(test, temperature),
-                      referral_facts(test, temperature, threshold, referral.bootstrap, referral.seed))
+    if test is None:
+        return model, artifacts, None
+    _, measured = measure(test, fitted, source.classes, bootstrap, settings.seed)
+    probes = None
+    if fitted.gate is not None:
+        own = fitted.gate.scores(test.features, test.logits)
+        probes = probe_table(measure_probes(predictor, fitted.gate, own, test.samples.paths, source.classes,
+                                            settings.seed))
+    calibration = calibration_facts(validation, test, fitted.rule.temperature)
+    curves = {"as served": calibrated(test.raw, fitted.rule.temperature)}
+    if calibration:
+        curves[f"with T = {calibration['temperature'][0]:.2f}"] = calibrated(test.raw, calibration["temperature"][0])
+    facts = CardFacts(name, model, split_type(source, test_logged), scores,
+                      (len(test_logged), int(test_logged["subject"].nunique())), calibration, measured, probes,
+                      fitted.warnings, curves, test.labels)
     return model, artifacts, facts
+
+
+def summary(spec: ModelSpec, facts: CardFacts) -> str:
+    """What packaging says about the model's decision rule, one part per line."""
+    rule = spec.decision
+    lines = [f"  temperature: {rule.temperature_note}", f"  prediction sets: {rule.sets_note}",
+             f"  protected miss rate: {rule.protect_note}", f"  out-of-distribution gate: {rule.ood_note}",
+             f"  patients: {rule.patient_note}"]
+    lines += [f"  on test: {line}" for line in facts.decisions.lines()]
+    if facts.probes is not None:
+        far = facts.probes[facts.probes["name"] == "all far probes"]
+        if len(far):
+            lines.append(f"  probes: {far['rejected'].iloc[0]:.0%} of far-out-of-distribution probes rejected "
+                         f"(AUROC {far['auroc'].iloc[0]:.3f}); the card lists every probe set")
+    lines += [f"  WARNING: {warning}" for warning in facts.warnings]
+    return "\n".join(lines)
 
 
 def split_type(source: ModelSource, test: pd.DataFrame) -> str:
@@ -121,31 +174,26 @@ def split_type(source: ModelSource, test: pd.DataFrame) -> str:
     return "by subject (no patient's cells on two sides)"
 
 
-def calibration_facts(test: pd.DataFrame, temperature: float | None) -> dict[str, tuple[float, float]]:
-    if temperature is None:
+def calibration_facts(validation: SplitOutputs, test: SplitOutputs, temperature: float | None
+                      ) -> dict[str, tuple[float, float]]:
+    """ECE and log loss on test, as the model's probabilities are and after the temperature fitted on
+    validation (whether or not it was kept: the card shows what it would have done)."""
+    fitted = temperature or fit_temperature(validation.raw, validation.labels)
+    if fitted is None:
         return {}
-    probabilities, labels, subjects = probabilities_of(test), test["label"].to_numpy(), test["subject"].tolist()
-    classes = class_names_of(test)
-    before = metric_table(probabilities, labels, subjects, classes, 0, 0).set_index("metric")["value"]
-    after = metric_table(calibrated(probabilities, temperature), labels, subjects, classes, 0, 0) \
-        .set_index("metric")["value"]
-    return {name: (float(before[name]), float(after[name])) for name in CALIBRATION}
-
-
-def referral_facts(test: pd.DataFrame, temperature: float | None, threshold: float | None, replicates: int,
-                   seed: int) -> conformal.SetMeasures | None:
-    """What the referral rule's sets measure on test."""
-    if threshold is None:
-        return None
-    members = conformal.prediction_sets(calibrated(probabilities_of(test), temperature), threshold)
-    return conformal.measure_sets(members, test["label"].to_numpy(), test["subject"].tolist(), replicates, seed)
+    values = {}
+    for name, metric in (("ece", expected_calibration_error), ("log_loss", log_loss)):
+        before = float(metric(test.raw[None], test.labels)[0])
+        values[name] = (before, float(metric(calibrated(test.raw, fitted)[None], test.labels)[0]))
+    values["temperature"] = (fitted, fitted)
+    return values
 
 
 def save_model(spec: ModelSpec, artifacts: dict[str, str], folder: Path) -> None:
-    """The pyfunc model folder: the spec and checkpoints, the code that builds the model, and the
-    columns it answers with (allcls.inference.model)."""
+    """The pyfunc model folder: the spec, checkpoints and gate, the code that builds the model, and
+    the columns it answers with (allcls.inference.model)."""
     outputs = [("label", "string"), *[(f"prob_{c}", "double") for c in spec.classes], ("set", "string"),
-               ("refer", "boolean")]
+               ("refer", "boolean"), ("refer_reason", "string"), ("ood_score", "double")]
     if len(spec.members) > 1:
         outputs += [(spec.member_column(m), "string") for m in spec.members]
     outputs.append(("error", "string"))

@@ -3,10 +3,13 @@ glob of images, into one CSV:
 
     allcls-predict model=models:/all-ensemble@champion input=/data/new_cells output=predictions.csv
 
-One row per image (`path, label, prob_<class>..., set, refer`, each member's label for an ensemble),
-written batch by batch, so an interruption keeps every finished row. Odd images are converted as
-training converts them; unreadable ones are skipped and listed at the end with the reason. The CSV
-never goes next to the user's images, and an existing one is kept unless `overwrite=true`.
+One row per image (`path`, then the model's row: `label, prob_<class>..., set, refer, refer_reason,
+ood_score`, each member's label for an ensemble, `error`), written batch by batch, so an interruption
+keeps every finished row. Odd images are converted as training converts them; an unreadable one
+keeps its row, with the reason in `error` (and listed at the end). With `group_by=subject` (the
+subject in C-NMC file names) or `group_by=folder` (one folder per patient), a patient table with one
+decision per patient is written beside it (`<output>_patients.csv`). The CSVs never go next to the
+user's images, and existing ones are kept unless `overwrite=true`.
 """
 
 from __future__ import annotations
@@ -17,18 +20,22 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from allcls.data.images import is_image_file
+from allcls.data.readers import cnmc_subject
 from allcls.errors import AllclsError
+from allcls.evaluation.settings import RuleSettings
 from allcls.evaluation.sources import resolve_source
 from allcls.inference.decoding import decode_files
 from allcls.inference.model import Model
+from allcls.inference.spec import OOD_KEY
 from allcls.inference.views import views_for
 from allcls.machine import keep_freed_memory
 from allcls.progress import progress
 from allcls.serving.package import build
-from allcls.serving.settings import PredictSettings, Referral
+from allcls.serving.settings import PredictSettings
 from allcls.tracking import registry
 from allcls.tracking.registry import MODEL_PATH
 from allcls.tracking.store import require_existing
@@ -65,14 +72,46 @@ def predict(cfg: DictConfig) -> Path:
                 rows = model.rows(decoded, errors, views, show_progress=False)
                 rows.insert(0, "path", paths)
                 skipped += [(path, error) for path, error in zip(paths, errors, strict=True) if error]
-                kept = rows[rows["error"] == ""].drop(columns="error")
-                kept.to_csv(partial, mode="a", header=written == 0, index=False)
-                written += len(kept)
+                rows.to_csv(partial, mode="a", header=written == 0, index=False)
+                written += len(rows)
                 bar.update(len(paths))
-        if written:
+        readable = written - len(skipped)
+        if readable:
             partial.replace(output)
-    report(output, written, skipped)
+            if settings.group_by is not None:
+                write_patients(model, output, settings.group_by, settings.overwrite)
+        else:
+            partial.unlink(missing_ok=True)
+    report(output, readable, skipped)
     return output
+
+
+def patient_of(path: str, group_by: str) -> str | None:
+    """A file's patient: the subject of a C-NMC file name, or its folder."""
+    return cnmc_subject(Path(path).name) if group_by == "subject" else str(Path(path).parent)
+
+
+def write_patients(model: Model, output: Path, group_by: str, overwrite: bool) -> Path:
+    """One decision per patient from the cell table just written, beside it."""
+    cells = pd.read_csv(output, keep_default_na=False, na_values=[""])
+    cells["error"] = cells["error"].fillna("")
+    cells["refer_reason"] = cells["refer_reason"].fillna("")
+    patients = [patient_of(p, group_by) for p in cells["path"]]
+    known = [p is not None for p in patients]
+    target = output.with_name(f"{output.stem}_patients.csv")
+    if target.exists() and not overwrite:
+        raise AllclsError(f"{target} exists: pass overwrite=true to replace it, or another output=.")
+    if not any(known):
+        print("No file name carries a C-NMC subject id (UID_<subject>_...): no patient table. Use group_by=folder "
+              "with one folder per patient.", flush=True)
+        return target
+    table = model.patient_rows(cells[known].reset_index(drop=True), [p for p in patients if p is not None])
+    table.to_csv(target, index=False)
+    left_out = len(known) - sum(known)
+    print(f"Wrote {len(table)} patient decision(s) to {target}"
+          + (f" ({left_out} file(s) without a subject id in their name left out)" if left_out else "") + ".",
+          flush=True)
+    return target
 
 
 def image_files(source: str) -> list[str]:
@@ -127,16 +166,18 @@ def package_here(tracker: Tracker, run_id: str, coverage: float, workdir: Path) 
     """A run packaged in memory for this prediction (nothing is logged into the run)."""
     log.info("Run %s holds no packaged model: packaging it here for this prediction (not logged).", run_id)
     source = resolve_source(tracker, run_id, None, workdir)
-    spec, artifacts, _ = build(tracker, source, Referral(coverage, bootstrap=0), source.name, workdir)
-    return Model.load(spec, [artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))])
+    spec, artifacts, _ = build(tracker, source, RuleSettings(coverage), source.name, workdir, bootstrap=0, card=False)
+    return Model.load(spec, [artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))],
+                      gate=artifacts.get(OOD_KEY))
 
 
-def report(output: Path, written: int, skipped: list[tuple[str, str]]) -> None:
-    if written:
-        print(f"Wrote {written} prediction(s) to {output}.", flush=True)
+def report(output: Path, readable: int, skipped: list[tuple[str, str]]) -> None:
+    if readable:
+        print(f"Wrote {readable + len(skipped)} row(s) to {output}: {readable} prediction(s)"
+              + (f", {len(skipped)} unreadable file(s) with the reason in `error`." if skipped else "."), flush=True)
     else:
         print("No image could be read: nothing was written.", flush=True)
     if skipped:
-        print(f"Skipped {len(skipped)} file(s):", flush=True)
+        print(f"Could not read {len(skipped)} file(s):", flush=True)
         for path, reason in skipped:
             print(f"  {path}: {reason}", flush=True)

@@ -24,7 +24,7 @@ from allcls.data.images import ImageReadError
 from allcls.inference.decoding import decode_limited, read_bytes
 from allcls.inference.model import Model
 from allcls.inference.predictor import Predictor
-from allcls.inference.spec import ModelSpec
+from allcls.inference.spec import OOD_KEY, ModelSpec
 from allcls.inference.views import views_for
 
 
@@ -37,7 +37,7 @@ class PackagedModel(PythonModel):
     def load_context(self, context) -> None:
         spec = ModelSpec.from_json(Path(context.artifacts["spec"]).read_text())
         checkpoints = [context.artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))]
-        self.model = Model.load(spec, checkpoints)
+        self.model = Model.load(spec, checkpoints, gate=context.artifacts.get(OOD_KEY))
 
     @property
     def spec(self) -> ModelSpec:

@@ -3,22 +3,15 @@ built at their entry points."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from omegaconf import DictConfig
 
 from allcls.config.ranges import PACKAGE, PREDICT, check_ranges
 from allcls.config.stage import Job, Store, settings_of
-
-
-@dataclass(frozen=True)
-class Referral:
-    """How a package is fitted on the run's logged predictions: the referral rule's `coverage`, and
-    the model card's bootstrap intervals (`bootstrap` replicates from `seed`)."""
-
-    coverage: float = 0.95
-    bootstrap: int = 1000
-    seed: int = 0
+from allcls.evaluation.settings import OodSettings, ReferralSettings, RuleSettings
+from allcls.inference.conformal import SetKind
 
 
 @dataclass(frozen=True)
@@ -30,6 +23,10 @@ class PackageSettings:
     register_as: str | None = None  # a registered model name; None: only log the model into the run
     alias: str | None = None
     coverage: float = 0.95
+    sets: SetKind = "class_conditional"
+    referral: ReferralSettings = field(default_factory=ReferralSettings)
+    ood: OodSettings = field(default_factory=OodSettings)
+    dataset_root: str | None = None  # where the run's dataset is on this machine, if not where it was trained
     overwrite: bool = False  # replace a model the run already holds
     bootstrap: int = 1000
     seed: int = 0
@@ -40,8 +37,8 @@ class PackageSettings:
         return settings_of(cls, cfg)
 
     @property
-    def referral(self) -> Referral:
-        return Referral(self.coverage, self.bootstrap, self.seed)
+    def rule(self) -> RuleSettings:
+        return RuleSettings(self.coverage, self.sets, self.referral, self.ood, self.seed)
 
 
 @dataclass(frozen=True)
@@ -54,6 +51,7 @@ class PredictSettings:
     overwrite: bool = False
     tta: bool = False
     coverage: float = 0.95  # the referral rule when a run is packaged on the fly
+    group_by: Literal["subject", "folder"] | None = None  # one decision per patient, beside the cells
 
     @classmethod
     def of(cls, cfg: DictConfig) -> PredictSettings:

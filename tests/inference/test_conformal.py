@@ -25,7 +25,6 @@ def test_measured_coverage_is_within_a_few_points_of_the_target(coverage):
     members = conformal.prediction_sets(probabilities[2000:], threshold)
     measured = members[np.arange(2000), labels[2000:]].mean()
     assert coverage - 0.02 <= measured <= coverage + 0.03
-    assert members.any(axis=1).all()  # never an empty set
 
 
 def test_sets_grow_with_the_coverage_asked_for_and_hold_every_class_probable_enough():
@@ -35,6 +34,8 @@ def test_sets_grow_with_the_coverage_asked_for_and_hold_every_class_probable_eno
     assert sizes[0] < sizes[1] < sizes[2]
     members = conformal.prediction_sets(np.array([[0.5, 0.3, 0.2], [0.1, 0.85, 0.05], [0.4, 0.35, 0.25]]), 0.7)
     assert members.tolist() == [[True, True, False], [False, True, False], [True, True, False]]
+    empty = conformal.prediction_sets(np.array([[0.6, 0.4]]), np.array([0.1, 0.1]))
+    assert empty.tolist() == [[False, False]] and conformal.referred(empty).tolist() == [True]  # never filled
 
 
 def test_two_classes_get_informative_sets_an_uncertain_cell_both_a_clear_one_its_own():
@@ -57,27 +58,34 @@ def test_too_few_validation_subjects_for_the_coverage_gives_no_threshold():
 def test_evaluation_reports_coverage_set_size_and_referrals(store, tmp_path):
     from allcls.evaluation.task import evaluate
 
-    overrides = [f"run_id={store['members'][0]}", "bootstrap=100", "num_workers=0", "conformal.coverage=0.8"]
+    overrides = [f"run_id={store['members'][0]}", "bootstrap=100", "num_workers=0", "conformal.coverage=0.7",
+                 "ood.probes=false"]
     evaluate(compose_config("evaluate", store["root"], overrides, output_dir=tmp_path / "eval"))
     client = store["client"]
     run = client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'",
                              order_by=["attributes.start_time DESC"])[0]
     metrics = run.data.metrics
-    assert metrics["conformal/target_coverage"] == pytest.approx(0.8)
+    assert metrics["conformal/target_coverage"] == pytest.approx(0.7)
     assert metrics["test/conformal/coverage_ci_low"] <= metrics["test/conformal/coverage"] <= 1
-    assert 1 <= metrics["test/conformal/mean_set_size"] <= 2 and 0 <= metrics["test/conformal/refer_rate"] <= 1
-    assert run.data.params["prediction_sets"].startswith("split conformal (least ambiguous sets), 0.8 coverage")
-    sets = client.download_artifacts(run.info.run_id, "predictions/test_sets.csv", str(tmp_path))
+    assert 0 <= metrics["test/conformal/mean_set_size"] <= 2 and 0 <= metrics["test/conformal/refer_rate"] <= 1
+    for name in ("hem", "all"):  # coverage per class, with its interval
+        assert metrics[f"test/conformal/coverage_{name}_ci_low"] <= metrics[f"test/conformal/coverage_{name}"]
+    assert 0 <= metrics["test/decision/refer_rate"] <= 1 and "test/ood/rejected" in metrics
+    assert "test/patient/auroc" in metrics and "test/patient/auroc_ci_low" in metrics
+    assert run.data.params["prediction_sets"].startswith("class-conditional split-conformal sets")
+    sets = client.download_artifacts(run.info.run_id, "predictions/test_decisions.csv", str(tmp_path))
     with open(sets) as handle:
-        assert handle.readline().strip() == "sample_id,set,refer"
+        assert handle.readline().strip() == "sample_id,true,label,set,refer,refer_reason,ood_score"
 
 
 def test_a_coverage_the_validation_cannot_support_is_skipped_with_the_reason(store, tmp_path):
     from allcls.evaluation.task import evaluate
 
-    overrides = [f"run_id={store['members'][0]}", "bootstrap=20", "num_workers=0", "conformal.coverage=0.99"]
+    overrides = [f"run_id={store['members'][0]}", "bootstrap=20", "num_workers=0", "conformal.coverage=0.99",
+                 "ood.enabled=false"]
     evaluate(compose_config("evaluate", store["root"], overrides, output_dir=tmp_path / "eval"))
     run = store["client"].search_runs([store["experiment_id"]], "tags.stage = 'evaluate'",
                                       order_by=["attributes.start_time DESC"])[0]
     assert "99% coverage needs 100 validation subjects" in run.data.params["prediction_sets"]
+    assert "hem has 3, all has 3" in run.data.params["prediction_sets"]
     assert "test/conformal/coverage" not in run.data.metrics

@@ -22,7 +22,8 @@ CLASSES = ["hem", "all"]
 @pytest.fixture(scope="module")
 def models(store, registered) -> str:
     """The store, with two registered models (conftest): `cells` (one run) and `ensemble` (an
-    ensemble of the sweep, the newest), both with an 80% referral rule and alias `champion`."""
+    ensemble of the sweep, the newest), both with 70% prediction sets, an out-of-distribution gate
+    and alias `champion`."""
     return f"sqlite:///{store['root']}/mlruns/mlflow.db"
 
 
@@ -56,26 +57,49 @@ def test_an_upload_gets_its_class_probability_set_and_gradcam_and_a_bad_file_get
     assert page.sidebar.selectbox[1].value == "@champion"
     assert "Not a diagnostic device" in page.expander[0].children[0].value  # the model card
     about = " ".join(m.value for m in page.sidebar.markdown)
-    assert "**Backbone** custom_cnn" in about and "balanced accuracy" in about and "80% coverage" in about
+    assert "**Backbone** custom_cnn" in about and "balanced accuracy" in about and "70% coverage" in about
+    assert "**Out-of-distribution gate** on" in about
     data = an_image(store).read_bytes()
     page.file_uploader[0].set_value([("cell.bmp", data, "image/bmp"), ("notes.png", b"not an image", "image/png")])
     page.run()
     assert not page.exception, page.exception
     answer = expected(models, "cells", data)
-    headline = next(m.value for m in page.markdown if m.value.startswith("### Predicted:"))
-    assert headline.startswith(f"### Predicted: {answer['label']}")
-    assert f"{answer[f'prob_{answer.label}']:.1%} calibrated probability" in headline
+    headline = next(m.value for m in page.markdown if m.value.startswith("### "))
     assert len(page.get("vega_lite_chart")) == 1  # the probability chart
     assert len(page.get("image")) == 2  # the upload and its Grad-CAM
-    referral = [w.value for w in page.warning if "Refer to a human" in w.value]
+    referral = [w.value for w in page.warning if w.value.startswith("Refer to a human")]
     alone = [s.value for s in page.success if "prediction set is" in s.value]
-    assert (referral and not alone) if answer["refer"] else (alone and not referral)
+    if answer["refer"]:  # the label is not shown as the answer, the reasons are
+        assert headline == "### Refer to a human" and referral and not alone
+        assert any(c.value.startswith(f"Not an answer: the model's own reading is {answer['label']}")
+                   for c in page.caption)
+    else:
+        assert headline.startswith(f"### Predicted: {answer['label']}")
+        assert f"{answer[f'prob_{answer.label}']:.1%}: probability" in headline and alone and not referral
     assert [e.value for e in page.error] == [
         "notes.png cannot be used: not an image file, or a format this library cannot decode."]
     assert not [m for m in page.markdown if "Members' votes" in m.value]
     table = page.main.dataframe[0].value
     assert table["file"].tolist() == ["cell.bmp"] and table["label"].tolist() == [answer["label"]]
-    assert table["set"].tolist() == [answer["set"]]
+    assert table["set"].tolist() == [answer["set"]] and table["refer_reason"].tolist() == [answer["refer_reason"]]
+
+
+def test_a_photograph_is_referred_as_out_of_distribution_with_its_probabilities_kept(store, models, monkeypatch):
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()[:256, 256:]).save(buffer, "PNG")
+    page = pick(open_page(monkeypatch, models), "cells")
+    page.file_uploader[0].set_value(("holiday.png", buffer.getvalue(), "image/png"))
+    page.checkbox[1].uncheck().run()  # no Grad-CAM: quicker
+    assert not page.exception, page.exception
+    assert [m.value for m in page.markdown if m.value.startswith("### ")] == ["### Refer to a human"]
+    assert any("does not look like the cells this model was trained on" in w.value for w in page.warning)
+    table = page.main.dataframe[0].value
+    assert "out of distribution" in table["refer_reason"][0] and table["refer"][0]
 
 
 def test_an_ensemble_shows_each_members_vote_and_map_and_tta_agreement(store, models, monkeypatch):

@@ -57,9 +57,12 @@ def test_a_run_is_packaged_registered_and_found_by_every_uri(store, packaged):
     for answer in answers[1:]:
         pd.testing.assert_frame_equal(answer, answers[0])
     first = answers[0]
-    assert list(first.columns) == ["label", "prob_hem", "prob_all", "set", "refer", "error"]
+    assert list(first.columns) == ["label", "prob_hem", "prob_all", "set", "refer", "refer_reason", "ood_score",
+                                   "error"]
     assert set(first["label"]) <= set(CLASSES) and np.allclose(first[["prob_hem", "prob_all"]].sum(axis=1), 1)
-    assert (first["refer"] == first["set"].str.contains("|", regex=False)).all()
+    assert (first["refer"] == first["refer_reason"].ne("")).all() and first["ood_score"].notna().all()
+    single = first["set"].isin(CLASSES)
+    assert (first.loc[~single, "refer"]).all()  # an empty or two-class set is always referred
 
 
 def test_the_packaged_model_predicts_what_the_run_logged(store, packaged):
@@ -89,6 +92,12 @@ def test_the_model_card_reports_the_logged_numbers(store, packaged, tmp_path):
     assert spec.test_scores["f1_weighted"][0] == pytest.approx(f1, abs=5e-4)
     assert spec.test_scores["f1_weighted"][1] <= f1 <= spec.test_scores["f1_weighted"][2]
     assert {m.backbone for m in spec.members} == {"custom_cnn"}
+    assert "## When the model refers a cell to a human" in card and "class-conditional split-conformal sets" in card
+    far = next(row for row in card.splitlines() if row.startswith("| all far probes | far |"))
+    assert float(far.split("|")[5].strip(" %")) >= 99  # photographs, documents, noise, flat colour: refused
+    assert "## One decision per patient" in card and "| on test patients |" in card
+    assert spec.decision.ood_threshold is not None and spec.decision.sets.kind == "class_conditional"
+    assert Path(client.download_artifacts(store["members"][0], "model/reliability.png", str(tmp_path))).stat().st_size
 
 
 def test_bad_images_get_a_reason_and_spoil_no_other_row(store, packaged, tmp_path):
@@ -100,6 +109,8 @@ def test_bad_images_get_a_reason_and_spoil_no_other_row(store, packaged, tmp_pat
     assert rows.loc[0, "error"] == "" and rows.loc[0, "label"] in CLASSES
     assert "empty" in rows.loc[1, "error"] and "not an image" in rows.loc[2, "error"]
     assert "No such file" in rows.loc[3, "error"] and rows.loc[1:, "label"].isna().all()
+    assert rows["refer"].tolist() == [rows.loc[0, "refer"], True, True, True]
+    assert rows.loc[1:, "refer_reason"].eq("unreadable").all() and rows.loc[1:, "ood_score"].isna().all()
 
 
 def test_an_ensemble_packages_its_members_and_reports_their_votes(store, ensemble_run, registered, tmp_path):
@@ -137,7 +148,7 @@ def test_mlflow_models_serve_answers_like_the_model_in_process(store, packaged, 
                "-h", "127.0.0.1", "-p", str(port)]
     with served(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env=env):
         paths = sample_images(store, 2)
-        encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths]
+        encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths] + [photograph()]
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                          {"Content-Type": "application/json"})
@@ -145,6 +156,20 @@ def test_mlflow_models_serve_answers_like_the_model_in_process(store, packaged, 
     in_process = mlflow.pyfunc.load_model(packaged).predict(pd.DataFrame({"image": encoded}))
     assert served_rows["label"].tolist() == in_process["label"].tolist()
     assert served_rows["prob_all"].to_numpy() == pytest.approx(in_process["prob_all"].to_numpy(), abs=1e-9)
+    assert served_rows["refer_reason"].tolist() == in_process["refer_reason"].tolist()
+    assert served_rows.loc[2, "refer"] and "out of distribution" in served_rows.loc[2, "refer_reason"]
+
+
+def photograph() -> str:
+    """A landscape-sized crop of a real photograph (scikit-image ships it), as PNG bytes in base64."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.coffee()[100:300, 200:400]).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def test_a_model_packaged_before_the_restructuring_still_loads(store, packaged, tmp_path):
@@ -157,3 +182,13 @@ def test_a_model_packaged_before_the_restructuring_still_loads(store, packaged, 
     images = pd.DataFrame({"path": sample_images(store)})
     pd.testing.assert_frame_equal(mlflow.pyfunc.load_model(str(folder)).predict(images),
                                   mlflow.pyfunc.load_model(packaged).predict(images))
+    # and its spec as 0.1 wrote it: a temperature and one threshold, read as marginal sets
+    spec_file = next(folder.rglob("allcls_model.json"))
+    values = json.loads(spec_file.read_text())
+    decision = values.pop("decision")
+    values.update(format=1, temperature=decision["temperature"], coverage=0.8, threshold=0.45)
+    spec_file.write_text(json.dumps(values))
+    old = mlflow.pyfunc.load_model(str(folder))
+    assert old.unwrap_python_model().spec.decision.sets.thresholds == [0.45, 0.45]
+    rows = old.predict(images)
+    assert rows.loc[~rows["set"].isin(CLASSES), "refer"].all()

@@ -1,16 +1,18 @@
 """Batch prediction with a packaged model (or a run packaged on the fly): one CSV row per image, odd
-images converted, unreadable ones skipped and listed, nothing written next to the images, and an
-existing output kept."""
+images converted, unreadable ones kept with their reason and listed, a patient table on request,
+nothing written next to the images, and an existing output kept."""
 
 import shutil
 from pathlib import Path
 
 import cv2
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
 from allcls.errors import AllclsError
+from allcls.inference.calibration import calibrated
 from allcls.serving.predict import predict
 
 from helpers import compose_config
@@ -49,14 +51,20 @@ def test_a_folder_with_odd_files_gives_a_row_per_readable_image_and_lists_the_re
                                                                                    tmp_path, capsys):
     output = predict(predict_cfg(store, tmp_path, f"model={model_uri}", f"input={odd_folder}",
                                  f"output={tmp_path / 'out' / 'predictions.csv'}"))
-    table = pd.read_csv(output)
+    table = pd.read_csv(output, keep_default_na=False, na_values={"prob_hem": [""], "prob_all": [""]})
     readable = {"gray.png", "rgba.png", "sixteen.png", "tiny.png", "wide.png"} | {
         p.name for p in odd_folder.glob("*.bmp") if p.stat().st_size}
-    assert {Path(p).name for p in table["path"]} == readable
-    assert list(table.columns[:6]) == ["path", "label", "prob_hem", "prob_all", "set", "refer"]
-    assert np.allclose(table[["prob_hem", "prob_all"]].sum(axis=1), 1)
+    unreadable = {"huge.png", "empty.bmp", "notes.jpg"}
+    assert {Path(p).name for p in table["path"]} == readable | unreadable
+    assert list(table.columns[:8]) == ["path", "label", "prob_hem", "prob_all", "set", "refer", "refer_reason",
+                                       "ood_score"]
+    assert table.columns[-1] == "error"
+    broken = table[table["path"].map(lambda p: Path(p).name in unreadable)]
+    assert broken["refer_reason"].eq("unreadable").all() and broken["error"].ne("").all()
+    good = table.drop(broken.index)
+    assert np.allclose(good[["prob_hem", "prob_all"]].sum(axis=1), 1) and good["error"].eq("").all()
     printed = capsys.readouterr().out
-    assert "Skipped 3 file(s)" in printed
+    assert "Could not read 3 file(s)" in printed
     assert "huge.png: 10000 x 10000 pixels" in printed and "empty.bmp: the file is empty" in printed
     assert "notes.jpg: not an image file" in printed and "readme.txt" not in printed
 
@@ -65,7 +73,30 @@ def test_tta_and_a_run_id_packaged_on_the_fly(store, odd_folder, tmp_path):
     output = predict(predict_cfg(store, tmp_path, f"model={store['members'][2]}", f"input={odd_folder}/*.bmp",
                                  f"output={tmp_path / 'tta.csv'}", "tta=true", "coverage=0.8"))
     table = pd.read_csv(output)
-    assert len(table) == 3 and table["label"].isin(["hem", "all"]).all()
+    assert len(table) == 4 and table["label"].dropna().isin(["hem", "all"]).all()  # and empty.bmp's row
+
+
+def test_one_decision_per_patient_from_c_nmc_file_names(store, model_uri, tmp_path, capsys):
+    folder = next(Path(store["root"], "data", "synthetic").glob("cnmc-*")) / "training_data" / "fold_2"
+    output = predict(predict_cfg(store, tmp_path, f"model={model_uri}", f"input={folder}", "group_by=subject",
+                                 f"output={tmp_path / 'cells.csv'}"))
+    cells = pd.read_csv(output, keep_default_na=False, na_values={"prob_hem": [""], "prob_all": [""],
+                                                                 "ood_score": [""]})
+    patients = pd.read_csv(tmp_path / "cells_patients.csv", keep_default_na=False,
+                           na_values={"prob_hem": [""], "prob_all": [""], "ood_score": [""]})
+    subjects = cells["path"].map(lambda p: Path(p).name.split("_")[1].upper())
+    assert sorted(patients["patient"]) == sorted(set(subjects))
+    mlflow.set_tracking_uri(f"sqlite:///{store['root']}/mlruns/mlflow.db")
+    rule = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().spec.decision.patient
+    assert rule is not None and rule.subjects == 6  # fitted on the validation subjects
+    assert list(patients.columns[:4]) == ["patient", "cells", "cells_used", "cells_referred"]
+    for row in patients.itertuples():
+        own = cells[subjects == row.patient]
+        used = own[~own["refer_reason"].str.contains("out of distribution")]
+        assert row.cells == len(own) and row.cells_used == len(used)
+        mean = used[["prob_hem", "prob_all"]].mean().to_numpy()[None]  # the mean of its cells in distribution
+        assert row.prob_all == pytest.approx(calibrated(mean, rule.temperature)[0, 1])
+    assert "patient decision(s)" in capsys.readouterr().out
 
 
 def test_an_existing_output_is_kept_and_nothing_goes_next_to_the_images(store, model_uri, odd_folder, tmp_path):
