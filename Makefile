@@ -40,7 +40,7 @@ demo: $(INSTALLED) data/weights/mobilenetv2_100_in1k.pth data/weights/tf_efficie
 	$(BIN)/python train.py -m experiment=quickstart backbone=mobilenetv2,efficientnet_lite0 seed=0,1
 	$(BIN)/python ensemble.py experiment_name=synthetic-cnmc sweep_id=latest
 	$(BIN)/allcls-package run_id=latest experiment_name=synthetic-cnmc register_as=demo-ensemble \
-		alias=champion coverage=0.8
+		alias=champion coverage=0.8 referral.protect=all referral.max_miss_rate=0.2
 	@echo "The commands above (mlflow ui, allcls-*) are in .venv: source .venv/bin/activate first, or call them as .venv/bin/<command>."
 
 # The diagnosis page on http://127.0.0.1:8501, reading ./mlruns (after `make demo`: demo-ensemble@champion).

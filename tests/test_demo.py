@@ -33,7 +33,8 @@ def test_the_demo_comparison_ranks_schemes_that_differ(tmp_path, monkeypatch, ca
     compared = demo(ensemble_main, "ensemble.py", "experiment_name=synthetic-cnmc", "sweep_id=latest")
     assert compared.returncode == 0, compared.stderr[-3000:]
     packaged = demo(package_main, "allcls-package", "run_id=latest", "experiment_name=synthetic-cnmc",
-                    "register_as=demo-ensemble", "alias=champion", "coverage=0.8")
+                    "register_as=demo-ensemble", "alias=champion", "coverage=0.8", "referral.protect=all",
+                    "referral.max_miss_rate=0.2")
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     assert "then open http://127.0.0.1:5000/#/models/demo-ensemble/versions/1" in packaged.stdout  # its page
 

@@ -32,13 +32,15 @@ COVERAGES = (0.8, 0.85, 0.9, 0.95, 0.98, 0.99)  # what a silent rule's warning t
 @dataclass(frozen=True)
 class SplitOutputs:
     """A split as the model sees it: combined probabilities before any temperature (N, C), the
-    vote's class where the rule votes, the gate's inputs, and the split's labels and subjects."""
+    vote's class where the rule votes, what the gate reads (allcls.inference.predictor.Outputs), and
+    the split's labels and subjects."""
 
     samples: EvaluationSet
     raw: np.ndarray
     vote: np.ndarray | None
     features: list[np.ndarray]
     logits: list[np.ndarray]
+    inputs: list[np.ndarray]
 
     @property
     def labels(self) -> np.ndarray:
@@ -54,13 +56,13 @@ def table_outputs(table: pd.DataFrame) -> SplitOutputs:
     samples = EvaluationSet("", "", table["sample_id"].tolist(), [s if isinstance(s, str) else None for s in
                                                                   table["subject"].tolist()],
                             [], table["label"].to_numpy())
-    return SplitOutputs(samples, probabilities_of(table), None, [], [])
+    return SplitOutputs(samples, probabilities_of(table), None, [], [], [])
 
 
 def split_outputs(predictor: Predictor, samples: EvaluationSet, features: bool, desc: str) -> SplitOutputs:
     outputs = predictor.outputs(samples.paths, desc=desc, features=features)
     raw, vote = combined(outputs.per_view, predictor.weights, predictor.rule, None)
-    return SplitOutputs(samples, raw, vote, outputs.features, outputs.logits)
+    return SplitOutputs(samples, raw, vote, outputs.features, outputs.logits, outputs.inputs)
 
 
 def train_sample(samples: EvaluationSet, limit: int, seed: int) -> EvaluationSet:
@@ -90,12 +92,12 @@ def fit_rule(validation: SplitOutputs, train: SplitOutputs | None, classes: Sequ
         if train is None or not len(train.labels):
             raise AllclsError("The out-of-distribution gate needs the training split's images: pass "
                               "dataset_root=<where the dataset is>, or ood.enabled=false.")
-        gate = OodGate.fit((train.features, train.logits, train.labels), (validation.features, validation.logits),
-                           settings.ood.max_rejected)
-        ood_note = (f"Mahalanobis distance of the members' features to the training classes (fitted on "
-                    f"{len(train.labels)} training cells) with the energy of their logits; threshold "
-                    f"{gate.threshold:.3f} rejects at most {settings.ood.max_rejected:.0%} of the "
-                    f"{len(labels)} validation cells")
+        gate = OodGate.fit((train.inputs, train.features, train.labels),
+                           (validation.inputs, validation.features, validation.logits), settings.ood.max_rejected)
+        ood_note = (f"how far each member's input and features are from those of {len(train.labels)} training "
+                    f"cells (Mahalanobis), and the energy of its logits; threshold {gate.threshold:.3f}, set on "
+                    f"{len(labels)} validation cells so that a new cell like them is rejected with probability at "
+                    f"most {settings.ood.max_rejected:.0%}")
     temperature, temperature_note = choose_temperature(validation.raw, labels)
     probabilities = calibrated(validation.raw, temperature)
     sets, sets_note = None, "off"
@@ -126,7 +128,7 @@ def fit_rule(validation: SplitOutputs, train: SplitOutputs | None, classes: Sequ
                             f"{threshold:.3f}, fitted on the validation cells of {', '.join(protected)}")
     rule = DecisionRule(temperature, temperature_note, sets, sets_note, protect, protect_note,
                         gate.threshold if gate is not None else None, ood_note)
-    ood = gate.scores(validation.features, validation.logits) if gate is not None else None
+    ood = gate.scores(validation.inputs, validation.features, validation.logits) if gate is not None else None
     patient_rule, patient_note = fit_patients(rule, validation, probabilities, ood, classes, settings.coverage)
     rule = DecisionRule(**{**rule.__dict__, "patient": patient_rule, "patient_note": patient_note})
     warnings = silent_rule_warnings(validation, rule, classes, settings, ood)
@@ -251,7 +253,7 @@ def measure(split: SplitOutputs, fitted: FittedRule, classes: list[str], replica
     """The rule's decisions on a labelled split and what they measure."""
     rule = fitted.rule
     probabilities = calibrated(split.raw, rule.temperature)
-    ood = fitted.gate.scores(split.features, split.logits) if fitted.gate is not None else None
+    ood = fitted.gate.scores(split.inputs, split.features, split.logits) if fitted.gate is not None else None
     decisions = rule.decide(probabilities, classes, split.vote, ood)
     labels, subjects = split.labels, split.subjects
     draws = bootstrap_multiplicities(resampling_groups(subjects), replicates, seed) if replicates \
@@ -312,7 +314,7 @@ def measure_probes(predictor: Predictor, gate: OodGate, own_scores: np.ndarray, 
     measures = []
     for probe in probe_sets(own_paths, classes, seed=seed):
         outputs = predictor.outputs(probe.images, desc=f"Probing the gate: {probe.name}", show_progress=False)
-        scores = gate.scores(outputs.features, outputs.logits)
+        scores = gate.scores(outputs.inputs, outputs.features, outputs.logits)
         truth = np.r_[np.zeros(len(own_scores)), np.ones(len(scores))]
         auroc = float(roc_auc_score(truth, np.r_[own_scores, scores])) if len(own_scores) else float("nan")
         measures.append(ProbeMeasure(probe.name, probe.kind, len(scores), auroc, float(gate.rejects(scores).mean())))

@@ -188,7 +188,8 @@ def decision_result(inputs: Inputs, table: pd.DataFrame, validation: pd.DataFram
     for warning in fitted.warnings:
         log.warning(warning)
     decisions, measures = measure(evaluated, fitted, source.classes, settings.bootstrap, settings.seed)
-    ood = fitted.gate.scores(evaluated.features, evaluated.logits) if fitted.gate is not None else None
+    gate = fitted.gate
+    ood = gate.scores(evaluated.inputs, evaluated.features, evaluated.logits) if gate is not None else None
     probes = None
     if fitted.gate is not None and ood is not None and rule.ood.probes:
         probes = probe_table(measure_probes(inputs.predictor, fitted.gate, ood, evaluated.samples.paths,

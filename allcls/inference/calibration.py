@@ -47,10 +47,11 @@ def choose_temperature(probabilities: np.ndarray, labels: np.ndarray) -> tuple[f
     the validation log loss without raising the validation ECE (a temperature that trades calibration
     for likelihood would make the number shown as a probability less true where it is read)."""
     if not len(labels):
-        return None, "no validation predictions to fit one on"
+        return None, "none: no validation predictions to fit one on"
     temperature = fit_temperature(probabilities, labels)
     if temperature is None:
-        return None, "every validation prediction was right: a temperature fitted there would make mistakes confident"
+        return None, ("none: every validation prediction was right, and a temperature fitted there would make "
+                      "mistakes confident")
     scaled = apply_temperature(probabilities, temperature)
     before = (float(log_loss(probabilities[None], labels)[0]), float(expected_calibration_error(probabilities[None],
                                                                                               labels)[0]))

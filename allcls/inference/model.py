@@ -103,7 +103,7 @@ class Model:
         spec = self.spec
         outputs = self.predictor.outputs(images, views, "Predicting", show_progress, features=self.gate is not None)
         probabilities, vote = combined(outputs.per_view, self.predictor.weights, spec.rule, spec.temperature)
-        ood = self.gate.scores(outputs.features, outputs.logits) if self.gate is not None else None
+        ood = self.gate.scores(outputs.inputs, outputs.features, outputs.logits) if self.gate is not None else None
         return Answer(probabilities, spec.decision.decide(probabilities, spec.classes, vote, ood), ood, outputs)
 
     def patient_rows(self, rows: pd.DataFrame, patient_of: Sequence[str]) -> pd.DataFrame:

@@ -1,18 +1,23 @@
 """The out-of-distribution gate: how unlike the training cells an input is, and whether it is too
 unlike them to be answered.
 
-Two views of each member's answer, because either alone misses cases:
+Three views of what each member is shown and makes of it, because each alone misses cases:
+- input: the Mahalanobis distance of a summary of the member's input (the resized image it is fed:
+  colour means and spreads, their layout on a 4 x 4 grid, colour histograms; 78 numbers) to the
+  training cells' summaries. Networks fine-tuned from ImageNet on a few hundred cells keep much of
+  ImageNet's indifference to colour and texture: on the demo's model a photograph or a scanned page
+  often lands among the cells in feature space (features and outputs alone rejected a quarter of
+  the far probes), while no training cell looks like it;
 - features: the Mahalanobis distance of the member's pooled features (what its classifier head
   sees) to the nearest class mean, with one covariance shared by the classes (Lee et al. 2018),
   shrunk towards a multiple of the identity (Ledoit-Wolf) since there are often fewer training
   cells than feature dimensions;
 - outputs: the energy of its logits, -logsumexp (Liu et al. 2020): low where the network is sure of
-  some class. Artefacts can make a network sure, so outputs alone are not enough; a cell-like image
-  far from every class mean may still get a confident softmax.
+  some class. Artefacts can make a network sure, so outputs alone are not enough.
 Each raw score is standardised by its median and interquartile range on the validation cells, the
-members' standardised scores are averaged, and the gate's score is the larger of the two averages.
-The statistics are fitted on the training split; the threshold is the validation quantile that
-rejects at most `max_rejected` of the in-distribution validation cells.
+members' standardised scores are averaged, and the gate's score is the largest of the three averages.
+The statistics are fitted on the training split; the threshold is set on the validation split so
+that a new in-distribution cell is rejected with probability at most `max_rejected`.
 """
 
 from __future__ import annotations
@@ -21,32 +26,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 
-SCORES = ("features", "energy")  # the two raw scores of each member, in this order
+SCORES = ("input", "features", "energy")  # the raw scores of each member, in this order
+GRID, BINS = 4, 8  # the input summary: colour means on a GRID x GRID layout, BINS-bin histograms per channel
+
+
+def summarise_inputs(images: torch.Tensor) -> np.ndarray:
+    """What a member is shown, summarised (N, 78): from its uint8 input images (N, H, W, 3), each
+    channel's mean and spread, its means on a 4 x 4 grid, and its 8-bin histogram."""
+    x = images.float().div(255).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    flat = x.flatten(2)
+    grid = F.adaptive_avg_pool2d(x, GRID).flatten(1)
+    bins = (flat * BINS).long().clamp(0, BINS - 1)
+    histogram = F.one_hot(bins, BINS).float().mean(dim=2).flatten(1)  # (N, 3 * BINS)
+    return torch.cat([flat.mean(2), flat.std(2), grid, histogram], dim=1).double().cpu().numpy()
 
 
 @dataclass(frozen=True)
-class MemberStatistics:
-    """A member's training features as class means (C, D) and the shared precision matrix (D, D)."""
+class Gaussian:
+    """One Gaussian per class (means (C, D)) sharing a precision matrix (D, D), shrunk (Ledoit-Wolf)."""
 
     means: np.ndarray
     precision: np.ndarray
 
     @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray) -> MemberStatistics:
+    def fit(cls, values: np.ndarray, labels: np.ndarray | None = None) -> Gaussian:
+        labels = np.zeros(len(values), dtype=np.int64) if labels is None else labels
         classes = np.unique(labels)
-        means = np.zeros((int(labels.max()) + 1, features.shape[1]))
-        for c in classes:
-            means[c] = features[labels == c].mean(axis=0)
-        residuals = features - means[labels]
+        means = np.stack([values[labels == c].mean(axis=0) for c in classes])
+        residuals = values - means[np.searchsorted(classes, labels)]
         precision = LedoitWolf(assume_centered=True).fit(residuals).precision_
-        return cls(means[classes].astype(np.float32), precision.astype(np.float32))
+        return cls(means.astype(np.float32), precision.astype(np.float32))
 
-    def distance(self, features: np.ndarray) -> np.ndarray:
-        """The squared Mahalanobis distance to the nearest class mean (N,)."""
-        f = features.astype(np.float64)
+    def distance(self, values: np.ndarray) -> np.ndarray:
+        """The squared Mahalanobis distance to the nearest mean (N,)."""
+        f = values.astype(np.float64)
         precision, means = self.precision.astype(np.float64), self.means.astype(np.float64)
         projected = f @ precision
         own = np.einsum("nd,nd->n", projected, f)
@@ -55,16 +73,30 @@ class MemberStatistics:
         return np.maximum(own[:, None] - 2 * cross + centre[None], 0).min(axis=1)
 
 
-def raw_scores(statistics: list[MemberStatistics], features: list[np.ndarray], logits: list[np.ndarray]
-               ) -> np.ndarray:
-    """(members, N, 2): each member's feature distance and logit energy, higher = more unusual."""
-    return np.stack([np.stack([s.distance(f), -logsumexp(z.astype(np.float64), axis=1)], axis=1)
-                     for s, f, z in zip(statistics, features, logits, strict=True)])
+@dataclass(frozen=True)
+class MemberStatistics:
+    """A member's training cells: their input summaries (one Gaussian) and features (one per class)."""
+
+    inputs: Gaussian
+    features: Gaussian
+
+    @classmethod
+    def fit(cls, inputs: np.ndarray, features: np.ndarray, labels: np.ndarray) -> MemberStatistics:
+        return cls(Gaussian.fit(inputs), Gaussian.fit(features, labels))
+
+
+def raw_scores(statistics: list[MemberStatistics], inputs: list[np.ndarray], features: list[np.ndarray],
+               logits: list[np.ndarray]) -> np.ndarray:
+    """(members, N, 3): each member's input distance, feature distance and logit energy, higher =
+    more unusual."""
+    return np.stack([np.stack([s.inputs.distance(i), s.features.distance(f),
+                               -logsumexp(z.astype(np.float64), axis=1)], axis=1)
+                     for s, i, f, z in zip(statistics, inputs, features, logits, strict=True)])
 
 
 @dataclass(frozen=True)
 class OodGate:
-    """Fitted statistics per member, the validation median and spread of each raw score (members, 2),
+    """Fitted statistics per member, the validation median and spread of each raw score (members, 3),
     and the threshold on the combined score."""
 
     statistics: list[MemberStatistics]
@@ -75,21 +107,20 @@ class OodGate:
 
     @classmethod
     def fit(cls, train: tuple[list[np.ndarray], list[np.ndarray], np.ndarray],
-            validation: tuple[list[np.ndarray], list[np.ndarray]], max_rejected: float) -> OodGate:
-        """From each member's training features, logits (unused) and labels, and its validation
-        features and logits."""
-        features, _, labels = train
-        statistics = [MemberStatistics.fit(f, labels) for f in features]
+            validation: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]], max_rejected: float) -> OodGate:
+        """From each member's training input summaries and features and the training labels, and
+        its validation input summaries, features and logits."""
+        inputs, features, labels = train
+        statistics = [MemberStatistics.fit(i, f, labels) for i, f in zip(inputs, features, strict=True)]
         raw = raw_scores(statistics, *validation)
         low, centre, high = np.percentile(raw, [25, 50, 75], axis=1)
         spread = np.maximum(high - low, 1e-6 * np.maximum(np.abs(centre), 1.0))
-        combined = combine(raw, centre, spread)
-        threshold = float(np.quantile(combined, 1 - max_rejected, method="higher"))
-        return cls(statistics, centre, spread, threshold, max_rejected)
+        return cls(statistics, centre, spread, rejection_threshold(combine(raw, centre, spread), max_rejected),
+                   max_rejected)
 
-    def scores(self, features: list[np.ndarray], logits: list[np.ndarray]) -> np.ndarray:
+    def scores(self, inputs: list[np.ndarray], features: list[np.ndarray], logits: list[np.ndarray]) -> np.ndarray:
         """The combined score of each image (N,): above `threshold` it is out of distribution."""
-        return combine(raw_scores(self.statistics, features, logits), self.centre, self.spread)
+        return combine(raw_scores(self.statistics, inputs, features, logits), self.centre, self.spread)
 
     def rejects(self, scores: np.ndarray) -> np.ndarray:
         return scores > self.threshold
@@ -98,7 +129,8 @@ class OodGate:
         arrays = {"centre": self.centre, "spread": self.spread, "threshold": np.array(self.threshold),
                   "max_rejected": np.array(self.max_rejected)}
         for m, s in enumerate(self.statistics):
-            arrays[f"means_{m}"], arrays[f"precision_{m}"] = s.means, s.precision
+            for part, gaussian in (("inputs", s.inputs), ("features", s.features)):
+                arrays[f"{part}_means_{m}"], arrays[f"{part}_precision_{m}"] = gaussian.means, gaussian.precision
         np.savez_compressed(path, allow_pickle=False, **arrays)
         return path
 
@@ -106,12 +138,22 @@ class OodGate:
     def load(cls, path: str | Path) -> OodGate:
         with np.load(path) as arrays:
             members = len(arrays["centre"])
-            statistics = [MemberStatistics(arrays[f"means_{m}"], arrays[f"precision_{m}"]) for m in range(members)]
+            statistics = [MemberStatistics(*(Gaussian(arrays[f"{part}_means_{m}"], arrays[f"{part}_precision_{m}"])
+                                             for part in ("inputs", "features"))) for m in range(members)]
             return cls(statistics, arrays["centre"], arrays["spread"], float(arrays["threshold"]),
                        float(arrays["max_rejected"]))
 
 
+def rejection_threshold(validation: np.ndarray, max_rejected: float) -> float:
+    """The validation score of rank ceil((n + 1)(1 - max_rejected)) (a conformal p-value's cut): a
+    new in-distribution cell, exchangeable with the n validation cells, is rejected with probability
+    at most `max_rejected`. With too few validation cells for that rank, the largest score."""
+    ordered = np.sort(validation)
+    rank = int(np.ceil((len(ordered) + 1) * (1 - max_rejected)))
+    return float(ordered[min(rank, len(ordered)) - 1])
+
+
 def combine(raw: np.ndarray, centre: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """(members, N, 2) raw scores -> (N,): standardised, averaged over members, the larger of the two."""
+    """(members, N, 3) raw scores -> (N,): standardised, averaged over members, the largest of the three."""
     standardised = (raw - centre[:, None, :]) / spread[:, None, :]
     return standardised.mean(axis=0).max(axis=1)

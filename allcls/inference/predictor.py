@@ -21,6 +21,7 @@ from allcls.data.images import read_image
 from allcls.data.preprocessing import Normalisation, preprocess
 from allcls.inference.combining import Rule, combine
 from allcls.inference.members import Member, Preprocessing
+from allcls.inference.ood import summarise_inputs
 from allcls.inference.views import PLAIN, check_views, view_probabilities
 from allcls.progress import progress
 
@@ -47,12 +48,14 @@ class _Inputs(Dataset):
 @dataclass(frozen=True)
 class Outputs:
     """What the members make of a batch of images: probabilities of every view (views, members,
-    images, classes); and, where asked for, each member's pooled features (images, features) and
-    logits (images, classes) of the image as it is."""
+    images, classes); and, where asked for, what the out-of-distribution gate reads of each member:
+    the summary of its input (allcls.inference.ood.summarise_inputs), its pooled features (images,
+    features) and its logits (images, classes) of the image as it is."""
 
     per_view: np.ndarray
     features: list[np.ndarray]
     logits: list[np.ndarray]
+    inputs: list[np.ndarray]
 
 
 def _features_and_logits(network: nn.Module, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -126,11 +129,15 @@ class Predictor:
         chunks: list[list[list[np.ndarray]]] = [[[] for _ in self.members] for _ in views]
         pooled: list[list[np.ndarray]] = [[] for _ in self.members]
         logits: list[list[np.ndarray]] = [[] for _ in self.members]
+        shown: list[list[np.ndarray]] = [[] for _ in self.members]
         label = f"{desc}: {len(images)} images x {members} model(s) x {len(views)} view(s)"
         with progress(desc=label, total=len(images), unit="image", show=show_progress) as bar:
             for batch in self.loader(images):
                 for m, (member, network) in enumerate(zip(self.members, self.networks, strict=True)):
-                    inputs = self.network_input(self.resized(batch, member), member.preprocessing)
+                    resized = self.resized(batch, member)
+                    inputs = self.network_input(resized, member.preprocessing)
+                    if features:
+                        shown[m].append(summarise_inputs(resized))
                     for v, view in enumerate(views):
                         if features and view == "identity":
                             own, head = _features_and_logits(network, inputs)
@@ -146,9 +153,10 @@ class Predictor:
                 bar.update(len(batch[0]))
         empty = np.zeros((0, len(self.classes)))
         per_view = np.array([[np.concatenate(chunk) if chunk else empty for chunk in view] for view in chunks])
-        join = [np.concatenate(chunk) if chunk else np.zeros((0, 0)) for chunk in pooled]
-        return Outputs(per_view, join if features else [],
-                       [np.concatenate(chunk) if chunk else empty for chunk in logits] if features else [])
+        if not features:
+            return Outputs(per_view, [], [], [])
+        join = lambda chunks: [np.concatenate(chunk) if chunk else np.zeros((0, 0)) for chunk in chunks]  # noqa: E731
+        return Outputs(per_view, join(pooled), join(logits), join(shown))
 
     def features(self, images: Sequence[Image], desc: str = "Features") -> list[np.ndarray]:
         """Each member's features of the images (what its classifier head sees), one (images,

@@ -136,7 +136,7 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
     _, measured = measure(test, fitted, source.classes, bootstrap, settings.seed)
     probes = None
     if fitted.gate is not None:
-        own = fitted.gate.scores(test.features, test.logits)
+        own = fitted.gate.scores(test.inputs, test.features, test.logits)
         probes = probe_table(measure_probes(predictor, fitted.gate, own, test.samples.paths, source.classes,
                                             settings.seed))
     calibration = calibration_facts(validation, test, fitted.rule.temperature)
@@ -197,7 +197,8 @@ def save_model(spec: ModelSpec, artifacts: dict[str, str], folder: Path) -> None
     if len(spec.members) > 1:
         outputs += [(spec.member_column(m), "string") for m in spec.members]
     outputs.append(("error", "string"))
-    registry.save(folder, PYFUNC_FILE, artifacts, inputs=[("image", "string"), ("path", "string")], outputs=outputs,
+    inputs = [("image", "string"), ("path", "string"), ("subject", "string")]  # subject: one more row per patient
+    registry.save(folder, PYFUNC_FILE, artifacts, inputs=inputs, outputs=outputs,
                   params={"tta": False}, input_example=pd.DataFrame({"image": [EXAMPLE_IMAGE]}))
 
 

@@ -3,7 +3,8 @@
 The folder (written by allcls.serving.package) holds each member's checkpoint and `allcls_model.json`
 (allcls.inference.spec). `mlflow.pyfunc.load_model` on it gives a model whose `predict` takes a
 DataFrame with a column `image` (base64-encoded image bytes, what `mlflow models serve` receives as
-JSON) or `path` (image files), and returns one row per image (allcls.inference.model). This module
+JSON) or `path` (image files), and returns one row per image (allcls.inference.model); with a
+`subject` column too, one more row per subject with that patient's decision. This module
 is the pyfunc entry that MLflow itself loads: the only one outside allcls.tracking that imports
 mlflow (model_code.py, the file MLflow runs to build the model, calls `name_the_model` here).
 """
@@ -49,7 +50,26 @@ class PackagedModel(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         images, errors = decode_inputs(model_input)
-        return self.model.rows(images, errors, views_for(bool((params or {}).get("tta"))))
+        rows = self.model.rows(images, errors, views_for(bool((params or {}).get("tta"))))
+        return with_patients(self.model, rows, model_input["subject"]) if "subject" in model_input.columns else rows
+
+
+def with_patients(model: Model, rows: pd.DataFrame, subjects: pd.Series) -> pd.DataFrame:
+    """With a `subject` column in the input: each cell's row with `level` = cell and its subject,
+    then one row per subject (`level` = patient, and `cells`, `cells_used`, `cells_referred`) with
+    the patient's decision (allcls.inference.model.Model.patient_rows). Cells without a subject get
+    no patient."""
+    named = subjects.map(lambda s: str(s) if isinstance(s, str) and s.strip() else None)
+    cells = rows.copy()
+    cells.insert(0, "level", "cell")
+    cells.insert(1, "subject", named.tolist())
+    known = named.notna().to_numpy()
+    if not known.any():
+        return cells
+    patients = model.patient_rows(rows[known].reset_index(drop=True), named[known].tolist())
+    patients = patients.rename(columns={"patient": "subject"})
+    patients.insert(0, "level", "patient")
+    return pd.concat([cells, patients], ignore_index=True)
 
 
 def decode_inputs(model_input: pd.DataFrame) -> tuple[list[np.ndarray | None], list[str]]:

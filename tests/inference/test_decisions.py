@@ -97,7 +97,7 @@ def test_a_validation_split_without_error_still_gives_a_rule_that_refers_the_uns
     settings = RuleSettings(0.9, ood=OodSettings(enabled=False))
     fitted = fit_rule(validation, None, ["hem", "all"], settings)
     rule = fitted.rule
-    assert rule.temperature is None and "every validation prediction was right" in rule.temperature_note
+    assert rule.temperature is None and rule.temperature_note.startswith("none: every validation prediction was right")
     unsure = np.array([[0.55, 0.45], [0.3, 0.7], [0.995, 0.005]])
     decided = rule.decide(unsure, ["hem", "all"])
     assert decided.refer.tolist() == [True, True, False]
@@ -139,21 +139,27 @@ def test_the_gate_rejects_what_is_far_from_the_training_features_and_passes_its_
     rng = np.random.default_rng(6)
     centres = rng.normal(0, 3, (2, 16))
 
+    def summaries(n):  # what an input summary of ordinary cells looks like: 78 numbers near one point
+        return 0.5 + rng.normal(0, 0.05, (n, 78))
+
     def cells(n):
         labels = rng.integers(0, 2, n)
         features = centres[labels] + rng.normal(0, 1, (n, 16))
         logits = np.stack([-(features - c).__pow__(2).sum(1) / 10 for c in centres], axis=1)
-        return [features], [logits], labels
+        return [summaries(n)], [features], [logits], labels
 
     train, validation, test = cells(400), cells(400), cells(2000)
-    gate = OodGate.fit(train, validation[:2], max_rejected=0.02)
-    assert gate.rejects(gate.scores(*test[:2])).mean() <= 0.05
+    gate = OodGate.fit((train[0], train[1], train[3]), validation[:3], max_rejected=0.02)
+    assert gate.rejects(gate.scores(*test[:3])).mean() <= 0.05
     far = rng.normal(0, 1, (200, 16)) * 8 + 20
     far_logits = np.stack([-(far - c).__pow__(2).sum(1) / 10 for c in centres], axis=1)
-    assert gate.rejects(gate.scores([far], [far_logits])).all()
+    assert gate.rejects(gate.scores([summaries(200)], [far], [far_logits])).all()
     confident = centres[0] + 30 * (centres[0] - centres[1])  # far from both, yet the logits are sure of class 0
-    scores = gate.scores([confident[None]], [np.array([[50.0, -50.0]])])
+    scores = gate.scores([summaries(1)], [confident[None]], [np.array([[50.0, -50.0]])])
     assert gate.rejects(scores).all()  # the features catch what the output score alone would not
+    odd_input = summaries(1) + 0.5  # an image unlike the cells, that the network nonetheless places among them
+    assert gate.rejects(gate.scores([odd_input], [centres[:1]], [np.array([[5.0, -5.0]])])).all()
+    assert not gate.rejects(gate.scores([summaries(1)], [centres[:1]], [np.array([[5.0, -5.0]])])).any()
 
 
 def test_reasons_come_in_order_and_every_one_is_named():

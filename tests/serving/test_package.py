@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from allcls.errors import AllclsError
+from allcls.inference.calibration import calibrated
 from allcls.serving.package import package
 
 from helpers import compose_config, free_port, served
@@ -192,3 +193,22 @@ def test_a_model_packaged_before_the_restructuring_still_loads(store, packaged, 
     assert old.unwrap_python_model().spec.decision.sets.thresholds == [0.45, 0.45]
     rows = old.predict(images)
     assert rows.loc[~rows["set"].isin(CLASSES), "refer"].all()
+
+
+def test_a_subject_column_adds_one_decision_per_patient(store, registered):
+    """Cells of two patients (and one without a subject): their rows, then one row per patient whose
+    probability is the mean of its cells in distribution, temperature-scaled as the patient rule says."""
+    paths = sample_images(store, 5)
+    model = mlflow.pyfunc.load_model(registered["ensemble"])
+    rows = model.predict(pd.DataFrame({"path": paths, "subject": ["A", "A", "B", "B", None]}))
+    assert rows["level"].tolist() == ["cell"] * 5 + ["patient"] * 2
+    patients = rows[rows["level"] == "patient"].set_index("subject")
+    assert patients["cells"].tolist() == [2, 2] and set(patients["label"]) <= set(CLASSES)
+    assert patients["refer"].isin([True, False]).all()
+    rule = model.unwrap_python_model().spec.decision.patient
+    cells = rows[rows["level"] == "cell"]
+    for subject in ("A", "B"):
+        own = cells[(cells["subject"] == subject) & ~cells["refer_reason"].str.contains("out of distribution")]
+        if len(own):
+            mean = own[["prob_hem", "prob_all"]].to_numpy(dtype=float).mean(axis=0)[None]
+            assert patients.loc[subject, "prob_all"] == pytest.approx(calibrated(mean, rule.temperature)[0, 1])
