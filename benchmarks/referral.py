@@ -12,7 +12,8 @@ and prints what the decision rule does on the test split (share referred and why
 referred, the accuracy of what is answered, coverage per class, the protected miss rate, the gate on
 each probe set) and on the real C-NMC cells. With `--demo-store` it trains nothing: it shows the real
 cells of both datasets to `demo-ensemble@champion` of that store (a model trained on synthetic cells)
-and reports how many it refuses as out of distribution. Writes `referral.json` beside the work folder.
+and reports how many it refuses as out of distribution. Writes `referral.json` (`referral-demo.json`)
+beside the work folder.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def main() -> None:
                                                              "out of distribution": round(ood_share(rows), 3),
                                                              "referred": round(float(rows["refer"].mean()), 3)}
     print(json.dumps(results, indent=2))
-    (work.parent / "referral.json").write_text(json.dumps(results, indent=2))
+    name = "referral-demo.json" if args.demo_store is not None else "referral.json"
+    (work.parent / name).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

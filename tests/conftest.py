@@ -131,7 +131,7 @@ def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
                                       output_dir=folder / "job"))
 
     cells = packaged(f"run_id={store['members'][0]}", "register_as=cells", "alias=champion")
-    protect = ["referral.protect=all", "referral.max_miss_rate=0.3"]
+    protect = ["referral.protect=all", "referral.max_miss_rate=0.3", "ood.probes=false"]  # cells' card has them
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         unregistered = packaged(f"run_id={ensemble_run}", *protect)

@@ -151,7 +151,7 @@ def fit_patients(rule: DecisionRule, validation: SplitOutputs, probabilities: np
         return None, "none: the validation split has no subject ids (a patient's call is then the plain mean of " \
                      "their cells, without a set)"
     grouped, labels = patient_groups(validation, probabilities, ood, rule)
-    return patients.fit_rule(grouped, labels, coverage or 0.9)
+    return patients.fit_rule(grouped, labels, coverage)
 
 
 def patient_groups(split: SplitOutputs, probabilities: np.ndarray, ood: np.ndarray | None, rule: DecisionRule

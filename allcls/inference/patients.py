@@ -58,14 +58,20 @@ def group(probabilities: np.ndarray, patients: Sequence[str], used_cells: np.nda
     return Patients(ids, mean, np.bincount(rows, minlength=count), seen, used, ood)
 
 
-def fit_rule(patients: Patients, labels: np.ndarray, coverage: float) -> tuple[PatientRule, str]:
-    """The patient rule fitted on validation patients (`labels`: each patient's class)."""
+def fit_rule(patients: Patients, labels: np.ndarray, coverage: float | None) -> tuple[PatientRule, str]:
+    """The patient rule fitted on validation patients (`labels`: each patient's class); without a
+    `coverage` (the model has no prediction sets), no patient sets either."""
     temperature, note = choose_temperature(patients.probabilities, labels)
     probabilities = calibrated(patients.probabilities, temperature)
-    threshold = conformal.fit_threshold(probabilities, labels, [None] * len(labels), coverage)
-    sets = (f"{coverage:.0%} coverage over patients" if threshold is not None else
-            f"no patient sets: {coverage:.0%} coverage needs {conformal.units_needed(coverage)} validation subjects, "
-            f"there are {len(labels)}")
+    threshold = None if coverage is None else \
+        conformal.fit_threshold(probabilities, labels, [None] * len(labels), coverage)
+    if coverage is None:
+        sets = "no patient sets (the model has none)"
+    elif threshold is None:
+        sets = (f"no patient sets: {coverage:.0%} coverage needs {conformal.units_needed(coverage)} validation "
+                f"subjects, there are {len(labels)}")
+    else:
+        sets = f"{coverage:.0%} coverage over patients"
     rule = PatientRule(AGGREGATION, temperature, coverage if threshold is not None else None, threshold, len(labels))
     return rule, (f"fitted on {len(labels)} validation subjects ({sets}; temperature {note}); with so few subjects "
                   "the patient-level coverage is a rough guide")

@@ -135,7 +135,7 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
         return model, artifacts, None
     _, measured = measure(test, fitted, source.classes, bootstrap, settings.seed)
     probes = None
-    if fitted.gate is not None:
+    if fitted.gate is not None and settings.ood.probes:
         own = fitted.gate.scores(test.inputs, test.features, test.logits)
         probes = probe_table(measure_probes(predictor, fitted.gate, own, test.samples.paths, source.classes,
                                             settings.seed))

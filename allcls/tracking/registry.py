@@ -5,6 +5,7 @@ global tracking URI: every call goes through the Tracker's store."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,24 @@ def save(folder: Path, code_file: Path, artifacts: Mapping[str, str], inputs: Se
                                params=ParamSchema([ParamSpec(name, "boolean", default)
                                                    for name, default in params.items()]))
     mlflow.pyfunc.save_model(str(folder), python_model=str(code_file), artifacts=dict(artifacts),
-                             signature=signature, input_example=input_example)
+                             signature=signature, input_example=input_example, pip_requirements=served_requirements())
+
+
+SERVED_MODULES = ("allcls", "mlflow", "torch", "timm", "numpy", "pandas", "PIL", "scipy", "sklearn", "cv2")
+
+
+def served_requirements() -> list[str]:
+    """What a served model imports, pinned at the versions that packaged it. Written out rather than
+    left to MLflow's inference, which loads the model in a subprocess (9 s of every packaging here)
+    and whose list missed torch and timm while naming colorama and trio."""
+    distributions = importlib.metadata.packages_distributions()
+    pinned = []
+    for module in SERVED_MODULES:
+        names = distributions.get(module, [])
+        name = module if module in names else (names[0] if names else None)
+        if name is not None:
+            pinned.append(f"{name}=={importlib.metadata.version(name)}")
+    return pinned
 
 
 def register(tracker: Tracker, run_id: str, name: str, alias: str | None, tags: Mapping[str, str],

@@ -19,7 +19,8 @@ PLOTS = {"confusion_matrix.png", "roc.png", "precision_recall.png", "reliability
 
 
 def evaluate_with(store, tmp_path, *overrides):
-    cfg = compose_config("evaluate", store["root"], ["bootstrap=200", "num_workers=0", *overrides],
+    """evaluate.py with these overrides; the gate's probes only where a test asks for them (seconds each)."""
+    cfg = compose_config("evaluate", store["root"], ["bootstrap=200", "num_workers=0", "ood.probes=false", *overrides],
                          output_dir=tmp_path / "eval")
     score = evaluate(cfg)
     client = store["client"]
@@ -31,7 +32,7 @@ def evaluate_with(store, tmp_path, *overrides):
 
 def test_evaluating_a_run_uses_its_logged_predictions_and_nests_the_result(store, tmp_path):
     trained = store["client"].get_run(store["members"][0])
-    score, run, client = evaluate_with(store, tmp_path, f"run_id={trained.info.run_id}")
+    score, run, client = evaluate_with(store, tmp_path, f"run_id={trained.info.run_id}", "ood.probes=true")
     assert run.data.tags["mlflow.parentRunId"] == trained.info.run_id
     assert run.data.tags["evaluated_run_id"] == trained.info.run_id and run.data.tags["split"] == "test"
     assert run.data.params["predictions"] == "logged by the evaluated run"
@@ -48,10 +49,16 @@ def test_evaluating_a_run_uses_its_logged_predictions_and_nests_the_result(store
     assert {"metrics/metrics.csv", "metrics/per_subject.csv", "predictions/test.parquet"} <= found
     per_subject = pd.read_csv(client.download_artifacts(run.info.run_id, "metrics/per_subject.csv", str(tmp_path)))
     assert per_subject["cells"].sum() == int(trained.data.params["n_test"])
+    # the out-of-distribution gate of a tiny trained model: photographs, documents, noise and flat colour
+    # refused, its own test cells mostly passed
+    assert metrics["test/ood/probe/all_far_probes/rejected"] >= 0.99
+    assert metrics["test/ood/rejected"] <= 0.15
+    assert {"metrics/ood_probes.csv", "metrics/patients.csv", "predictions/test_decisions.csv"} <= found
 
 
 def test_tta_and_gradcam_reload_the_checkpoint_and_log_side_by_side(store, tmp_path, capsys):
-    _, run, client = evaluate_with(store, tmp_path, f"run_id={store['members'][1]}", "split=val", "tta.enabled=true",
+    _, run, client = evaluate_with(store, tmp_path, f"run_id={store['members'][1]}", "split=val", "ood.enabled=false",
+                                   "tta.enabled=true",
                                    "tta.views=[identity,hflip,vflip]", "gradcam.enabled=true",
                                    "gradcam.samples_per_class=2")
     metrics = run.data.metrics
@@ -77,7 +84,7 @@ def test_tqdm_disable_switches_the_bars_off():
 
 
 def test_an_ensemble_is_evaluated_like_a_model(store, tmp_path, ensemble_run):
-    _, run, client = evaluate_with(store, tmp_path, f"run_id={ensemble_run}", "tta.enabled=true",
+    _, run, client = evaluate_with(store, tmp_path, f"run_id={ensemble_run}", "ood.enabled=false", "tta.enabled=true",
                                    "tta.views=[identity,rot90]", "gradcam.enabled=true", "gradcam.samples_per_class=1")
     assert run.data.tags["evaluated_kind"] == "ensemble"
     assert "test/tta/f1_weighted" in run.data.metrics
@@ -85,7 +92,7 @@ def test_an_ensemble_is_evaluated_like_a_model(store, tmp_path, ensemble_run):
 
 
 def test_the_training_split_is_predicted_afresh(store, tmp_path):
-    _, run, _ = evaluate_with(store, tmp_path, f"run_id={store['members'][0]}", "split=train")
+    _, run, _ = evaluate_with(store, tmp_path, f"run_id={store['members'][0]}", "split=train", "ood.enabled=false")
     assert run.data.params["predictions"] == "recomputed"
     assert "train/f1_weighted" in run.data.metrics
 
@@ -99,6 +106,7 @@ def test_another_dataset_with_a_class_map(store, tmp_path):
     assert run.data.tags["dataset"] == "synthetic-aria" and run.data.tags["classes"] == "hem,all"
     assert int(run.data.params["n_samples"]) == 4 * 12 * 2
     assert "all/f1_weighted" in run.data.metrics
+    assert run.data.metrics["all/ood/rejected"] >= 0.9  # the model's own gate refuses the other dataset's cells
 
 
 def test_a_checkpoint_file_is_evaluated_on_the_dataset_given(store, tmp_path):

@@ -83,7 +83,7 @@ def test_bad_settings_are_refused(section, message):
 
 
 def test_evaluation_reports_it_apart_and_labelled_transductive(store, tmp_path):
-    overrides = [f"run_id={store['members'][0]}", "bootstrap=50", "num_workers=0",
+    overrides = [f"run_id={store['members'][0]}", "bootstrap=50", "num_workers=0", "ood.enabled=false",
                  "transductive_correction.enabled=true", "transductive_correction.neighbours=5"]
     from allcls.evaluation.task import evaluate
 
@@ -102,7 +102,8 @@ def test_evaluation_refuses_it_on_a_split_too_small_and_logs_nothing(store, tmp_
 
     client = store["client"]
     before = len(client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'"))
-    overrides = [f"run_id={store['members'][0]}", "num_workers=0", "transductive_correction.enabled=true",
+    overrides = [f"run_id={store['members'][0]}", "num_workers=0", "ood.enabled=false",
+                 "transductive_correction.enabled=true",
                  "transductive_correction.neighbours=500"]
     with pytest.raises(AllclsError, match="needs more than 500 images"):
         evaluate(compose_config("evaluate", store["root"], overrides, output_dir=tmp_path / "eval"))

@@ -45,13 +45,15 @@ def sample_images(store, count=3) -> list[str]:
     return sorted(str(p) for p in (folder / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.bmp"))[:count]
 
 
-def test_a_run_is_packaged_registered_and_found_by_every_uri(store, packaged):
+def test_a_run_is_packaged_registered_and_found_by_every_uri(store, packaged, tmp_path):
     assert packaged == "models:/cells@champion"
     client = store["client"]
     version = client.get_model_version_by_alias("cells", "champion")
     assert version.tags["run_id"] == store["members"][0] and version.tags["classes"] == "hem,all"
     assert version.tags["split_hash"] == store["split_hash"]
     assert client.get_run(store["members"][0]).data.tags["registered_model_version"] == f"cells/{version.version}"
+    requirements = Path(client.download_artifacts(store["members"][0], "model/requirements.txt", str(tmp_path)))
+    assert {"torch", "timm", "mlflow", "allcls"} <= {line.split("==")[0] for line in requirements.read_text().split()}
     images = pd.DataFrame({"path": sample_images(store)})
     answers = [mlflow.pyfunc.load_model(uri).predict(images) for uri in
                (packaged, f"models:/cells/{version.version}", f"runs:/{store['members'][0]}/model")]
