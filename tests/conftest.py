@@ -133,7 +133,7 @@ def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
     cells = packaged(f"run_id={store['members'][0]}", "register_as=cells", "alias=champion")
     protect = ["referral.protect=all", "referral.max_miss_rate=0.3", "ood.probes=false"]  # cells' card has them
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        unregistered = packaged(f"run_id={ensemble_run}", *protect)
+    with contextlib.redirect_stdout(printed):  # the gate is tested on the other two: not fitted here
+        unregistered = packaged(f"run_id={ensemble_run}", *protect, "ood.enabled=false")
     ensemble = packaged(f"run_id={ensemble_run}", "overwrite=true", "register_as=ensemble", "alias=champion", *protect)
     return {"cells": cells, "ensemble": ensemble, "unregistered": unregistered, "printed": printed.getvalue()}

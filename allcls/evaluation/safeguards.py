@@ -66,11 +66,16 @@ def split_outputs(predictor: Predictor, samples: EvaluationSet, features: bool, 
 
 
 def train_sample(samples: EvaluationSet, limit: int, seed: int) -> EvaluationSet:
-    """At most `limit` training cells, drawn in proportion to each class."""
-    if len(samples.paths) <= limit:
+    """At most `limit` training cells, each class drawn in proportion to its share (every class
+    keeps at least one cell, so that each has a mean to be near)."""
+    count = len(samples.paths)
+    if count <= limit:
         return samples
     rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(len(samples.paths), size=limit, replace=False))
+    classes, sizes = np.unique(samples.labels, return_counts=True)
+    quota = np.maximum(1, np.floor(limit * sizes / count)).astype(int)
+    keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(samples.labels == c), size=min(q, n), replace=False)
+                                   for c, q, n in zip(classes, quota, sizes, strict=True)]))
     return EvaluationSet(samples.dataset, samples.split, [samples.sample_ids[i] for i in keep],
                          [samples.subjects[i] for i in keep], [samples.paths[i] for i in keep], samples.labels[keep])
 
@@ -98,6 +103,10 @@ def fit_rule(validation: SplitOutputs, train: SplitOutputs | None, classes: Sequ
                     f"cells (Mahalanobis), and the energy of its logits; threshold {gate.threshold:.3f}, set on "
                     f"{len(labels)} validation cells so that a new cell like them is rejected with probability at "
                     f"most {settings.ood.max_rejected:.0%}")
+        if len(labels) + 1 < 1 / settings.ood.max_rejected:
+            ood_note += (f" (only approximately: {settings.ood.max_rejected:.0%} needs "
+                         f"{int(np.ceil(1 / settings.ood.max_rejected - 1))} validation cells, the threshold is the "
+                         "largest validation score)")
     temperature, temperature_note = choose_temperature(validation.raw, labels)
     probabilities = calibrated(validation.raw, temperature)
     sets, sets_note = None, "off"
@@ -116,7 +125,7 @@ def fit_rule(validation: SplitOutputs, train: SplitOutputs | None, classes: Sequ
         threshold = conformal.fit_clearing_threshold(probabilities, labels, subjects, mask,
                                                      settings.referral.max_miss_rate)
         if threshold is None:
-            needed = conformal.units_needed(1 - settings.referral.max_miss_rate)
+            needed = conformal.units_needed_to_protect(settings.referral.max_miss_rate)
             positive = [s for s, p in zip(subjects, mask[labels], strict=True) if p]
             have = int(round(conformal.subject_weights(positive).sum()))
             protect_note = (f"none: a miss rate of {settings.referral.max_miss_rate:.0%} needs {needed} validation "
@@ -129,7 +138,8 @@ def fit_rule(validation: SplitOutputs, train: SplitOutputs | None, classes: Sequ
     rule = DecisionRule(temperature, temperature_note, sets, sets_note, protect, protect_note,
                         gate.threshold if gate is not None else None, ood_note)
     ood = gate.scores(validation.inputs, validation.features, validation.logits) if gate is not None else None
-    patient_rule, patient_note = fit_patients(rule, validation, probabilities, ood, classes, settings.coverage)
+    patient_rule, patient_note = fit_patients(rule, validation, probabilities, ood, classes,
+                                              sets.coverage if sets is not None else None)
     rule = DecisionRule(**{**rule.__dict__, "patient": patient_rule, "patient_note": patient_note})
     warnings = silent_rule_warnings(validation, rule, classes, settings, ood)
     return FittedRule(rule, gate, warnings)
@@ -234,8 +244,11 @@ class DecisionMeasures:
 
     def lines(self) -> list[str]:
         """The terminal's and the card's summary, one finding per line."""
-        lines = [f"referred {self.refer_rate.text(percent=True)} of cells; accuracy of the rest "
-                 f"{self.answered_accuracy.text()}; {self.errors_referred.value:.0%} of the errors referred"]
+        rest = (f"accuracy of the rest {self.answered_accuracy.text()}" if np.isfinite(self.answered_accuracy.value)
+                else "none answered")
+        errors = (f"{self.errors_referred.value:.0%} of the errors referred" if np.isfinite(self.errors_referred.value)
+                  else "no errors to refer")
+        lines = [f"referred {self.refer_rate.text(percent=True)} of cells; {rest}; {errors}"]
         if self.reasons:
             lines.append("why: " + ", ".join(f"{reason} {share:.1%}" for reason, share in self.reasons.items()))
         if self.sets is not None:

@@ -116,8 +116,8 @@ class Inputs:
                              settings.batch_size, settings.num_workers)
 
     def outputs(self, split: str, limit: int | None = None) -> SplitOutputs:
-        """The split through the networks with the gate's inputs (at most `limit` cells, drawn per
-        class); its plain predictions are kept for `table`."""
+        """The split through the networks as the served model sees it (each image as it is, no
+        test-time augmentation), with what the gate reads; at most `limit` cells, drawn per class."""
         if (split, limit) not in self.split_outputs:
             samples = self.target.samples(split)
             if limit is not None:
@@ -160,10 +160,12 @@ def validation_table(inputs: Inputs) -> pd.DataFrame | None:
 
 
 def decision_result(inputs: Inputs, table: pd.DataFrame, validation: pd.DataFrame | None) -> DecisionResult | None:
-    """The decision rule fitted on the model's own data and what it does on the evaluated split.
-    With the out-of-distribution gate (on by default) the images are read: the gate's statistics
-    come from the model's own training split, whatever dataset is evaluated; without it, the rule is
-    fitted on the logged validation predictions alone."""
+    """The decision rule fitted on the model's own data and what it does on the evaluated split
+    (each image as it is: the served model's decisions, without test-time augmentation). With the
+    out-of-distribution gate (on by default) the images are read: the gate's statistics come from
+    the model's own training split, whatever dataset is evaluated; without it, the rule is fitted
+    on the logged validation predictions alone (but for a vote, whose logged table holds shares of
+    votes: its members' probabilities are predicted again)."""
     settings, source = inputs.settings, inputs.source
     rule = settings.rule
     if rule.ood.enabled and source.trained_on is None:
@@ -171,11 +173,11 @@ def decision_result(inputs: Inputs, table: pd.DataFrame, validation: pd.DataFram
                     "on (evaluate its training run instead).")
         rule = replace(rule, ood=replace(rule.ood, enabled=False))
     train = None
-    if rule.ood.enabled:
+    if rule.ood.enabled or source.rule == "vote":  # a vote's logged table holds vote shares, not probabilities
         own = inputs if isinstance(inputs.target, OwnData) else \
             Inputs(source, OwnData(source, settings.dataset_root), settings, inputs.tracker, inputs.workdir)
         validation_outputs = own.outputs("val")
-        train = own.outputs("train", rule.ood.train_cells)
+        train = own.outputs("train", rule.ood.train_cells) if rule.ood.enabled else None
         evaluated = inputs.outputs(settings.split)
     elif validation is not None:
         validation_outputs, evaluated = table_outputs(validation), table_outputs(table)

@@ -66,12 +66,13 @@ def fit_threshold(probabilities: np.ndarray, labels: np.ndarray, subjects: Seque
     if units == 0:
         return None
     level = coverage * (1 + 1 / units)
-    if level >= 1:
+    if level >= 1 - 1e-9:  # (the tolerance keeps float rounding from deciding the boundary: units_needed's)
         return None
     values = scores(probabilities, labels)
     order = np.argsort(values)
-    cumulative = np.cumsum(weights[order]) / units
-    return float(values[order][np.searchsorted(cumulative, level)])
+    cumulative = np.cumsum(weights[order])
+    index = np.searchsorted(cumulative / cumulative[-1], level)
+    return float(values[order][min(int(index), len(values) - 1)])
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,17 @@ def referred(members: np.ndarray) -> np.ndarray:
     return members.sum(axis=1) != 1
 
 
+def units_needed_to_protect(max_miss_rate: float) -> int:
+    """The fewest protected validation units that can bound the miss rate at `max_miss_rate`."""
+    return int(np.ceil(1 / max_miss_rate - 1 - 1e-9))
+
+
 def fit_clearing_threshold(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, protected: np.ndarray,
                            max_miss_rate: float) -> float | None:
     """The largest threshold on the protected classes' total probability below which a cell may be
     cleared, such that protected cells are cleared at a rate of at most `max_miss_rate` (conformal
     risk control with a loss bounded by 1: (n R(t) + 1) / (n + 1) <= rate, n = protected validation
-    units). None when there are too few protected units for that rate (`units_needed(1 - rate)`)."""
+    units). None when there are too few protected units for that rate (`units_needed_to_protect`)."""
     positive = protected[labels]
     mass = probabilities[positive][:, protected].sum(axis=1)
     weights = subject_weights([s for s, p in zip(subjects, positive, strict=True) if p])

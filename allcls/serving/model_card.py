@@ -69,10 +69,12 @@ def markdown(facts: CardFacts) -> str:
               f"Temperature scaling: {rule.temperature_note}."]
     if facts.calibration:
         temperature = facts.calibration["temperature"][0]
-        lines += ["", f"| on test | as served | with T = {temperature:.2f} |", "|---|---|---|"]
+        served = "with T" if spec.temperature is not None else "without T"
+        lines += ["", f"| on test | without T | with T = {temperature:.2f} |", "|---|---|---|"]
         lines += [f"| {name} | {before:.3f} | {after:.3f} |" for name, (before, after) in facts.calibration.items()
                   if name != "temperature"]
-        lines.append("The reliability diagram of both is `reliability.png`, beside this card in the model's folder.")
+        lines.append(f"The model serves the probabilities {served}. The reliability diagram of both is "
+                     "`reliability.png`, beside this card in the model's folder.")
     lines += ["", "## When the model refers a cell to a human",
               "Every row says `refer` and, in `refer_reason`, why: " + "; ".join(
                   f"**{reason}**: {meaning}" for reason, meaning in REASONS.items()) + ". A referred row keeps "
@@ -95,14 +97,17 @@ def markdown(facts: CardFacts) -> str:
     patient_table = facts.decisions.patients
     if patient_table is not None:
         lines += ["", "| on test patients | value | 95% interval |", "|---|---|---|"]
-        lines += [f"| {row.metric} | {row.value:.3f} | [{row.ci_low:.3f}, {row.ci_high:.3f}] |"
-                  if row.metric != "patients" else f"| patients | {row.value:.0f} | |"
+        lines += [f"| patients | {row.value:.0f} | |" if row.metric == "patients" else
+                  f"| {row.metric} | {row.value:.3f} | |" if not np.isfinite(row.ci_low) else
+                  f"| {row.metric} | {row.value:.3f} | [{row.ci_low:.3f}, {row.ci_high:.3f}] |"
                   for row in patient_table.itertuples(index=False)]
+    by_class = rule.sets is None or rule.sets.kind == "class_conditional"
     lines += ["", "## Known limits",
               "- Measured on one dataset's test split; other labs, stains, microscopes and patient populations "
               "may behave differently (allcls-evaluate with dataset=... measures that).",
-              "- The coverage of the prediction sets holds for each class on average over images like the "
-              "validation ones; it is not a guarantee for an individual image, nor under a shift of the data.",
+              f"- The coverage of the prediction sets holds {'for each class' if by_class else 'over classes'} on "
+              "average over images like the validation ones; it is not a guarantee for an individual image, nor "
+              "under a shift of the data.",
               "- The out-of-distribution gate is measured on the probes above; images unlike both the training "
               "cells and the probes may pass it.",
               "- Grad-CAM maps show where the model looked, not why a cell is malignant."]

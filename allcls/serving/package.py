@@ -140,7 +140,7 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
         probes = probe_table(measure_probes(predictor, fitted.gate, own, test.samples.paths, source.classes,
                                             settings.seed))
     calibration = calibration_facts(validation, test, fitted.rule.temperature)
-    curves = {"as served": calibrated(test.raw, fitted.rule.temperature)}
+    curves = {"without T": test.raw}
     if calibration:
         curves[f"with T = {calibration['temperature'][0]:.2f}"] = calibrated(test.raw, calibration["temperature"][0])
     facts = CardFacts(name, model, split_type(source, test_logged), scores,

@@ -52,6 +52,8 @@ def predict(cfg: DictConfig) -> Path:
     keep_freed_memory()  # CPU forward passes would otherwise spend much of their time in page faults
     images = image_files(str(settings.input))
     output = output_path(Path(settings.output).expanduser(), images, settings.overwrite)
+    if settings.group_by is not None and patients_path(output).exists() and not settings.overwrite:
+        raise AllclsError(f"{patients_path(output)} exists: pass overwrite=true to replace it, or another output=.")
     with tempfile.TemporaryDirectory(prefix="allcls-predict-") as folder:
         model = load(settings, Path(folder))
         views = views_for(settings.tta)
@@ -79,7 +81,7 @@ def predict(cfg: DictConfig) -> Path:
         if readable:
             partial.replace(output)
             if settings.group_by is not None:
-                write_patients(model, output, settings.group_by, settings.overwrite)
+                write_patients(model, output, settings.group_by)
         else:
             partial.unlink(missing_ok=True)
     report(output, readable, skipped)
@@ -91,16 +93,18 @@ def patient_of(path: str, group_by: str) -> str | None:
     return cnmc_subject(Path(path).name) if group_by == "subject" else str(Path(path).parent)
 
 
-def write_patients(model: Model, output: Path, group_by: str, overwrite: bool) -> Path:
+def patients_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_patients.csv")
+
+
+def write_patients(model: Model, output: Path, group_by: str) -> Path:
     """One decision per patient from the cell table just written, beside it."""
     cells = pd.read_csv(output, keep_default_na=False, na_values=[""])
     cells["error"] = cells["error"].fillna("")
     cells["refer_reason"] = cells["refer_reason"].fillna("")
     patients = [patient_of(p, group_by) for p in cells["path"]]
     known = [p is not None for p in patients]
-    target = output.with_name(f"{output.stem}_patients.csv")
-    if target.exists() and not overwrite:
-        raise AllclsError(f"{target} exists: pass overwrite=true to replace it, or another output=.")
+    target = patients_path(output)
     if not any(known):
         print("No file name carries a C-NMC subject id (UID_<subject>_...): no patient table. Use group_by=folder "
               "with one folder per patient.", flush=True)
@@ -153,7 +157,7 @@ def load(settings: PredictSettings, workdir: Path) -> Model:
     uri = settings.model
     if "://" not in uri and ":/" not in uri:
         if not tracker.has_artifact(uri, f"{MODEL_PATH}/MLmodel"):
-            return package_here(tracker, uri, settings.coverage, workdir)
+            return package_here(tracker, uri, settings.coverage, workdir, settings.dataset_root)
         uri = f"runs:/{uri}/{MODEL_PATH}"
     try:
         return registry.load(tracker, uri).model
@@ -162,11 +166,13 @@ def load(settings: PredictSettings, workdir: Path) -> Model:
                           "model (models:/<name>@<alias> or /<version>), runs:/<run id>/model, or a run id.") from None
 
 
-def package_here(tracker: Tracker, run_id: str, coverage: float, workdir: Path) -> Model:
+def package_here(tracker: Tracker, run_id: str, coverage: float, workdir: Path, dataset_root: str | None = None
+                 ) -> Model:
     """A run packaged in memory for this prediction (nothing is logged into the run)."""
     log.info("Run %s holds no packaged model: packaging it here for this prediction (not logged).", run_id)
     source = resolve_source(tracker, run_id, None, workdir)
-    spec, artifacts, _ = build(tracker, source, RuleSettings(coverage), source.name, workdir, bootstrap=0, card=False)
+    spec, artifacts, _ = build(tracker, source, RuleSettings(coverage), source.name, workdir, dataset_root,
+                               bootstrap=0, card=False)
     return Model.load(spec, [artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))],
                       gate=artifacts.get(OOD_KEY))
 

@@ -59,7 +59,8 @@ def with_patients(model: Model, rows: pd.DataFrame, subjects: pd.Series) -> pd.D
     then one row per subject (`level` = patient, and `cells`, `cells_used`, `cells_referred`) with
     the patient's decision (allcls.inference.model.Model.patient_rows). Cells without a subject get
     no patient."""
-    named = subjects.map(lambda s: str(s) if isinstance(s, str) and s.strip() else None)
+    named = subjects.map(lambda s: None if s is None or (isinstance(s, float) and np.isnan(s)) or not str(s).strip()
+                         else str(s))
     cells = rows.copy()
     cells.insert(0, "level", "cell")
     cells.insert(1, "subject", named.tolist())

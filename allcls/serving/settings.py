@@ -51,6 +51,7 @@ class PredictSettings:
     overwrite: bool = False
     tta: bool = False
     coverage: float = 0.95  # the referral rule when a run is packaged on the fly
+    dataset_root: str | None = None  # where that run's dataset is now, if it moved (its rule is fitted on it)
     group_by: Literal["subject", "folder"] | None = None  # one decision per patient, beside the cells
 
     @classmethod

@@ -89,3 +89,18 @@ def test_a_coverage_the_validation_cannot_support_is_skipped_with_the_reason(sto
     assert "99% coverage needs 100 validation subjects" in run.data.params["prediction_sets"]
     assert "hem has 3, all has 3" in run.data.params["prediction_sets"]
     assert "test/conformal/coverage" not in run.data.metrics
+
+
+def test_subjects_with_uneven_cells_at_the_boundary_give_no_threshold_rather_than_a_crash():
+    """19 subjects of 1 to 39 cells at 95%: the weighted cumulative share can round below the
+    quantile level, which once indexed past the end of the scores."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        cells = rng.integers(1, 40, 19)
+        subjects = [f"S{s}" for s, n in enumerate(cells) for _ in range(n)]
+        probabilities = rng.dirichlet([1, 1], len(subjects))
+        labels = rng.integers(0, 2, len(subjects))
+        assert conformal.fit_threshold(probabilities, labels, subjects, 0.95) is None  # 20 are needed
+        more = subjects + ["S19"] * 3
+        assert conformal.fit_threshold(np.r_[probabilities, probabilities[:3]], np.r_[labels, labels[:3]], more,
+                                       0.95) is not None

@@ -219,3 +219,16 @@ def test_a_patients_call_leaves_out_cells_out_of_distribution_and_refers_a_patie
     assert decided.refer.tolist() == [False, False]
     all_ood = patients.group(probabilities, ["A"] * 5, np.zeros(5, bool), np.ones(5, bool), np.ones(5, bool))
     assert patients.decide(rule, all_ood).reasons == [OOD]
+
+
+def test_the_gates_training_sample_keeps_every_class_in_its_share():
+    from allcls.evaluation.safeguards import train_sample
+    from allcls.evaluation.targets import EvaluationSet
+
+    labels = np.array([0] * 180 + [1] * 20)
+    samples = EvaluationSet("d", "train", [f"c{i}" for i in range(200)], [None] * 200, [f"p{i}" for i in range(200)],
+                            labels)
+    kept = train_sample(samples, 50, 0)
+    assert np.bincount(kept.labels).tolist() == [45, 5] and kept.sample_ids == sorted(kept.sample_ids, key=lambda s:
+                                                                                      int(s[1:]))
+    assert train_sample(samples, 500, 0) is samples
