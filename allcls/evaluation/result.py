@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from allcls.evaluation.decision_measures import DecisionMeasures, probe_metrics
 from allcls.evaluation.gradcam import CamGrid
-from allcls.evaluation.safeguards import DecisionMeasures, probe_metrics
 from allcls.inference.calibration import calibrated, choose_temperature, fit_temperature
 from allcls.inference.decision import DecisionRule, Decisions
 from allcls.metrics.bootstrap import metric_table

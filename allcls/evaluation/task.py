@@ -21,18 +21,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from allcls.errors import AllclsError
+from allcls.evaluation.decision_measures import measure, probe_figures
 from allcls.evaluation.gradcam import CamGrid, choose_samples
 from allcls.evaluation.result import Calibration, DecisionResult, compute_result
-from allcls.evaluation.safeguards import (
-    SplitOutputs,
-    fit_rule,
-    measure,
-    measure_probes,
-    probe_table,
-    split_outputs,
-    table_outputs,
-    train_sample,
-)
+from allcls.evaluation.safeguards import SplitOutputs, fit_rule, split_outputs, table_outputs, train_sample
 from allcls.evaluation.settings import EvaluateSettings
 from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.evaluation.targets import OwnData, Target, make_target, predictor_for
@@ -192,10 +184,7 @@ def decision_result(inputs: Inputs, table: pd.DataFrame, validation: pd.DataFram
     decisions, measures = measure(evaluated, fitted, source.classes, settings.bootstrap, settings.seed)
     gate = fitted.gate
     ood = gate.scores(evaluated.inputs, evaluated.features, evaluated.logits) if gate is not None else None
-    probes = None
-    if fitted.gate is not None and ood is not None and rule.ood.probes:
-        probes = probe_table(measure_probes(inputs.predictor, fitted.gate, ood, evaluated.samples.paths,
-                                            source.classes, settings.seed))
+    probes = probe_figures(inputs.predictor, fitted, evaluated, settings.seed) if rule.ood.probes else None
     return DecisionResult(fitted.rule, decisions, measures, probes, tuple(fitted.warnings), ood,
                           tuple(evaluated.samples.sample_ids), evaluated.labels)
 

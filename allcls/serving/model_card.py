@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from allcls.evaluation.safeguards import DecisionMeasures
+from allcls.evaluation.decision_measures import DecisionMeasures
 from allcls.inference.decision import REASONS
 from allcls.inference.spec import ModelSpec
 from allcls.metrics.names import REPORTED

@@ -20,17 +20,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from allcls.errors import AllclsError
+from allcls.evaluation.decision_measures import measure, probe_figures
 from allcls.evaluation.plots import reliability_diagram
-from allcls.evaluation.safeguards import (
-    RuleSettings,
-    SplitOutputs,
-    fit_rule,
-    measure,
-    measure_probes,
-    probe_table,
-    split_outputs,
-    train_sample,
-)
+from allcls.evaluation.safeguards import SplitOutputs, fit_rule, split_outputs, train_sample
+from allcls.evaluation.settings import RuleSettings
 from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.evaluation.targets import OwnData, predictor_for
 from allcls.inference.calibration import calibrated, fit_temperature
@@ -134,11 +127,7 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
     if test is None:
         return model, artifacts, None
     _, measured = measure(test, fitted, source.classes, bootstrap, settings.seed)
-    probes = None
-    if fitted.gate is not None and settings.ood.probes:
-        own = fitted.gate.scores(test.inputs, test.features, test.logits)
-        probes = probe_table(measure_probes(predictor, fitted.gate, own, test.samples.paths, source.classes,
-                                            settings.seed))
+    probes = probe_figures(predictor, fitted, test, settings.seed) if settings.ood.probes else None
     calibration = calibration_facts(validation, test, fitted.rule.temperature)
     curves = {"without T": test.raw}
     if calibration:

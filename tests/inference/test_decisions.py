@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from allcls.evaluation.safeguards import fit_rule, measure, patient_groups, silent_rule_warnings, table_outputs
+from allcls.evaluation.decision_measures import measure
+from allcls.evaluation.safeguards import fit_rule, patient_groups, silent_rule_warnings, table_outputs
 from allcls.evaluation.settings import OodSettings, RuleSettings
 from allcls.inference import conformal, patients
 from allcls.inference.calibration import choose_temperature, fit_temperature
