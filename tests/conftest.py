@@ -136,4 +136,5 @@ def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
     with contextlib.redirect_stdout(printed):  # the gate is tested on the other two: not fitted here
         unregistered = packaged(f"run_id={ensemble_run}", *protect, "ood.enabled=false")
     ensemble = packaged(f"run_id={ensemble_run}", "overwrite=true", "register_as=ensemble", "alias=champion", *protect)
-    return {"cells": cells, "ensemble": ensemble, "unregistered": unregistered, "printed": printed.getvalue()}
+    return {"cells": cells, "ensemble": ensemble, "unregistered": unregistered, "printed": printed.getvalue(),
+            "ensemble_run": ensemble_run}

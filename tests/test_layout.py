@@ -128,3 +128,14 @@ def test_importing_any_module_changes_nothing_global():
                          capture_output=True, text=True, check=True, env=environment).stdout
     states = json.loads(out)
     assert states["after"] == states["before"]
+
+
+def test_no_module_beside_the_page_hides_a_package_it_imports():
+    """Streamlit runs allcls/serving/app.py as a script, with its folder first on sys.path: a module
+    there named like an installed package (requests.py, say) would be imported in its place."""
+    import importlib.util
+
+    folder = PROJECT / "allcls" / "serving"
+    hidden = [path.name for path in folder.glob("*.py") if path.stem != "__init__"
+              and importlib.util.find_spec(path.stem) is not None]
+    assert not hidden, f"modules in {folder} named like importable packages: {hidden}"

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 
+from allcls.config.mistakes import HYDRA_MISTAKES, one_line
 from allcls.config.resolvers import register_resolvers
-from allcls.errors import reports_user_errors
+from allcls.errors import AllclsError, reports_user_errors, user_message
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -43,6 +45,29 @@ def hydra_entry(config_name: str, task: str, resolvers: Mapping[str, Callable[..
         prepare_process(resolvers)
         module, name = task.split(":")
         function = reports_user_errors(getattr(importlib.import_module(module), name))
-        return hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(function)()
+        # Hydra prints its own errors over several lines and exits 1; told to raise them, it lets
+        # a mistake on the command line (or an AllclsError of a launch's callback) reach us.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        message: str | None
+        try:
+            return hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(function)()
+        except Exception as error:  # re-raised below unless it is a user's mistake
+            mistake = _allcls_cause(error)
+            message = user_message(mistake) if mistake else one_line(error) if isinstance(error, HYDRA_MISTAKES) \
+                else None
+            if not message:
+                raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
     return main
+
+
+def _allcls_cause(error: BaseException) -> AllclsError | None:
+    """The AllclsError that Hydra or OmegaConf wrapped (a resolver's, a launch callback's), if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, AllclsError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

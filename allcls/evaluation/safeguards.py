@@ -111,7 +111,7 @@ def fit_rule(validation: SplitOutputs, train: SplitOutputs | None, classes: Sequ
     if settings.coverage is not None:
         fitted = conformal.fit_thresholds(probabilities, labels, subjects, settings.coverage, settings.sets, classes)
         if fitted.thresholds is None:
-            sets_note = fitted.reason(settings.coverage)
+            sets_note = fitted.reason(settings.coverage, subjects)
         else:
             sets = SetRule(settings.sets, settings.coverage, [float(t) for t in fitted.thresholds])
             sets_note = (f"{settings.sets.replace('_', '-')} split-conformal sets (least ambiguous), fitted on "
@@ -126,9 +126,10 @@ def fit_rule(validation: SplitOutputs, train: SplitOutputs | None, classes: Sequ
             needed = conformal.units_needed_to_protect(settings.referral.max_miss_rate)
             positive = [s for s, p in zip(subjects, mask[labels], strict=True) if p]
             have = int(round(conformal.subject_weights(positive).sum()))
+            units = conformal.unit_name(subjects)
             protect_note = (f"none: a miss rate of {settings.referral.max_miss_rate:.0%} needs {needed} validation "
-                            f"subjects of {', '.join(protected)} (or cells without subject ids), there are {have}: "
-                            "raise referral.max_miss_rate or validate on more subjects")
+                            f"{units} of {', '.join(protected)}, there are {have}: "
+                            f"raise referral.max_miss_rate or validate on more {units.split(' ')[0]}")
         else:
             protect = ProtectRule(protected, settings.referral.max_miss_rate, threshold)
             protect_note = (f"a cell is cleared as not {' / '.join(protected)} only while their probability is under "

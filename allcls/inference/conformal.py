@@ -83,11 +83,19 @@ class SetsFit:
     thresholds: np.ndarray | None
     short: list[tuple[str, int, int]]
 
-    def reason(self, coverage: float) -> str:
-        needed = units_needed(coverage)
-        return (f"{coverage:.0%} coverage needs {needed} validation subjects (or cells without subject ids) per "
-                "class or more; " + ", ".join(f"{name} has {have}" for name, have, _ in self.short)
-                + ": lower the coverage, or validate on more subjects")
+    def reason(self, coverage: float, subjects: Sequence) -> str:
+        needed, units = units_needed(coverage), unit_name(subjects)
+        return (f"{coverage:.0%} coverage needs {needed} validation {units} per class or more; "
+                + ", ".join(f"{name} has {have}" for name, have, _ in self.short)
+                + f": lower the coverage, or validate on more {units.split(' ')[0]}")
+
+
+def unit_name(subjects: Sequence) -> str:
+    """What a validation unit is, in words: a subject, or an image where the dataset names none."""
+    known = sum(isinstance(s, str) and bool(s) for s in subjects)
+    if known == 0:
+        return "images (the dataset names no subjects: each image counts once)"
+    return "subjects" if known == len(subjects) else "subjects (or images without a subject id)"
 
 
 def fit_thresholds(probabilities: np.ndarray, labels: np.ndarray, subjects: Sequence, coverage: float,

@@ -26,6 +26,7 @@ import torch
 
 from allcls.inference import conformal, patients
 from allcls.inference.decision import OOD, UNREADABLE, Decisions, combined
+from allcls.inference.members import Member
 from allcls.inference.ood import OodGate
 from allcls.inference.predictor import Outputs, Predictor
 from allcls.inference.spec import ModelSpec
@@ -62,10 +63,7 @@ class Model:
         return cls(spec, predictor, OodGate.load(gate) if gate is not None else None)
 
     def output_columns(self) -> list[str]:
-        spec = self.spec
-        members = [spec.member_column(m) for m in spec.members] if len(spec.members) > 1 else []
-        return ["label", *[f"prob_{c}" for c in spec.classes], "set", "refer", "refer_reason", "ood_score", *members,
-                "error"]
+        return output_columns(self.spec.classes, self.spec.members)
 
     def rows(self, images: Sequence[np.ndarray | None], errors: Sequence[str], views: Sequence[str] = PLAIN,
              show_progress: bool = True) -> pd.DataFrame:
@@ -140,6 +138,12 @@ class Model:
                 table[column] = [_majority(rows.loc[np.array(patient_of) == p, column]) for p in grouped.ids]
         table["error"] = ["no readable image" if r == 0 else "" for r in grouped.readable]
         return table
+
+
+def output_columns(classes: Sequence[str], members: Sequence[Member]) -> list[str]:
+    """The columns of a model's rows: the contract above."""
+    votes = [ModelSpec.member_column(m) for m in members] if len(members) > 1 else []
+    return ["label", *[f"prob_{c}" for c in classes], "set", "refer", "refer_reason", "ood_score", *votes, "error"]
 
 
 def _majority(labels: pd.Series) -> str | None:

@@ -52,7 +52,8 @@ class ModelSpec:
         return f"{what}, temperature-scaled on validation" if self.temperature is not None else \
             f"{what}, uncalibrated (no temperature helped on validation)"
 
-    def member_column(self, member: Member) -> str:
+    @staticmethod
+    def member_column(member: Member) -> str:
         """The output column of a member's own label (an ensemble's rows carry each member's vote)."""
         return f"member_{metric_safe(member.name)}"
 

@@ -14,14 +14,14 @@ a process that still lives, is listed and left alone.
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from allcls.errors import AllclsError
-from allcls.jobs.resume import RUN_FILE, alive
-from allcls.tracking.journal import JOURNAL, UPLOADED, replay
+from allcls.jobs.resume import RUN_FILE, alive, read_record
+from allcls.tracking.journal import JOURNAL, UPLOADED, read_journal, replay
+from allcls.tracking.run import Run
 from allcls.tracking.store import ui_view
 from allcls.tracking.tracker import Tracker
 
@@ -74,9 +74,15 @@ def upload_job(folder: Path, tracking_uri: str | None) -> str:
     if not (folder / JOURNAL).is_file():
         done = " (it was uploaded already)" if (folder / UPLOADED).is_file() else ""
         raise AllclsError(f"{folder} holds nothing to upload: no {JOURNAL}{done}.")
-    job = json.loads(record.read_text())
+    job = read_record(folder)
+    read_journal(folder)  # checked whole before the server is asked anything
     tracker = Tracker(tracking_uri or job["tracking_uri"])  # refuses a server that is down
-    sent = replay(folder, tracker.run)
+
+    def existing(run_id: str) -> Run:
+        tracker.get_run(run_id, f"upload to the store the job logged to ({job['tracking_uri']})")
+        return tracker.run(run_id)
+
+    sent = replay(folder, existing)
     run = tracker.get_run(job["run_id"])
     what = ", ".join(f"{count} {call}" for call, count in sent.items())
     return (f"Sent to run {job['run_id']} on {tracker.tracking_uri}: {what}. The run is {run.info.status}: "

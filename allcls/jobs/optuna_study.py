@@ -10,6 +10,10 @@ launch that was stopped stay in the study as RUNNING (or FAIL) and do not count.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+from allcls.errors import AllclsError
+from allcls.tracking.store import sqlite_problem
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +21,12 @@ log = logging.getLogger(__name__)
 def _stored_trials(storage: str | None, study_name: str, states=None) -> list:
     if not storage:
         return []
+    if (problem := sqlite_problem(storage)) is not None:
+        raise AllclsError(f"{problem}, and the Optuna study is meant to be kept there (hydra.sweeper.storage="
+                          f"{storage}): move that file away, or set hydra.sweeper.storage to another file. Nothing "
+                          "was changed.")
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        return []  # a new search: its file is created by the sweeper, once the search is known to be valid
     import optuna
 
     try:
@@ -30,6 +40,8 @@ def trials_left(total: int, storage: str | None, study_name: str) -> int:
     """How many trials the search still needs to reach `total` finished ones."""
     from optuna.trial import TrialState
 
+    if not isinstance(total, int) or total < 1:  # before the study exists: a search of no trials searches nothing
+        raise AllclsError(f"optuna_trials={total!r} is out of range: it takes a whole number of at least 1.")
     done = len(_stored_trials(storage, study_name, (TrialState.COMPLETE,)))
     left = max(int(total) - done, 0)
     if done:

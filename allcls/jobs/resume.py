@@ -26,6 +26,7 @@ import yaml
 
 from allcls.config.hydra_job import JobInfo
 from allcls.errors import AllclsError
+from allcls.models.checkpoints import read_checkpoint
 from allcls.tracking.tracker import Tracker
 
 RUN_FILE = Path("mlflow_run.json")
@@ -63,8 +64,30 @@ def read_point(folder: Path) -> ResumePoint:
     if not (folder / RUN_FILE).is_file():
         raise AllclsError(f"{folder} holds no training job that can be resumed (no {RUN_FILE}): give resume= the "
                           "folder of a training job (the one holding checkpoints/), its MLflow run id, or `last`.")
-    record = json.loads((folder / RUN_FILE).read_text())
+    record = read_record(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise AllclsError(f"{folder / CONFIG_FILE} is missing: the job's folder is incomplete, and resume needs the "
+                          "config the job ran with. Start the job again instead.")
     return ResumePoint(folder.resolve(), record["run_id"], (folder / CONFIG_FILE).read_text(), JobInfo(**record["job"]))
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """The job's record (RUN_FILE), checked whole: a cut or edited one is named, not a JSON traceback."""
+    path = folder / RUN_FILE
+    try:
+        record = json.loads(path.read_text())
+        fields = set(JobInfo.__dataclass_fields__)
+        complete = (isinstance(record, dict) and {"run_id", "tracking_uri", "experiment_name", "job"} <= set(record)
+                    and isinstance(record["job"], dict) and "sweep_id" in record["job"]
+                    and set(record["job"]) <= fields)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = str(error)
+    else:
+        if complete:
+            return record
+        reason = "it lacks fields a job writes"
+    raise AllclsError(f"{path} is damaged ({reason}): allcls writes it when a job starts and never edits it. Restore "
+                      "it from a backup, or start the job again.")
 
 
 def find_point(resume: str, tracker: Tracker, experiment_name: str) -> ResumePoint:
@@ -133,6 +156,9 @@ def check_resumable(point: ResumePoint, run) -> None:
     if point.checkpoint is None:
         raise AllclsError(f"{point.folder} has no {LAST}: the job stopped before its first epoch ended. Start it "
                           "again as a new job.")
+    # Read safely here, before the run is reopened: Lightning would read it with a traceback (and for a
+    # file holding Python objects, advice to load it unsafely), after the run was marked as running.
+    read_checkpoint(point.checkpoint)
 
 
 def alive(pid: int) -> bool:

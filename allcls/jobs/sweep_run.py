@@ -35,6 +35,9 @@ class SweepRun(Callback):
         self.opened: tuple[Tracker, Experiment, Run] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        trials = config.get("optuna_trials", 1)
+        if not isinstance(trials, int) or trials < 1:
+            return  # no search: the sweeper refuses it next, before any job (allcls.jobs.optuna_study)
         if not is_rank_zero() or not config.get("experiment_name"):
             return  # a DDP child; or an ensemble launch that has not named its experiment
         HydraConfig.instance().set_config(config)

@@ -26,8 +26,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise AllclsError(f"{path} holds Python objects that are not weights, so allcls will not load it "
                           "(loading such a file can run code it carries). Use a checkpoint that allcls training "
                           "wrote.") from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as error:
-        raise AllclsError(f"{path} is not a readable checkpoint ({first_line(error)}).") from None
+    except Exception as error:  # torch raises many types for a cut or foreign file (KeyError for a text file)
+        raise AllclsError(f"{path} is not a readable checkpoint ({first_line(error).split('. ')[0]}): it is cut "
+                          "short, damaged, or not a checkpoint.") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or not {"backbone", "class_names"} <= hparams.keys() or \
             "state_dict" not in checkpoint:

@@ -199,7 +199,7 @@ def describe(model: Model, choice: Choice) -> None:
     members = pd.DataFrame({"member": [m.name for m in spec.members],
                             "weight": [round(m.weight, 3) for m in spec.members]})
     st.sidebar.dataframe(members, hide_index=True)
-    card = registry.version_description(store(default_tracking_uri()), choice.name, choice.version)
+    card = registry.version_card(store(default_tracking_uri()), choice.name, choice.version)
     with st.expander(f"What this model is: {choice.name} {choice.label} (model card: test scores with intervals, "
                      "calibration, referral, limits)"):
         st.markdown(card or "This version has no model card.")

@@ -27,6 +27,7 @@ from allcls.evaluation.settings import RuleSettings
 from allcls.evaluation.sources import ModelSource, resolve_source
 from allcls.evaluation.targets import OwnData, predictor_for
 from allcls.inference.calibration import calibrated, fit_temperature
+from allcls.inference.model import output_columns
 from allcls.inference.spec import OOD_KEY, SPEC_FILE, ModelSpec
 from allcls.metrics.bootstrap import metric_table
 from allcls.metrics.names import HEADLINE
@@ -62,7 +63,11 @@ def package(cfg: DictConfig) -> str:
         run_id = source.run_id
         if tracker.has_artifact(run_id, f"{MODEL_PATH}/MLmodel") and not settings.overwrite:
             raise AllclsError(f"Run {run_id} already holds a packaged model ({MODEL_PATH}/): pass overwrite=true "
-                              "to replace it, or register the one it has.")
+                              "to replace it (a version registered from it keeps its own copy), or register the "
+                              "one it has.")
+        if settings.register_as and settings.alias:
+            registry.check_alias_move(tracker, settings.register_as, settings.alias,
+                                      output_columns(source.classes, source.members), settings.force_alias)
         spec, artifacts, facts = build(tracker, source, settings.rule, settings.register_as or source.name,
                                        workdir, settings.dataset_root, settings.bootstrap)
         assert facts is not None  # asked for (card=True)
@@ -77,7 +82,7 @@ def package(cfg: DictConfig) -> str:
         print(f"Packaged {source.name} as {uri} ({len(spec.members)} member(s)).\n" + summary(spec, facts), flush=True)
         page = ui_view(tracker.tracking_uri, source.experiment_id, run_id)
         if settings.register_as:
-            uri, version = register(tracker, run_id, settings.register_as, settings.alias, spec, card)
+            uri, version = register(tracker, run_id, saved, settings.register_as, settings.alias, spec, card)
             page = f"{ui_view(tracker.tracking_uri)}/#/models/{settings.register_as}/versions/{version}"
     print(f"Browse (the model card is on the model's page): {browse_command(tracker.tracking_uri)}, then open {page}"
           if is_local_store(tracker.tracking_uri) else f"Browse (the model card is on the model's page): {page}",
@@ -191,12 +196,14 @@ def save_model(spec: ModelSpec, artifacts: dict[str, str], folder: Path) -> None
                   params={"tta": False}, input_example=pd.DataFrame({"image": [EXAMPLE_IMAGE]}))
 
 
-def register(tracker: Tracker, run_id: str, name: str, alias: str | None, spec: ModelSpec, card: str
+def register(tracker: Tracker, run_id: str, folder: Path, name: str, alias: str | None, spec: ModelSpec, card: str
              ) -> tuple[str, str]:
-    """Register the run's logged model, its version tagged with where it came from and described by
-    its card. Returns models:/<name>@<alias> (or /<version>) and the version."""
+    """Register the model folder the run packaged, its version tagged with where it came from and the
+    columns it answers with, and described by its card. Returns models:/<name>@<alias> (or
+    /<version>) and the version."""
     tags = {key: spec.source[key] for key in ("run_id", "dataset", "classes", "split_hash")}
-    version = registry.register(tracker, run_id, name, alias, tags, card)
+    tags[registry.COLUMNS_TAG] = ",".join(output_columns(spec.classes, spec.members))
+    version = registry.register(tracker, run_id, folder, name, alias, tags, card)
     registered = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
     print(f"Registered as {name} version {version}" + (f", alias {alias}" if alias else "")
           + f": load it with mlflow.pyfunc.load_model('{registered}') or serve it with `mlflow models serve -m "

@@ -51,7 +51,7 @@ def predict(cfg: DictConfig) -> Path:
     settings = PredictSettings.of(cfg)
     keep_freed_memory()  # CPU forward passes would otherwise spend much of their time in page faults
     images = image_files(str(settings.input))
-    output = output_path(Path(settings.output).expanduser(), images, settings.overwrite)
+    output = output_path(Path(settings.output).expanduser(), images, settings.overwrite, str(settings.input))
     if settings.group_by is not None and patients_path(output).exists() and not settings.overwrite:
         raise AllclsError(f"{patients_path(output)} exists: pass overwrite=true to replace it, or another output=.")
     with tempfile.TemporaryDirectory(prefix="allcls-predict-") as folder:
@@ -137,15 +137,28 @@ def image_files(source: str) -> list[str]:
     return files
 
 
-def output_path(output: Path, images: list[str], overwrite: bool) -> Path:
+def output_path(output: Path, images: list[str], overwrite: bool, source: str) -> Path:
+    """The CSV's path, checked before any model is loaded: a .csv, not an existing file (unless
+    `overwrite`), not inside the input's folder tree (predict never writes among the user's images),
+    in a folder that can be written."""
     if output.suffix.lower() != ".csv":
         raise AllclsError(f"output={output} should be a .csv file.")
     if output.exists() and not overwrite:
         raise AllclsError(f"{output} exists: pass overwrite=true to replace it, or another output=.")
-    folders = {str(Path(p).resolve().parent) for p in images}
-    if str(output.resolve().parent) in folders:
-        raise AllclsError(f"output={output} would be written next to the images: give a path outside their folders.")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    target = output.resolve()
+    given = Path(source).expanduser()
+    trees = {given.resolve()} if given.is_dir() else {Path(p).resolve().parent for p in images}
+    inside = next((tree for tree in trees if target.is_relative_to(tree)), None)
+    if inside is not None:
+        raise AllclsError(f"output={output} is inside the input's folder {inside}: predict never writes among the "
+                          "images; give a path outside it.")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".allcls-write-check-"):
+            pass
+    except OSError as error:
+        raise AllclsError(f"Cannot write into {output.parent} ({error.strerror or error}): give an output= in a "
+                          "folder you can write to.") from None
     return output
 
 
@@ -155,7 +168,8 @@ def load(settings: PredictSettings, workdir: Path) -> Model:
     require_existing(settings.store.tracking_uri)
     tracker = Tracker(settings.store.tracking_uri)
     uri = settings.model
-    if "://" not in uri and ":/" not in uri:
+    if "://" not in uri and ":/" not in uri and not Path(uri).expanduser().is_dir():  # a run id
+        tracker.get_run(uri, "give a run id of this store, or a model URI (models:/<name>@<alias>)")
         if not tracker.has_artifact(uri, f"{MODEL_PATH}/MLmodel"):
             return package_here(tracker, uri, settings.coverage, workdir, settings.dataset_root)
         uri = f"runs:/{uri}/{MODEL_PATH}"

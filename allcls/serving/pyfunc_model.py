@@ -3,7 +3,8 @@
 The folder (written by allcls.serving.package) holds each member's checkpoint and `allcls_model.json`
 (allcls.inference.spec). `mlflow.pyfunc.load_model` on it gives a model whose `predict` takes a
 DataFrame with a column `image` (base64-encoded image bytes, what `mlflow models serve` receives as
-JSON) or `path` (image files), and returns one row per image (allcls.inference.model); with a
+JSON) or `path` (image files; over HTTP only under the folder the server was allowed to read,
+allcls.serving.model_inputs), and returns one row per image (allcls.inference.model); with a
 `subject` column too, one more row per subject with that patient's decision. This module
 is the pyfunc entry that MLflow itself loads: the only one outside allcls.tracking that imports
 mlflow (model_code.py, the file MLflow runs to build the model, calls `name_the_model` here).
@@ -11,22 +12,27 @@ mlflow (model_code.py, the file MLflow runs to build the model, calls `name_the_
 
 from __future__ import annotations
 
-import base64
-import binascii
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
-from mlflow.pyfunc import PythonModel
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
+from mlflow.pyfunc import PythonModel, scoring_server
 
-from allcls.data.images import ImageReadError
-from allcls.inference.decoding import decode_limited, read_bytes
+from allcls.errors import AllclsError
 from allcls.inference.model import Model
 from allcls.inference.predictor import Predictor
 from allcls.inference.spec import OOD_KEY, ModelSpec
 from allcls.inference.views import views_for
+from allcls.serving.model_inputs import RequestError, allowed_folder, read_rows
+
+# Set by MLflow's scoring server (`mlflow models serve`, the images `mlflow models build-docker` builds)
+# in the process it serves from: there, requests come over HTTP.
+SERVER_VARIABLE = getattr(scoring_server, "_SERVER_MODEL_PATH", "__pyfunc_model_path__")
 
 
 class PackagedModel(PythonModel):
@@ -34,11 +40,21 @@ class PackagedModel(PythonModel):
     the members, ready to predict or explain."""
 
     model: Model
+    served: bool  # behind an HTTP server: files are read only where its environment allows
+    files_under: Path | None
 
     def load_context(self, context) -> None:
-        spec = ModelSpec.from_json(Path(context.artifacts["spec"]).read_text())
+        spec_file = Path(context.artifacts["spec"])
+        try:
+            spec = ModelSpec.from_json(spec_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:  # cut or edited
+            raise AllclsError(f"{spec_file} is damaged ({type(error).__name__}: {str(error)[:200]}): this packaged "
+                              "model cannot be used. Package its run again (allcls-package run_id=<run> "
+                              "overwrite=true).") from None
         checkpoints = [context.artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))]
         self.model = Model.load(spec, checkpoints, gate=context.artifacts.get(OOD_KEY))
+        self.served = SERVER_VARIABLE in os.environ
+        self.files_under = allowed_folder(self.served)
 
     @property
     def spec(self) -> ModelSpec:
@@ -49,9 +65,16 @@ class PackagedModel(PythonModel):
         return self.model.predictor
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        images, errors = decode_inputs(model_input)
+        try:
+            images, errors = read_rows(model_input, self.files_under)
+        except RequestError as error:  # the server answers 400 with this message, as JSON
+            raise MlflowException(str(error), error_code=BAD_REQUEST) from None
         rows = self.model.rows(images, errors, views_for(bool((params or {}).get("tta"))))
-        return with_patients(self.model, rows, model_input["subject"]) if "subject" in model_input.columns else rows
+        if "subject" in model_input.columns:
+            rows = with_patients(self.model, rows, model_input["subject"])
+        # JSON has no NaN: a server answers null where a value is missing (an unreadable image's label
+        # and probabilities), which every JSON parser reads; in Python the columns keep their dtypes.
+        return rows.astype(object).where(rows.notna(), None) if self.served else rows
 
 
 def with_patients(model: Model, rows: pd.DataFrame, subjects: pd.Series) -> pd.DataFrame:
@@ -71,35 +94,6 @@ def with_patients(model: Model, rows: pd.DataFrame, subjects: pd.Series) -> pd.D
     patients = patients.rename(columns={"patient": "subject"})
     patients.insert(0, "level", "patient")
     return pd.concat([cells, patients], ignore_index=True)
-
-
-def decode_inputs(model_input: pd.DataFrame) -> tuple[list[np.ndarray | None], list[str]]:
-    """The images of a pyfunc input (column `image`: base64 bytes, or `path`: files), each decoded
-    to RGB, or None with the reason it could not be."""
-    if "image" in model_input.columns:
-        sources, kind = model_input["image"].tolist(), "image"
-    elif "path" in model_input.columns:
-        sources, kind = model_input["path"].tolist(), "path"
-    else:
-        raise ValueError(f"the input has columns {list(model_input.columns)}: give `image` (base64-encoded image "
-                         "bytes) or `path` (image files)")
-    images: list[np.ndarray | None] = []
-    errors = []
-    for source in sources:
-        try:
-            if kind == "image":
-                data, where = base64.b64decode(source, validate=True), "<upload>"
-            else:
-                data, where = read_bytes(source), source
-            images.append(decode_limited(data, where))
-            errors.append("")
-        except binascii.Error:
-            images.append(None)
-            errors.append("not base64-encoded image bytes")
-        except ImageReadError as error:
-            images.append(None)
-            errors.append(f"{source if kind == 'path' else 'the image'}: {error.reason}")
-    return images, errors
 
 
 def name_the_model() -> None:

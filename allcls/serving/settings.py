@@ -10,8 +10,10 @@ from omegaconf import DictConfig
 
 from allcls.config.ranges import PACKAGE, PREDICT, check_ranges
 from allcls.config.stage import Job, Store, settings_of
+from allcls.errors import AllclsError
 from allcls.evaluation.settings import OodSettings, ReferralSettings, RuleSettings
 from allcls.inference.conformal import SetKind
+from allcls.tracking import registry
 
 
 @dataclass(frozen=True)
@@ -27,14 +29,21 @@ class PackageSettings:
     referral: ReferralSettings = field(default_factory=ReferralSettings)
     ood: OodSettings = field(default_factory=OodSettings)
     dataset_root: str | None = None  # where the run's dataset is on this machine, if not where it was trained
-    overwrite: bool = False  # replace a model the run already holds
+    overwrite: bool = False  # replace a model the run already holds (a registered version keeps its own copy)
+    force_alias: bool = False  # move `alias` to a model that answers with other columns than the one it names
     bootstrap: int = 1000
     seed: int = 0
 
     @classmethod
     def of(cls, cfg: DictConfig) -> PackageSettings:
         check_ranges(cfg, PACKAGE)
-        return settings_of(cls, cfg)
+        settings = settings_of(cls, cfg)
+        if settings.alias is not None:
+            if not settings.register_as:
+                raise AllclsError(f"alias={settings.alias} names a registered model's alias: give register_as=<name> "
+                                  "too.")
+            registry.check_alias(settings.alias)
+        return settings
 
     @property
     def rule(self) -> RuleSettings:

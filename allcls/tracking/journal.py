@@ -19,6 +19,7 @@ from typing import Any
 import requests
 from mlflow.exceptions import MlflowException
 
+from allcls.errors import AllclsError
 from allcls.tracking.store import server_unreachable
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 JOURNAL = "mlflow_offline.jsonl"
 FILES = "mlflow_offline"
 UPLOADED = "mlflow_offline.uploaded.jsonl"
+LOGGED_CALLS = frozenset({"terminate", "log_params", "log_metrics", "set_tags", "log_file", "log_splits"})  # Run's
+SENT = "mlflow_offline.sent"  # how many of the journal's calls were sent, while an upload is under way
 
 
 class Journal:
@@ -83,17 +86,55 @@ def kept_when_offline(method: Callable) -> Callable:
     return call
 
 
-def replay(folder: Path, run_for: Callable[[str], Any]) -> dict[str, int]:
-    """Send a job's journal, in order, through the runs `run_for(run_id)` gives; then rename it so
-    that nothing is sent twice. Returns how many calls of each kind were sent."""
+def read_journal(folder: Path) -> list[dict[str, Any]]:
+    """Every call of a job's journal, checked whole before anything is sent: a damaged line (cut off
+    when the job was killed while writing it, or edited) is named with what to do, and nothing is sent."""
     journal = folder / JOURNAL
+    lines = journal.read_text(errors="replace").splitlines()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+            well_formed = (isinstance(entry, dict) and isinstance(entry.get("call"), str)
+                           and entry["call"] in LOGGED_CALLS and isinstance(entry.get("run_id"), str)
+                           and isinstance(entry.get("args"), list) and isinstance(entry.get("kwargs", {}), dict))
+        except json.JSONDecodeError:
+            well_formed = False
+        if not well_formed:
+            last = " (the last line: the job was stopped while writing it; delete that line to send the rest)" \
+                if number == len(lines) else ""
+            raise AllclsError(f"Line {number} of {journal} is damaged{last}: nothing was sent. Repair or delete the "
+                              "line, then upload again.")
+        if entry["call"] == "log_file" and not (folder / entry["args"][0]).is_file():
+            raise AllclsError(f"Line {number} of {journal} sends {folder / entry['args'][0]}, which is missing: "
+                              "nothing was sent. Put the file back, or delete the line.")
+        entries.append(entry)
+    return entries
+
+
+def replay(folder: Path, run_for: Callable[[str], Any]) -> dict[str, int]:
+    """Send a job's journal, in order, through the runs `run_for(run_id)` gives (the whole journal is
+    checked first); then rename it so that nothing is sent twice. How far it got is written after
+    every call (SENT), so that sending again after an interruption sends only the rest. Returns how
+    many calls of each kind were sent."""
+    entries = read_journal(folder)
+    progress = folder / SENT
+    done = int(progress.read_text()) if progress.is_file() and progress.read_text().strip().isdigit() else 0
+    runs = {run_id: run_for(run_id) for run_id in dict.fromkeys(e["run_id"] for e in entries)}  # each checked first
     sent: dict[str, int] = {}
-    for line in journal.read_text().splitlines():
-        entry = json.loads(line)
+    for number, entry in enumerate(entries[done:], done + 1):
         call, args = entry["call"], entry["args"]
         if call == "log_file":
             args = [str(folder / args[0]), args[1]]
-        getattr(run_for(entry["run_id"]), call)(*args, **entry.get("kwargs", {}))
+        try:
+            getattr(runs[entry["run_id"]], call)(*args, **entry.get("kwargs", {}))
+        except (MlflowException, TypeError, ValueError) as error:  # TypeError, ValueError: arguments edited
+            message = error.message if isinstance(error, MlflowException) else str(error)
+            raise AllclsError(f"Line {number} of {folder / JOURNAL} was refused ({message.splitlines()[0]}); the "
+                              f"{number - 1} line(s) before it are sent and will not be sent again. Repair or delete "
+                              f"line {number}, then upload again.") from None
         sent[call] = sent.get(call, 0) + 1
-    journal.rename(folder / UPLOADED)
+        progress.write_text(str(number))
+    (folder / JOURNAL).rename(folder / UPLOADED)
+    progress.unlink(missing_ok=True)
     return sent

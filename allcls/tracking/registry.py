@@ -18,11 +18,13 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
 from allcls.errors import AllclsError
 from allcls.tracking.tracker import Tracker
 
 MODEL_PATH = "model"  # where a run keeps its packaged model
+COLUMNS_TAG = "output_columns"  # a registered version's output columns, comma-separated
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,47 @@ def served_requirements() -> list[str]:
     return pinned
 
 
-def register(tracker: Tracker, run_id: str, name: str, alias: str | None, tags: Mapping[str, str],
+def check_alias(alias: str) -> None:
+    """Refuse an alias MLflow would refuse (after packaging), in one line, before anything is done."""
+    try:
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+    except MlflowException as error:
+        raise AllclsError(f"alias={alias}: {error.message} Choose another alias, e.g. alias=champion.") from None
+
+
+def check_alias_move(tracker: Tracker, name: str, alias: str, columns: Sequence[str], force: bool) -> None:
+    """Refuse to point `alias` of `name` at a model answering with other `columns` than the version
+    it names now (every client of name@alias would get other columns) unless `force`."""
+    try:
+        current = tracker.client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return  # no such model or alias yet
+    before = current.tags.get(COLUMNS_TAG)
+    if before is not None:
+        old, new = before.split(","), list(columns)
+    else:  # registered before versions carried their columns: its classes say its probability columns
+        old = [f"prob_{c}" for c in current.tags.get("classes", "").split(",") if c]
+        new = [c for c in columns if c.startswith("prob_")]
+    if old == new or force:
+        return
+    gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
+    change = "; ".join(part for part in (f"without {', '.join(gone)}" if gone else "",
+                                         f"with {', '.join(added)}" if added else "") if part) or "in another order"
+    raise AllclsError(f"{name}@{alias} is version {current.version}, and this model answers with other columns "
+                      f"({change}): every client of {name}@{alias} would read other columns. Register it under "
+                      f"another alias= or register_as=, or pass force_alias=true to move {alias} anyway.")
+
+
+def register(tracker: Tracker, run_id: str, folder: Path, name: str, alias: str | None, tags: Mapping[str, str],
              description: str) -> str:
-    """Register the model the run logged (under MODEL_PATH) as a new version of `name`, with `tags`
-    and `description` (the version's page shows it), pointing `alias` at it; the run is tagged with
-    the version. Returns the version."""
+    """Register the model folder the run packaged as a new version of `name`, with `tags` and
+    `description` (the version's page shows it), pointing `alias` at it; the run is tagged with the
+    version. Returns the version.
+
+    The version is a LoggedModel of its own (MLflow 3's runs table lists it under Models), its files
+    copied out of the run: packaging the run again (overwrite=true) replaces the run's `model/`,
+    never what a registered version answers with."""
     client = tracker.client
     try:
         try:
@@ -73,15 +111,39 @@ def register(tracker: Tracker, run_id: str, name: str, alias: str | None, tags: 
         except MlflowException as error:
             if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
-        source = f"{tracker.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_PATH}"
-        version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags),
-                                              description=description).version
+        logged = client.create_logged_model(tracker.get_run(run_id).info.experiment_id, name=name,
+                                            source_run_id=run_id, tags={"registered_model": name})
+        client.log_model_artifacts(logged.model_id, str(folder))
+        client.finalize_logged_model(logged.model_id, "READY")
+        # Its files' location as the source (a models:/<id> source is looked up in MLflow's global
+        # store, not this client's); model_id links the version to the LoggedModel all the same.
+        version = client.create_model_version(name, logged.artifact_location, run_id=run_id, tags=dict(tags),
+                                              description=shortened(description, logged.artifact_location),
+                                              model_id=logged.model_id).version
+        if alias:
+            client.set_registered_model_alias(name, alias, version)
     except MlflowException as error:
         raise AllclsError(f"Could not register the model as {name!r}: {error.message}") from None
-    if alias:
-        client.set_registered_model_alias(name, alias, version)
     tracker.run(run_id).set_tags({"registered_model_version": f"{name}/{version}"})
     return str(version)
+
+
+DESCRIPTION_LIMIT = 5000  # characters: the registry's column on PostgreSQL and MySQL (SQLite does not check)
+
+
+def shortened(card: str, location: str) -> str:
+    """A model card as a version's description: whole when it fits the registry's column, else its
+    first sections that do, and where the whole card is."""
+    if len(card) <= DESCRIPTION_LIMIT:
+        return card
+    note = f"\n\n*The whole card (too long for the registry) is `model_card.md` in the model's files: {location}.*\n"
+    kept = ""
+    for section in card.split("\n## "):
+        candidate = f"{kept}\n## {section}" if kept else section
+        if len(candidate) + len(note) > DESCRIPTION_LIMIT:
+            break
+        kept = candidate
+    return (kept or card[: DESCRIPTION_LIMIT - len(note)]).rstrip() + note
 
 
 def registered_models(tracker: Tracker) -> list[RegisteredModel]:
@@ -98,9 +160,20 @@ def registered_models(tracker: Tracker) -> list[RegisteredModel]:
     return models
 
 
-def version_description(tracker: Tracker, name: str, version: str) -> str:
-    """A registered version's description (a packaged model's card)."""
-    return tracker.client.get_model_version(name, version).description or ""
+def version_card(tracker: Tracker, name: str, version: str) -> str:
+    """A registered version's model card: the whole of `model_card.md` in its files, or its
+    description (the card, shortened where the registry's column is too small) when those cannot
+    be read."""
+    found = tracker.client.get_model_version(name, version)
+    if found.source:
+        try:
+            with tempfile.TemporaryDirectory(prefix="allcls-card-") as folder:
+                card = mlflow.artifacts.download_artifacts(artifact_uri=f"{found.source.rstrip('/')}/model_card.md",
+                                                           dst_path=folder, tracking_uri=tracker.tracking_uri)
+                return Path(card).read_text()
+        except (MlflowException, OSError):
+            pass  # a model packaged without a card file, or files that are gone: the description says what it can
+    return found.description or ""
 
 
 class ModelUnavailable(AllclsError):
@@ -117,8 +190,12 @@ def load(tracker: Tracker, uri: str) -> Any:
     try:
         with tempfile.TemporaryDirectory(prefix="allcls-model-") as folder:
             return mlflow.pyfunc.load_model(str(_local_copy(tracker, uri, Path(folder)))).unwrap_python_model()
+    except ModelUnavailable:
+        raise
     except MlflowException as error:
         raise ModelUnavailable(uri, error.message) from None
+    except AllclsError as error:  # a damaged model folder (its spec, a checkpoint)
+        raise ModelUnavailable(uri, str(error)) from None
     except (OSError, KeyError) as error:
         raise ModelUnavailable(uri, str(error)) from None
 
@@ -137,7 +214,9 @@ def _local_copy(tracker: Tracker, uri: str, folder: Path) -> Path:
             found = tracker.client.get_model_version(name, version)
         assert found.source is not None  # MLflow registers every version from a source
         source = found.source.rstrip("/")
-        if source.startswith(("runs:/", "models:/")):
+        if source.startswith("models:/m-"):  # a LoggedModel: its own artifact location
+            source = tracker.client.get_logged_model(source.removeprefix("models:/")).artifact_location
+        elif source.startswith(("runs:/", "models:/")):
             return _local_copy(tracker, source, folder)
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder),
                                                         tracking_uri=tracker.tracking_uri))

@@ -39,8 +39,30 @@ def server_unreachable(uri: str) -> str | None:
         return str(getattr(error, "reason", error))
 
 
+def sqlite_problem(uri: str) -> str | None:
+    """Why the file a sqlite:/// URI names cannot be a database (None: it can, or it is not there yet)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.is_dir():
+        return f"{path} is a folder"
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"{path} cannot be read ({error.strerror})"
+    return None if header in (b"", b"SQLite format 3\x00") else f"{path} is not an SQLite database"
+
+
 def check_reachable(uri: str) -> None:
-    """Refuse, in one line and before any work, a tracking server that does not answer."""
+    """Refuse, in one line and before any work, a store that is not a database, or a tracking server
+    that does not answer."""
+    if (problem := sqlite_problem(uri)) is not None:
+        raise AllclsError(f"{problem}, and the MLflow store is meant to be there ({uri}): point "
+                          "logger.tracking_uri / $MLFLOW_TRACKING_URI at the store's mlflow.db, or move that file "
+                          "away. Nothing was changed.")
     if (reason := server_unreachable(uri)) is not None:
         raise AllclsError(f"Cannot reach the MLflow tracking server {uri} ({reason}). Start it (mlflow server "
                           "--host 127.0.0.1 --port <port> ...), or point logger.tracking_uri / $MLFLOW_TRACKING_URI "

@@ -171,10 +171,15 @@ class Tracker:
     def get_run(self, run_id: str, hint: str = ""):
         """The run `run_id`; one that the store does not have is refused by name (`hint`: the fix)."""
         try:
-            return self.client.get_run(run_id)
+            run = self.client.get_run(run_id)
         except MlflowException:
             raise AllclsError(f"No MLflow run {run_id!r} in {self.tracking_uri}" + (f": {hint}." if hint else ".")
                               ) from None
+        if run.info.lifecycle_stage == "deleted":
+            raise AllclsError(f"Run {run_id} is deleted in {self.tracking_uri}: restore it first (`mlflow runs restore "
+                              f"--run-id {run_id}`, MLFLOW_TRACKING_URI={self.tracking_uri} set)"
+                              + (f", or {hint}." if hint else "."))
+        return run
 
     def search(self, experiments: list[Experiment], filter_string: str, newest_first: bool = False,
                max_results: int = 1000) -> list:

@@ -41,6 +41,8 @@ def check_config(cfg: DictConfig) -> BackboneSpec:
     if OmegaConf.is_missing(cfg.dataset, "root"):
         raise AllclsError(f"dataset.root is not set: pass dataset.root=/path/to/{cfg.dataset.name} "
                           "(the folder in the dataset's original layout).")
+    if cfg.dataset.get("root") and Path(str(cfg.dataset.root)).expanduser().is_file():
+        raise AllclsError(f"Dataset root {cfg.dataset.root} is a file, not a folder: check dataset.root.")
     backbone = BackboneSpec.of(plain(cfg.backbone))
     input_spec(backbone)  # an unknown backbone name or a bad input size
     choose_pipeline(cfg.data.pipeline, build_augmentations(cfg))  # a value albumentations refuses, or no batch form

@@ -81,22 +81,21 @@ def _train(cfg: DictConfig) -> float:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     config_yaml = resolved_yaml(cfg)
+    params = recorded.params(cfg, dataset, datamodule.input_spec.size, job, datamodule.pipeline).as_params()
     if point is None:
         experiment = tracker.experiment(cfg.experiment_name, create=True)
         opened = tracker.stage_run(experiment, run_schema.TRAIN, recorded.run_name(cfg, job),
                                    recorded.tags(cfg, dataset), Job(output_dir, job, config_yaml), journal=journal)
-    else:
+    else:  # refused before the run is reopened: a refusal leaves it as it was (KILLED, FAILED)
+        params = refuse_changed_params(point.run_id, tracker.get_run(point.run_id).data.params, params)
         opened = tracker.resumed_run(point.run_id, resumed_in=job_info().sweep_id, journal=journal)
     with opened as run, stop_signals_raise():
         try:
-            params = recorded.params(cfg, dataset, datamodule.input_spec.size, job, datamodule.pipeline).as_params()
+            run.log_params(params)
             if point is None:
                 remember_the_run(output_dir, run.run_id, config_yaml, tracker.tracking_uri, cfg.experiment_name, job)
-                run.log_params(params)
                 log_dataset(run, dataset, output_dir)
             else:
-                logged = tracker.get_run(run.run_id).data.params
-                run.log_params(refuse_changed_params(run.run_id, logged, params))
                 log.info("Resuming from %s", checkpoint)
             trainer = fit(cfg, model, datamodule, RunMetricsLogger(run), checkpoint)
             score = evaluate_best_checkpoint(run, trainer, model, datamodule, output_dir)

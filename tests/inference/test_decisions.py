@@ -50,7 +50,11 @@ def test_a_class_with_too_few_validation_subjects_is_named_with_the_number_neede
     fitted = conformal.fit_thresholds(probabilities, labels, subjects, 0.95, "class_conditional",
                                       ["common", "other", "rare"])
     assert fitted.thresholds is None
-    assert "needs 20 validation subjects" in fitted.reason(0.95) and "rare has" in fitted.reason(0.95)
+    assert "needs 20 validation subjects per class" in fitted.reason(0.95, subjects)
+    assert "rare has" in fitted.reason(0.95, subjects)
+    # without subject ids (the 4-class dataset) the units are images, and the message says so
+    unnamed = fitted.reason(0.95, [None] * 400)
+    assert "needs 20 validation images (the dataset names no subjects" in unnamed and "more images" in unnamed
 
 
 def exchangeable_binary(samples, seed):

@@ -191,3 +191,35 @@ def test_a_sigterm_that_lightning_sees_first_still_saves_and_fails_the_job(train
     assert saved["global_step"] == 3
     (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"
+    a_damaged_job_folder_is_refused_and_the_run_left_killed(train_cfg, mlflow_client, tmp_path / "output",
+                                                            run.info.run_id)
+
+
+class Payload:
+    """What a malicious checkpoint carries: unpickling it would run a command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def a_damaged_job_folder_is_refused_and_the_run_left_killed(train_cfg, client, folder: Path, run_id: str) -> None:
+    """A cut last.ckpt, a text file in its place, one that carries Python objects, a cut job record:
+    each refused in one line before the run is reopened (it stays KILLED), the payload never run,
+    and no advice to load anything unsafely."""
+    last, record = folder / "checkpoints" / "last.ckpt", folder / "mlflow_run.json"
+    whole, kept_record = last.read_bytes(), record.read_text()
+    marker = folder / "payload-ran"
+    for damage, says in [(lambda: last.write_bytes(whole[: len(whole) // 2]), "is not a readable checkpoint"),
+                         (lambda: last.write_text("epoch=3\n"), "is not a readable checkpoint"),
+                         (lambda: torch.save({"state_dict": {}, "x": Payload(marker)}, last), "holds Python objects"),
+                         (lambda: record.write_text(kept_record[:40]), "mlflow_run.json is damaged")]:
+        damage()
+        with pytest.raises(AllclsError, match=says) as refused:
+            train(train_cfg(f"resume={folder}"))
+        assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)
+        assert client.get_run(run_id).info.status == "KILLED"
+        last.write_bytes(whole)
+    assert not marker.exists()

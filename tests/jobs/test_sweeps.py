@@ -45,10 +45,23 @@ def test_user_mistake_ends_with_one_line_and_no_traceback(tmp_path, monkeypatch,
     assert "Traceback" not in result.stderr
 
 
-def test_unknown_group_option_is_refused_by_hydra_with_the_choices(tmp_path, monkeypatch, capsys):
-    result = run_entry(main, "backbone=resnet9000", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
-    assert result.returncode != 0
-    assert "Could not find 'backbone/resnet9000'" in result.stderr and "mobilenetv2" in result.stderr
+@pytest.mark.parametrize(("typed", "says"), [
+    (["backbone=resnet9000"], "backbone=resnet9000: there is no such backbone config (did you mean backbone=resnet5"),
+    (["dataset=cnmcc"], "dataset=cnmcc: there is no such dataset config (did you mean dataset=cnmc?)"),
+    (["data.batchsize=8"], "data.batchsize: there is no such key in data (did you mean data.batch_size?)"),
+    (["backbon=vgg16"], "backbon: there is no such key at the top of the config (did you mean backbone?)"),
+    (["data.skip_unreadable_images=true"], "data.skip_unreadable_images was renamed dataset.skip_unreadable_images"),
+    (["-m", "hparams_search=optuna", "optuna_trials=0"], "optuna_trials=0 is out of range"),
+    (["dataset=folder", "dataset.root=pyproject.toml"], "is a file, not a folder"),
+])
+def test_a_mistake_hydra_finds_ends_in_one_line_naming_the_closest_name(tmp_path, monkeypatch, capsys, typed, says):
+    """Unknown config names and keys, a renamed key, an Optuna search of no trials, a dataset root
+    that is a file: one line, exit 2, nothing created (no store, no study)."""
+    (tmp_path / "pyproject.toml").write_text("a file\n")
+    result = run_entry(main, *typed, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert result.returncode == 2 and says in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "optuna.db").exists()
 
 
 @pytest.mark.slow

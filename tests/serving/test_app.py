@@ -77,7 +77,7 @@ def test_an_upload_gets_its_class_probability_set_and_gradcam_and_a_bad_file_get
         assert headline.startswith(f"### Predicted: {answer['label']}")
         assert f"{answer[f'prob_{answer.label}']:.1%}: probability" in headline and alone and not referral
     assert [e.value for e in page.error] == [
-        "notes.png cannot be used: not an image file, or a format this library cannot decode."]
+        "notes.png cannot be used: not an image file, or not a BMP, PNG, JPEG, TIFF, WebP or GIF image."]
     assert not [m for m in page.markdown if "Members' votes" in m.value]
     table = page.main.dataframe[0].value
     assert table["file"].tolist() == ["cell.bmp"] and table["label"].tolist() == [answer["label"]]

@@ -5,7 +5,9 @@ logged ones."""
 import base64
 import json
 import os
+import shutil
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +18,11 @@ import pytest
 
 from allcls.errors import AllclsError
 from allcls.inference.calibration import calibrated
+from allcls.serving.model_inputs import NO_IMAGE_COLUMN, PATHS_VARIABLE
 from allcls.serving.package import package
+from allcls.serving.pyfunc_model import SERVER_VARIABLE
+from allcls.tracking import registry
+from allcls.tracking.tracker import Tracker
 
 from helpers import compose_config, free_port, served
 
@@ -83,14 +89,18 @@ def test_the_packaged_model_predicts_what_the_run_logged(store, packaged):
 def test_the_model_card_reports_the_logged_numbers(store, packaged, tmp_path):
     client = store["client"]
     version = client.get_model_version_by_alias("cells", "champion")
-    card = version.description
+    card = Path(client.download_artifacts(store["members"][0], "model/model_card.md", str(tmp_path))).read_text()
+    # the version's description is the card, cut at a section where the registry's column on
+    # PostgreSQL would be too small for it, saying where the whole card is
+    assert len(version.description) <= 5000 and card.startswith(version.description.split("\n\n*The whole")[0])
+    assert len(card) <= 5000 or "The whole card (too long for the registry)" in version.description
     assert "Not a diagnostic device" in card and "by subject" in card and store["split_hash"] in card
     run = client.get_run(store["members"][0])
     f1 = run.data.metrics["test/f1_weighted"]
     line = next(row for row in card.splitlines() if row.startswith("| f1_weighted |"))
     assert float(line.split("|")[2]) == pytest.approx(f1, abs=5e-4)
-    local = client.download_artifacts(store["members"][0], "model/model_card.md", str(tmp_path))
-    assert Path(local).read_text() == card
+    assert registry.version_card(Tracker(f"sqlite:///{store['root']}/mlruns/mlflow.db"), "cells",
+                                 version.version) == card  # what the page shows: the whole card
     spec = mlflow.pyfunc.load_model(packaged).unwrap_python_model().spec  # what the page shows
     assert spec.test_scores["f1_weighted"][0] == pytest.approx(f1, abs=5e-4)
     assert spec.test_scores["f1_weighted"][1] <= f1 <= spec.test_scores["f1_weighted"][2]
@@ -107,13 +117,38 @@ def test_bad_images_get_a_reason_and_spoil_no_other_row(store, packaged, tmp_pat
     (tmp_path / "empty.bmp").write_bytes(b"")
     (tmp_path / "notes.png").write_text("not an image")
     model = mlflow.pyfunc.load_model(packaged)
-    paths = [sample_images(store, 1)[0], str(tmp_path / "empty.bmp"), str(tmp_path / "notes.png"), "/no/such.png"]
+    os.mkfifo(tmp_path / "pipe.bmp")  # opening it to read would wait for a writer forever
+    paths = [sample_images(store, 1)[0], str(tmp_path / "empty.bmp"), str(tmp_path / "notes.png"), "/no/such.png",
+             "/dev/zero", str(tmp_path / "pipe.bmp")]
     rows = model.predict(pd.DataFrame({"path": paths}))
     assert rows.loc[0, "error"] == "" and rows.loc[0, "label"] in CLASSES
     assert "empty" in rows.loc[1, "error"] and "not an image" in rows.loc[2, "error"]
     assert "No such file" in rows.loc[3, "error"] and rows.loc[1:, "label"].isna().all()
-    assert rows["refer"].tolist() == [rows.loc[0, "refer"], True, True, True]
+    assert rows.loc[4:, "error"].str.endswith("not a regular file").all()  # refused, not read
+    assert rows["refer"].tolist() == [rows.loc[0, "refer"], True, True, True, True, True]
     assert rows.loc[1:, "refer_reason"].eq("unreadable").all() and rows.loc[1:, "ood_score"].isna().all()
+
+
+def test_a_served_model_reads_files_only_under_the_folder_it_was_allowed(store, packaged, tmp_path, monkeypatch):
+    """In the server's process (MLflow's scoring server names its model in the environment) a `path`
+    is read only under ALLCLS_READ_PATHS_UNDER, links followed: a link out of it, or to a device,
+    is refused without saying whether what it names exists."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    cells = sample_images(store, 2)
+    shutil.copy(cells[0], allowed / "cell.bmp")
+    (allowed / "zero.bmp").symlink_to("/dev/zero")
+    (allowed / "elsewhere.bmp").symlink_to(cells[1])
+    monkeypatch.setenv(SERVER_VARIABLE, str(tmp_path))
+    monkeypatch.setenv(PATHS_VARIABLE, str(allowed))
+    named = [allowed / "cell.bmp", allowed / "zero.bmp", allowed / "elsewhere.bmp", cells[1], allowed / "none.bmp",
+             allowed / ".." / "secret.bmp"]
+    rows = mlflow.pyfunc.load_model(packaged).predict(pd.DataFrame({"path": [str(p) for p in named]}))
+    assert rows.loc[0, "error"] == "" and rows.loc[0, "label"] in CLASSES
+    for row in (1, 2, 3, 5):
+        assert f"not under {allowed}, the only folder" in rows.loc[row, "error"], rows.loc[row, "error"]
+    assert "No such file" in rows.loc[4, "error"]
+    assert rows.loc[1, "ood_score"] is None and rows.loc[1, "label"] is None  # what JSON writes as null
 
 
 def test_an_ensemble_packages_its_members_and_reports_their_votes(store, ensemble_run, registered, tmp_path):
@@ -142,25 +177,82 @@ def test_packaging_again_is_refused_unless_asked_and_a_half_run_is_refused(store
         package(package_cfg(store, tmp_path, f"run_id={empty.info.run_id}"))
 
 
+def test_a_registered_version_never_changes_and_an_alias_keeps_its_columns(store, registered, tmp_path):
+    """Packaging a registered run again (overwrite=true) replaces the run's model/, not what the
+    registered version answers with; an alias is not moved to a model with other output columns
+    unless forced, and a reserved alias is refused before anything is packaged."""
+    client, run_id = store["client"], store["members"][1]
+    cheap = ["bootstrap=0", "ood.enabled=false", "ood.probes=false", f"run_id={run_id}"]
+    package(package_cfg(store, tmp_path, *cheap, "coverage=0.7", "register_as=fixed", "alias=stable"))
+    package(package_cfg(store, tmp_path, *cheap, "overwrite=true", "coverage=0.6"))
+    registered_spec = mlflow.pyfunc.load_model("models:/fixed/1").unwrap_python_model().spec
+    repackaged_spec = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().spec
+    assert registered_spec.decision.sets.coverage == 0.7 and repackaged_spec.decision.sets.coverage == 0.6
+    assert "/models/m-" in client.get_model_version("fixed", "1").source  # a LoggedModel's files, not the run's
+
+    # an ensemble answers with its members' votes too: the alias of a single run's model stays put
+    with pytest.raises(AllclsError, match=r"fixed@stable is version 1, and this model answers with other columns "
+                                          r"\(with member_.*force_alias=true"):
+        package(package_cfg(store, tmp_path, f"run_id={registered['ensemble_run']}", "overwrite=true",
+                            "register_as=fixed", "alias=stable"))
+    assert [str(v.version) for v in client.search_model_versions("name='fixed'")] == ["1"]
+    for reserved in ("latest", "v2"):
+        with pytest.raises(AllclsError, match=f"alias={reserved}: .*reserved.*Choose another alias"):
+            package(package_cfg(store, tmp_path, *cheap, "register_as=fixed", f"alias={reserved}"))
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_like_the_model_in_process(store, packaged, tmp_path):
+    """Served over HTTP, the model answers as in process, and every answer is valid JSON (null where
+    a value is missing), with one row per image whatever is wrong with the others: a null, text that
+    is not base64, bytes that are not an image, a file path (the server reads no files unless told
+    to), a request without an `image` column. Line-wrapped base64 (what `base64` writes) is read."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store['root']}/mlruns/mlflow.db", "TQDM_DISABLE": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # it starts uvicorn by name
+    env.pop(PATHS_VARIABLE, None)
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", packaged, "--env-manager", "local",
                "-h", "127.0.0.1", "-p", str(port)]
-    with served(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env=env):
-        paths = sample_images(store, 2)
-        encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths] + [photograph()]
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}}).encode()
+    paths = sample_images(store, 2)
+    encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths] + [photograph()]
+    wrapped = base64.encodebytes(Path(paths[0]).read_bytes()).decode()  # 76 characters a line
+    hostile = [[wrapped, None], [None, None], ["#not base64#", None], [base64.b64encode(b"text").decode(), None],
+               [None, paths[0]]]
+
+    def post(columns: list[str], data: list[list]) -> pd.DataFrame:
+        body = json.dumps({"dataframe_split": {"columns": columns, "data": data}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                          {"Content-Type": "application/json"})
-        served_rows = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
+        answer = urllib.request.urlopen(request, timeout=120).read().decode()
+        return pd.DataFrame(json.loads(answer, parse_constant=_not_json)["predictions"])
+
+    with served(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env=env):
+        served_rows = post(["image"], [[e] for e in encoded])
+        mixed = post(["image", "path"], [[encoded[0], None], *hostile])
+        misnamed = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(
+            {"dataframe_split": {"columns": ["img"], "data": [[encoded[0]]]}}).encode(),
+            {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(misnamed, timeout=120)
+        assert refused.value.code == 400
+        answer = json.loads(refused.value.read().decode(), parse_constant=_not_json)
     in_process = mlflow.pyfunc.load_model(packaged).predict(pd.DataFrame({"image": encoded}))
     assert served_rows["label"].tolist() == in_process["label"].tolist()
     assert served_rows["prob_all"].to_numpy() == pytest.approx(in_process["prob_all"].to_numpy(), abs=1e-9)
     assert served_rows["refer_reason"].tolist() == in_process["refer_reason"].tolist()
     assert served_rows.loc[2, "refer"] and "out of distribution" in served_rows.loc[2, "refer_reason"]
+
+    assert len(mixed) == 6 and mixed.loc[:1, "error"].tolist() == ["", ""]
+    assert mixed.loc[1, "prob_all"] == pytest.approx(mixed.loc[0, "prob_all"], abs=1e-9)  # wrapped = unwrapped
+    assert "no image in this row" in mixed.loc[2, "error"] and "not base64" in mixed.loc[3, "error"]
+    assert "not an image file" in mixed.loc[4, "error"]
+    assert mixed.loc[5, "error"].startswith("this server reads no files") and paths[0] not in mixed.loc[5, "error"]
+    assert mixed.loc[2:, "label"].isna().all() and mixed.loc[2:, "refer"].all()  # null in the JSON
+    assert NO_IMAGE_COLUMN in answer["message"] and "Traceback" not in json.dumps(answer)
+
+
+def _not_json(constant: str):
+    raise AssertionError(f"the server answered {constant}, which is not JSON")
 
 
 def photograph() -> str:
@@ -195,6 +287,9 @@ def test_a_model_packaged_before_the_restructuring_still_loads(store, packaged, 
     assert old.unwrap_python_model().spec.decision.sets.thresholds == [0.45, 0.45]
     rows = old.predict(images)
     assert rows.loc[~rows["set"].isin(CLASSES), "refer"].all()
+    spec_file.write_text(json.dumps(values)[:200])  # cut short
+    with pytest.raises(AllclsError, match="allcls_model.json is damaged .*Package its run again"):
+        mlflow.pyfunc.load_model(str(folder))
 
 
 def test_a_subject_column_adds_one_decision_per_patient(store, registered):

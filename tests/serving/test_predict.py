@@ -37,6 +37,10 @@ def odd_folder(store, tmp_path):
     cv2.imwrite(str(folder / "tiny.png"), np.full((2, 2, 3), 90, np.uint8))
     cv2.imwrite(str(folder / "wide.png"), np.full((20, 10_000, 3), 90, np.uint8))
     cv2.imwrite(str(folder / "huge.png"), np.zeros((10_000, 10_000), np.uint8))  # 100 megapixels
+    # A Radiance HDR file under a .png name: OpenCV decodes it, PIL cannot read its header (the way
+    # a 64-megapixel image got past the size limit): refused whatever its size.
+    cv2.imwrite(str(folder / "radiance.hdr"), np.full((40, 40, 3), 0.5, np.float32))
+    (folder / "radiance.hdr").rename(folder / "radiance.png")
     (folder / "empty.bmp").write_bytes(b"")
     (folder / "notes.jpg").write_text("not an image")
     (folder / "readme.txt").write_text("not looked at: no image suffix")
@@ -54,7 +58,7 @@ def test_a_folder_with_odd_files_gives_a_row_per_readable_image_and_lists_the_re
     table = pd.read_csv(output, keep_default_na=False, na_values={"prob_hem": [""], "prob_all": [""]})
     readable = {"gray.png", "rgba.png", "sixteen.png", "tiny.png", "wide.png"} | {
         p.name for p in odd_folder.glob("*.bmp") if p.stat().st_size}
-    unreadable = {"huge.png", "empty.bmp", "notes.jpg"}
+    unreadable = {"huge.png", "empty.bmp", "notes.jpg", "radiance.png"}
     assert {Path(p).name for p in table["path"]} == readable | unreadable
     assert list(table.columns[:8]) == ["path", "label", "prob_hem", "prob_all", "set", "refer", "refer_reason",
                                        "ood_score"]
@@ -64,7 +68,7 @@ def test_a_folder_with_odd_files_gives_a_row_per_readable_image_and_lists_the_re
     good = table.drop(broken.index)
     assert np.allclose(good[["prob_hem", "prob_all"]].sum(axis=1), 1) and good["error"].eq("").all()
     printed = capsys.readouterr().out
-    assert "Could not read 3 file(s)" in printed
+    assert "Could not read 4 file(s)" in printed and "radiance.png: not an image file" in printed
     assert "huge.png: 10000 x 10000 pixels" in printed and "empty.bmp: the file is empty" in printed
     assert "notes.jpg: not an image file" in printed and "readme.txt" not in printed
 
@@ -99,15 +103,22 @@ def test_one_decision_per_patient_from_c_nmc_file_names(store, model_uri, tmp_pa
     assert "patient decision(s)" in capsys.readouterr().out
 
 
-def test_an_existing_output_is_kept_and_nothing_goes_next_to_the_images(store, model_uri, odd_folder, tmp_path):
+def test_an_existing_output_is_kept_and_nothing_goes_among_the_images(store, model_uri, odd_folder, tmp_path):
     existing = tmp_path / "kept.csv"
     existing.write_text("mine\n")
     with pytest.raises(AllclsError, match="exists: pass overwrite=true"):
         predict(predict_cfg(store, tmp_path, f"model={model_uri}", f"input={odd_folder}", f"output={existing}"))
     assert existing.read_text() == "mine\n"
-    with pytest.raises(AllclsError, match="next to the images"):
+    for inside in (odd_folder / "predictions.csv", odd_folder / "results" / "predictions.csv"):
+        with pytest.raises(AllclsError, match=f"is inside the input's folder {odd_folder}: predict never writes"):
+            predict(predict_cfg(store, tmp_path, f"model={model_uri}", f"input={odd_folder}", f"output={inside}"))
+    assert not (odd_folder / "results").exists()
+    with pytest.raises(AllclsError, match="Cannot write into .*kept.csv .*give an output= in a folder you can"):
         predict(predict_cfg(store, tmp_path, f"model={model_uri}", f"input={odd_folder}",
-                            f"output={odd_folder / 'predictions.csv'}"))
+                            f"output={existing / 'x.csv'}"))  # a folder that cannot be made: a file is there
+    with pytest.raises(AllclsError, match="No MLflow run '0123456789abcdef0123456789abcdef' in sqlite:///"):
+        predict(predict_cfg(store, tmp_path, "model=0123456789abcdef0123456789abcdef", f"input={odd_folder}",
+                            f"output={tmp_path / 'x.csv'}"))
     with pytest.raises(AllclsError, match="neither a folder, nor a file, nor a glob"):
         predict(predict_cfg(store, tmp_path, f"model={model_uri}", "input=/no/such/place", "output=x.csv"))
     with pytest.raises(AllclsError, match="Cannot load model models:/nobody@champion"):
