@@ -165,6 +165,7 @@ def test_resume_refuses_what_it_cannot_continue(train_cfg, mlflow_client, tmp_pa
     finished = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])[0]
     for resume, says in [(finished.info.run_id, "has finished"), (str(tmp_path / "output"), "has finished"),
                          (str(tmp_path), "holds no training job"), ("latest", "neither a folder nor"),
+                         ("0123456789abcdef0123456789abcdef", "No MLflow run '0123456789abcdef0123456789abcdef'"),
                          ("last", "no unfinished training run")]:
         with pytest.raises(AllclsError, match=says):
             train(train_cfg(f"resume={resume}"))

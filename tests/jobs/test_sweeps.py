@@ -64,6 +64,23 @@ def test_a_mistake_hydra_finds_ends_in_one_line_naming_the_closest_name(tmp_path
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "optuna.db").exists()
 
 
+def test_a_store_or_a_study_file_that_is_not_a_database_is_named_and_left_as_it_was(tmp_path, monkeypatch, capsys):
+    """Where the MLflow store or the Optuna study is meant to be, a file that is something else
+    (notes, say): one line naming it, and the file as it was."""
+    (tmp_path / "mlruns").mkdir()
+    store = tmp_path / "mlruns" / "mlflow.db"
+    store.write_text("my notes\n")
+    result = run_entry(main, *CLI_FAST, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert result.returncode == 2 and f"{store} is not an SQLite database" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and store.read_text() == "my notes\n"
+    store.unlink()
+    (tmp_path / "optuna.db").write_text("my notes\n")
+    result = run_entry(main, "-m", "hparams_search=optuna", *CLI_FAST, cwd=tmp_path, monkeypatch=monkeypatch,
+                       capsys=capsys)
+    assert result.returncode == 2 and "optuna.db is not an SQLite database" in result.stderr, result.stderr[-2000:]
+    assert (tmp_path / "optuna.db").read_text() == "my notes\n"
+
+
 @pytest.mark.slow
 def test_ddp_jobs_inside_a_multirun_each_run_their_own_processes(tmp_path):
     """Lightning's DDP launcher re-runs sys.argv; without allcls.ddp each child would relaunch the

@@ -175,6 +175,11 @@ def test_packaging_again_is_refused_unless_asked_and_a_half_run_is_refused(store
     empty = client.create_run(store["experiment_id"], tags={"stage": "train", "classes": "hem,all"})
     with pytest.raises(AllclsError, match="has no config/config.yaml|has no predictions"):
         package(package_cfg(store, tmp_path, f"run_id={empty.info.run_id}"))
+    client.delete_run(empty.info.run_id)
+    with pytest.raises(AllclsError, match=f"Run {empty.info.run_id} is deleted in sqlite:///.*mlflow runs restore"):
+        package(package_cfg(store, tmp_path, f"run_id={empty.info.run_id}"))
+    with pytest.raises(AllclsError, match="No MLflow run '0123456789abcdef0123456789abcdef'"):
+        package(package_cfg(store, tmp_path, "run_id=0123456789abcdef0123456789abcdef"))
 
 
 def test_a_registered_version_never_changes_and_an_alias_keeps_its_columns(store, registered, tmp_path):
