@@ -6,6 +6,7 @@ global tracking URI: every call goes through the Tracker's store."""
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -111,7 +112,10 @@ def register(tracker: Tracker, run_id: str, folder: Path, name: str, alias: str 
         except MlflowException as error:
             if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
-        logged = client.create_logged_model(tracker.get_run(run_id).info.experiment_id, name=name,
+        # Named so that it never shadows a folder of the run: MLflow lists runs:/<run>/<name>/ as the
+        # run's LoggedModel of that name, looked up in its global store rather than this client's.
+        logged = client.create_logged_model(tracker.get_run(run_id).info.experiment_id,
+                                            name=re.sub(r"[/:.%\"']", "-", name) + "@registry",
                                             source_run_id=run_id, tags={"registered_model": name})
         client.log_model_artifacts(logged.model_id, str(folder))
         client.finalize_logged_model(logged.model_id, "READY")

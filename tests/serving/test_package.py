@@ -194,6 +194,8 @@ def test_a_registered_version_never_changes_and_an_alias_keeps_its_columns(store
     repackaged_spec = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().spec
     assert registered_spec.decision.sets.coverage == 0.7 and repackaged_spec.decision.sets.coverage == 0.6
     assert "/models/m-" in client.get_model_version("fixed", "1").source  # a LoggedModel's files, not the run's
+    tracker = Tracker(f"sqlite:///{store['root']}/mlruns/mlflow.db")
+    assert not tracker.has_artifact(run_id, "fixed/MLmodel")  # the LoggedModel shadows no folder of the run
 
     # an ensemble answers with its members' votes too: the alias of a single run's model stays put
     with pytest.raises(AllclsError, match=r"fixed@stable is version 1, and this model answers with other columns "

@@ -24,7 +24,7 @@ SEEDS = "seed=" + ",".join(str(seed) for seed in range(8))
 def test_a_sweep_of_eight_parallel_jobs_an_ensemble_and_a_registered_model_through_a_server_on_postgresql(
         tmp_path, monkeypatch, capsys):
     with postgres(tmp_path, durable=False) as database, \
-            mlflow_server(database, tmp_path / "server-artifacts", tmp_path / "server.log") as url:
+            mlflow_server(database, tmp_path / "server-artifacts", tmp_path / "server.log", workers=1) as url:
         swept = run_script("train.py", "-m", "hydra/launcher=submitit_local", "logger=mlflow_server", *FAST,
                            *SMALL_SYNTHETIC, SEEDS, cwd=tmp_path, timeout=500, env_extra={"MLFLOW_TRACKING_URI": url})
         assert swept.returncode == 0, swept.stderr[-3000:]
