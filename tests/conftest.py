@@ -120,8 +120,9 @@ def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
     """Packaged models, each with 70% class-conditional prediction sets (the most three validation
     subjects per class support) and an out-of-distribution gate: `cells`, the sweep's first run,
     registered as cells@champion; `ensemble`, the store's ensemble, which also protects `all` (miss
-    rate 30%), first packaged without registering (`printed`: what packaging said), then packaged
-    again (overwrite=true) and registered as ensemble@champion, the newest registered model."""
+    rate 30%), registered as ensemble@champion, the newest registered model, then packaged again
+    (`unregistered`: overwrite=true, without the gate, not registered; `printed`: what packaging
+    said), which leaves the registered version as it was."""
     from allcls.serving.package import package
 
     folder = tmp_path_factory.mktemp("registered")
@@ -132,9 +133,9 @@ def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
 
     cells = packaged(f"run_id={store['members'][0]}", "register_as=cells", "alias=champion")
     protect = ["referral.protect=all", "referral.max_miss_rate=0.3", "ood.probes=false"]  # cells' card has them
+    ensemble = packaged(f"run_id={ensemble_run}", "register_as=ensemble", "alias=champion", *protect)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # the gate is tested on the other two: not fitted here
-        unregistered = packaged(f"run_id={ensemble_run}", *protect, "ood.enabled=false")
-    ensemble = packaged(f"run_id={ensemble_run}", "overwrite=true", "register_as=ensemble", "alias=champion", *protect)
+        unregistered = packaged(f"run_id={ensemble_run}", "overwrite=true", *protect, "ood.enabled=false")
     return {"cells": cells, "ensemble": ensemble, "unregistered": unregistered, "printed": printed.getvalue(),
             "ensemble_run": ensemble_run}

@@ -183,29 +183,27 @@ def test_packaging_again_is_refused_unless_asked_and_a_half_run_is_refused(store
 
 
 def test_a_registered_version_never_changes_and_an_alias_keeps_its_columns(store, registered, tmp_path):
-    """Packaging a registered run again (overwrite=true) replaces the run's model/, not what the
-    registered version answers with; an alias is not moved to a model with other output columns
-    unless forced, and a reserved alias is refused before anything is packaged."""
-    client, run_id = store["client"], store["members"][1]
-    cheap = ["bootstrap=0", "ood.enabled=false", "ood.probes=false", f"run_id={run_id}"]
-    package(package_cfg(store, tmp_path, *cheap, "coverage=0.7", "register_as=fixed", "alias=stable"))
-    package(package_cfg(store, tmp_path, *cheap, "overwrite=true", "coverage=0.6"))
-    registered_spec = mlflow.pyfunc.load_model("models:/fixed/1").unwrap_python_model().spec
+    """The ensemble was registered with its out-of-distribution gate, then its run packaged again
+    without one (overwrite=true, conftest): the run's model/ changed, the registered version did not.
+    An alias is not moved to a model with other output columns unless forced, and a reserved alias
+    is refused before anything is packaged."""
+    client, run_id = store["client"], registered["ensemble_run"]
+    registered_spec = mlflow.pyfunc.load_model("models:/ensemble/1").unwrap_python_model().spec
     repackaged_spec = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().spec
-    assert registered_spec.decision.sets.coverage == 0.7 and repackaged_spec.decision.sets.coverage == 0.6
-    assert "/models/m-" in client.get_model_version("fixed", "1").source  # a LoggedModel's files, not the run's
+    assert registered_spec.decision.ood_threshold is not None and repackaged_spec.decision.ood_threshold is None
+    assert "/models/m-" in client.get_model_version("ensemble", "1").source  # a LoggedModel's files, not the run's
     tracker = Tracker(f"sqlite:///{store['root']}/mlruns/mlflow.db")
-    assert not tracker.has_artifact(run_id, "fixed/MLmodel")  # the LoggedModel shadows no folder of the run
+    assert tracker.has_artifact(run_id, "ensemble/members.json")  # the LoggedModel shadows no folder of the run
 
     # an ensemble answers with its members' votes too: the alias of a single run's model stays put
-    with pytest.raises(AllclsError, match=r"fixed@stable is version 1, and this model answers with other columns "
+    with pytest.raises(AllclsError, match=r"cells@champion is version 1, and this model answers with other columns "
                                           r"\(with member_.*force_alias=true"):
-        package(package_cfg(store, tmp_path, f"run_id={registered['ensemble_run']}", "overwrite=true",
-                            "register_as=fixed", "alias=stable"))
-    assert [str(v.version) for v in client.search_model_versions("name='fixed'")] == ["1"]
+        package(package_cfg(store, tmp_path, f"run_id={run_id}", "overwrite=true", "register_as=cells",
+                            "alias=champion"))
+    assert [str(v.version) for v in client.search_model_versions("name='cells'")] == ["1"]
     for reserved in ("latest", "v2"):
         with pytest.raises(AllclsError, match=f"alias={reserved}: .*reserved.*Choose another alias"):
-            package(package_cfg(store, tmp_path, *cheap, "register_as=fixed", f"alias={reserved}"))
+            package(package_cfg(store, tmp_path, f"run_id={run_id}", "register_as=fixed", f"alias={reserved}"))
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ def test_a_sweep_of_eight_parallel_jobs_an_ensemble_and_a_registered_model_throu
         assert swept.returncode == 0, swept.stderr[-3000:]
         server = {"MLFLOW_TRACKING_URI": url}
         compared = run_entry(ensemble_main, "experiment_name=synthetic-cnmc", "sweep_id=latest", "bootstrap=20",
+                             "~schemes.simplex_grid",
                              "logger=mlflow_server", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
                              program="ensemble.py", env_extra=server)
         assert compared.returncode == 0, compared.stderr[-3000:]
