@@ -129,20 +129,21 @@ def test_an_unreachable_tracking_server_is_refused_in_one_line_before_any_work(t
 
 
 @pytest.mark.slow
-def test_four_jobs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
+def test_jobs_started_at_once_on_a_fresh_store_all_finish(tmp_path):
     """Parallel jobs on one new SQLite store: MLflow's table creation used to race ("duplicate
     column name") and lose runs; each job now opens the fresh store under a lock. Started in the
-    same second, they also get folders of their own (the default folder names the microsecond)."""
+    same second, they also get folders of their own (the default folder names the microsecond).
+    (Three jobs race as four did; eight jobs at once on a tracking server: test_postgres.py.)"""
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     jobs = [subprocess.Popen([sys.executable, str(PROJECT / "train.py"), *FAST, *SMALL_SYNTHETIC, f"seed={seed}"],
                              cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in range(4)]
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in range(3)]
     errors = [job.communicate(timeout=600)[1] for job in jobs]
-    assert [job.returncode for job in jobs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
+    assert [job.returncode for job in jobs] == [0] * 3, "\n".join(e[-1500:] for e in errors)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("synthetic-cnmc").experiment_id])
-    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
-    assert len(list(tmp_path.glob("outputs/train/*/*/checkpoints/best.ckpt"))) == 4
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
+    assert len(list(tmp_path.glob("outputs/train/*/*/checkpoints/best.ckpt"))) == 3
     for run in runs:
         assert run.info.status == "FINISHED"
         assert {"checkpoints/best.ckpt", "predictions/val.parquet", "predictions/test.parquet"} <= \
