@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from allcls.tracking.journal import Journal, kept_when_offline
@@ -70,7 +71,17 @@ class Run:
                                                                              "per_class": dict(per_class)})),
                                tags=[InputTag("mlflow.data.context", split)])
                   for split, per_class in counts.items()]
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        # Jobs of one sweep log the same datasets at the same moment; a tracking server on PostgreSQL
+        # then refuses all but the first (a unique key, where SQLite would have made them queue). The
+        # dataset exists on the next try, and is linked to this run.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException as error:
+                if attempt == 2 or "unique" not in str(error).lower():
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     @kept_when_offline
     def log_text(self, text: str, artifact_file: str) -> None:

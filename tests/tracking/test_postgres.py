@@ -1,9 +1,11 @@
 """The README's answer for a lab whose sweeps outgrow one SQLite file, as such a lab runs it: a
 PostgreSQL database behind `mlflow server` (artifacts proxied by the server), eight training jobs of
 one `-m` sweep writing to it at once (submitit's local executor, the code path of SLURM), then their
-ensemble, packaged and registered, all through the server."""
+ensemble, packaged and registered, all through the server. Run here, it found two things SQLite
+hides: a model card too long for the registry's column, and jobs racing to log the same dataset."""
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -14,6 +16,7 @@ from servers import mlflow_server, postgres
 
 from allcls.ensemble.cli import main as ensemble_main
 from allcls.serving.cli import package as package_main
+from allcls.tracking.run import Run
 
 from helpers import FAST, SMALL_SYNTHETIC, run_entry, run_script
 
@@ -60,4 +63,21 @@ def test_a_sweep_of_eight_parallel_jobs_an_ensemble_and_a_registered_model_throu
         rows = mlflow.pyfunc.load_model("models:/lab@champion").predict(
             pd.DataFrame({"image": [base64.b64encode(cell.read_bytes()).decode()]}))
         assert rows.loc[0, "error"] == "" and rows.loc[0, "label"] in ("hem", "all")
+        jobs_that_log_the_same_dataset_at_once_all_get_it(client, url, experiment.experiment_id)
     assert not (tmp_path / "mlruns").exists()  # nothing went to a local store by the side
+
+
+def jobs_that_log_the_same_dataset_at_once_all_get_it(client: MlflowClient, url: str, experiment_id: str) -> None:
+    """The jobs of a sweep log the same dataset splits at the same moment: a server on PostgreSQL
+    refused all but the first of each (a unique key, where SQLite makes writers queue), and the job
+    crashed. Eight runs racing, four times: every one gets its inputs."""
+    racing = [Run(client, url, client.create_run(experiment_id).info.run_id) for _ in range(8)]
+    for attempt in range(4):
+        with ThreadPoolExecutor(len(racing)) as pool:
+            logged = [pool.submit(run.log_splits, "race", "/data", f"digest-{attempt}", {"train": {"hem": 1}})
+                      for run in racing]
+            for future in logged:
+                future.result()
+    for run in racing:
+        assert len(client.get_run(run.run_id).inputs.dataset_inputs) == 4
+        run.terminate("FINISHED")
