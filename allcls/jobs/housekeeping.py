@@ -75,14 +75,14 @@ def upload_job(folder: Path, tracking_uri: str | None) -> str:
         done = " (it was uploaded already)" if (folder / UPLOADED).is_file() else ""
         raise AllclsError(f"{folder} holds nothing to upload: no {JOURNAL}{done}.")
     job = read_record(folder)
-    read_journal(folder)  # checked whole before the server is asked anything
+    entries = read_journal(folder)  # checked whole before the server is asked anything
     tracker = Tracker(tracking_uri or job["tracking_uri"])  # refuses a server that is down
 
     def existing(run_id: str) -> Run:
         tracker.get_run(run_id, f"upload to the store the job logged to ({job['tracking_uri']})")
         return tracker.run(run_id)
 
-    sent = replay(folder, existing)
+    sent = replay(folder, entries, existing)
     run = tracker.get_run(job["run_id"])
     what = ", ".join(f"{count} {call}" for call, count in sent.items())
     return (f"Sent to run {job['run_id']} on {tracker.tracking_uri}: {what}. The run is {run.info.status}: "

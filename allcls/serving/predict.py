@@ -154,8 +154,7 @@ def output_path(output: Path, images: list[str], overwrite: bool, source: str) -
                           "images; give a path outside it.")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".allcls-write-check-"):
-            pass
+        tempfile.NamedTemporaryFile(dir=output.parent, prefix=".allcls-write-check-").close()  # made, then removed
     except OSError as error:
         raise AllclsError(f"Cannot write into {output.parent} ({error.strerror or error}): give an output= in a "
                           "folder you can write to.") from None

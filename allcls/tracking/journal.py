@@ -97,7 +97,9 @@ def read_journal(folder: Path) -> list[dict[str, Any]]:
             entry = json.loads(line)
             well_formed = (isinstance(entry, dict) and isinstance(entry.get("call"), str)
                            and entry["call"] in LOGGED_CALLS and isinstance(entry.get("run_id"), str)
-                           and isinstance(entry.get("args"), list) and isinstance(entry.get("kwargs", {}), dict))
+                           and isinstance(entry.get("args"), list) and isinstance(entry.get("kwargs", {}), dict)
+                           and (entry["call"] != "log_file"
+                                or bool(entry["args"]) and isinstance(entry["args"][0], str)))
         except json.JSONDecodeError:
             well_formed = False
         if not well_formed:
@@ -112,14 +114,14 @@ def read_journal(folder: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def replay(folder: Path, run_for: Callable[[str], Any]) -> dict[str, int]:
-    """Send a job's journal, in order, through the runs `run_for(run_id)` gives (the whole journal is
-    checked first); then rename it so that nothing is sent twice. How far it got is written after
-    every call (SENT), so that sending again after an interruption sends only the rest. Returns how
-    many calls of each kind were sent."""
-    entries = read_journal(folder)
+def replay(folder: Path, entries: list[dict[str, Any]], run_for: Callable[[str], Any]) -> dict[str, int]:
+    """Send a job's journal (`entries`, as read_journal checked them), in order, through the runs
+    `run_for(run_id)` gives; then rename it so that nothing is sent twice. How far it got is written
+    after every call (SENT), so that sending again after an interruption sends only the rest. Returns
+    how many calls of each kind were sent."""
     progress = folder / SENT
-    done = int(progress.read_text()) if progress.is_file() and progress.read_text().strip().isdigit() else 0
+    recorded = progress.read_text().strip() if progress.is_file() else ""
+    done = int(recorded) if recorded.isdigit() else 0
     runs = {run_id: run_for(run_id) for run_id in dict.fromkeys(e["run_id"] for e in entries)}  # each checked first
     sent: dict[str, int] = {}
     for number, entry in enumerate(entries[done:], done + 1):

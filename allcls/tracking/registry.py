@@ -198,9 +198,7 @@ def load(tracker: Tracker, uri: str) -> Any:
         raise
     except MlflowException as error:
         raise ModelUnavailable(uri, error.message) from None
-    except AllclsError as error:  # a damaged model folder (its spec, a checkpoint)
-        raise ModelUnavailable(uri, str(error)) from None
-    except (OSError, KeyError) as error:
+    except (AllclsError, OSError, KeyError) as error:  # AllclsError: a damaged model folder (its spec, a checkpoint)
         raise ModelUnavailable(uri, str(error)) from None
 
 
