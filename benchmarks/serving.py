@@ -4,7 +4,7 @@ against a plain loop that loads the checkpoint and predicts image by image with 
 Trains three small MobileNetV2 runs (one epoch on synthetic cells drawn at C-NMC's 450 x 450 px),
 combines them into an equal-weight ensemble, and packages one run and the ensemble as the page
 and `predict` use them. Then, side by side in one run:
-  - the page: decoding one uploaded 450 px BMP and analysing it (allcls.serving.app.analyse: calibrated
+  - the page: decoding one uploaded 450 px BMP and analysing it (allcls.serving.page.analysis: calibrated
     probabilities, prediction set, votes), for the single model and the 3-member ensemble, with
     and without Grad-CAM; median and 90th percentile over repeats, after a warm-up;
   - `allcls-predict` over a folder of C-NMC-sized BMPs, and the plain loop, each in its
@@ -82,23 +82,28 @@ def cell_folder(work: Path, count: int) -> Path:
 
 def page_latency(models: dict, image: Path, repeats: int) -> list[tuple[str, float, float]]:
     """(variant, median ms, 90th percentile ms) of what the page does for one upload."""
-    from allcls.inference.decoding import decode_limited
-    from allcls.serving.app import analyse
+    from allcls.serving.page.analysis import Upload, analyse, explanations
     from allcls.tracking import registry
     from allcls.tracking.tracker import Tracker
 
     tracker = Tracker(models["store"])
-    data = image.read_bytes()
+    upload = [Upload(image.name, image.read_bytes())]
     rows = []
+
+    def answer(model, gradcam: bool) -> None:
+        batch = analyse(model, upload, tta=False)
+        if gradcam:
+            explanations(model, batch, [0])
+
     for name, label in (("single", "MobileNetV2"), ("ensemble", "3-member MobileNetV2 ensemble")):
         model = registry.load(tracker, models[name]).model
         for gradcam in (False, True):
             for _ in range(2):  # warm-up
-                analyse(model, decode_limited(data, image.name), tta=False, gradcam=gradcam)
+                answer(model, gradcam)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                analyse(model, decode_limited(data, image.name), tta=False, gradcam=gradcam)
+                answer(model, gradcam)
                 times.append(1000 * (time.perf_counter() - start))
             rows.append((f"{label}, {'with' if gradcam else 'without'} Grad-CAM", statistics.median(times),
                          statistics.quantiles(times, n=10)[-1]))

@@ -21,22 +21,35 @@ class InputSpec:
     std: tuple[float, float, float]
 
 
-def crop_to_foreground(image: np.ndarray, threshold: int = 10, margin: float = 0.04) -> np.ndarray:
+def foreground_square(image: np.ndarray, threshold: int = 10, margin: float = 0.04) -> tuple[int, int, int] | None:
+    """The square (top, left, side) that `crop_to_foreground` cuts out, in the image's own
+    coordinates (it may reach past the image's edges, where the crop is black); None for an
+    all-black image, which is not cropped. What maps a Grad-CAM map back onto the uploaded image."""
     # The box of the pixels with any channel above threshold, found on the (H, W x 3) view of the
     # bytes: 35x faster than image.max(axis=2), a strided reduction that cost more than the decode.
     height, width, channels = image.shape
     flat = np.ascontiguousarray(image).reshape(height, width * channels)
     x, top, span, rows = cv2.boundingRect(cv2.threshold(flat, threshold, 255, cv2.THRESH_BINARY)[1])
-    if span == 0:  # an all-black image: nothing to crop to
-        return image
+    if span == 0:
+        return None
     bottom, left, right = top + rows, x // channels, (x + span - 1) // channels + 1
+    pad = int(round(max(bottom - top, right - left) * margin))
+    top, left, bottom, right = max(top - pad, 0), max(left - pad, 0), min(bottom + pad, height), min(right + pad, width)
     side = max(bottom - top, right - left)
-    pad = int(round(side * margin))
-    crop = image[max(top - pad, 0):bottom + pad, max(left - pad, 0):right + pad]
-    height, width = crop.shape[:2]
-    side = max(height, width)
-    dy, dx = side - height, side - width
-    return cv2.copyMakeBorder(crop, dy // 2, dy - dy // 2, dx // 2, dx - dx // 2, cv2.BORDER_CONSTANT, value=0)
+    return top - (side - (bottom - top)) // 2, left - (side - (right - left)) // 2, side
+
+
+def crop_to_foreground(image: np.ndarray, threshold: int = 10, margin: float = 0.04) -> np.ndarray:
+    """The cell's square (`foreground_square`), black where it reaches past the image."""
+    square = foreground_square(image, threshold, margin)
+    if square is None:  # an all-black image: nothing to crop to
+        return image
+    top, left, side = square
+    height, width = image.shape[:2]
+    crop = image[max(top, 0):top + side, max(left, 0):left + side]
+    above, before = max(-top, 0), max(-left, 0)
+    return cv2.copyMakeBorder(crop, above, side - crop.shape[0] - above, before, side - crop.shape[1] - before,
+                              cv2.BORDER_CONSTANT, value=0)
 
 
 def resize_antialiased(image: np.ndarray, size: int) -> np.ndarray:

@@ -68,14 +68,19 @@ class Model:
     def rows(self, images: Sequence[np.ndarray | None], errors: Sequence[str], views: Sequence[str] = PLAIN,
              show_progress: bool = True) -> pd.DataFrame:
         """One output row per decoded image (None where `errors` says why it could not be decoded)."""
+        decoded = [image for image in images if image is not None]
+        return self.rows_of(self.answer(decoded, views, show_progress) if decoded else None, images, errors)
+
+    def rows_of(self, answer: Answer | None, images: Sequence[np.ndarray | None], errors: Sequence[str]
+                ) -> pd.DataFrame:
+        """`rows` from the answer on the decodable images (None where there is none)."""
         spec = self.spec
         readable = [i for i, image in enumerate(images) if image is not None]
         table = pd.DataFrame(index=range(len(images)), columns=self.output_columns())
         table["error"] = list(errors)
         table["refer"] = True
         table["refer_reason"] = UNREADABLE
-        if readable:
-            answer = self.answer([image for image in images if image is not None], views, show_progress)
+        if answer is not None and readable:
             probabilities, decisions, ood, outputs = answer.probabilities, answer.decisions, answer.ood, answer.outputs
             table.loc[readable, "label"] = [spec.classes[k] for k in decisions.labels]
             for c, name in enumerate(spec.classes):

@@ -1,8 +1,9 @@
 """What a packaged model is, as `allcls_model.json` holds it: the class names, the combining rule,
 its members (weight, backbone, preprocessing), its decision rule (allcls.inference.decision:
 temperature, prediction sets, protected miss rate, out-of-distribution threshold, patient rule, each
-with a note on how it was fitted), where it came from and its headline test scores. Each member's
-checkpoint sits beside it under the artifact key `member_<index>`, the gate's statistics under `ood`."""
+with a note on how it was fitted), where it came from, what its classes mean and what it learnt
+from, and its headline test scores. Each member's checkpoint sits beside it under the artifact key
+`member_<index>`, the gate's statistics under `ood`."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class ModelSpec:
     decision: DecisionRule = field(default_factory=DecisionRule)
     source: dict[str, str] = field(default_factory=dict)  # run id, kind, dataset, classes, split hash
     test_scores: dict[str, list[float]] = field(default_factory=dict)  # metric -> [value, ci_low, ci_high]
+    # What the model learnt from, in words for whoever reads its answers (allcls.serving.provenance):
+    # `class_meaning` {class: what it is}, `synthetic`, `splits` {split: [cells, subjects]}, `split`.
+    # Empty for models packaged before allcls 0.4.
+    about: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     @staticmethod

@@ -14,6 +14,7 @@ from allcls.evaluation.decision_measures import DecisionMeasures
 from allcls.inference.decision import REASONS
 from allcls.inference.spec import ModelSpec
 from allcls.metrics.names import REPORTED
+from allcls.serving.provenance import trained_on_sentence
 
 NOTICE = ("**Research use only. Not a diagnostic device.** This model has not been validated for "
           "clinical use; a prediction is not a diagnosis and must not replace a pathologist's review.")
@@ -45,6 +46,8 @@ def markdown(facts: CardFacts) -> str:
              "training data: same kind of stain, magnification and cell segmentation.", "",
              "## Data and split",
              f"- Dataset: `{source.get('dataset', '?')}`; classes in index order: {', '.join(spec.classes)}.",
+             *[f"- `{name}`: {meaning}." for name, meaning in spec.about.get("class_meaning", {}).items()],
+             *([f"- {trained_on_sentence(spec.about, source.get('dataset', ''))}"] if spec.about else []),
              f"- Split: {facts.split}; split hash `{source.get('split_hash', '?')}` (runs with the same hash saw "
              "the same split).",
              f"- Test set: {facts.test_size[0]} images" + (f" of {facts.test_size[1]} subjects." if facts.test_size[1]

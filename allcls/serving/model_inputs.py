@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import math
 import os
@@ -56,22 +57,26 @@ def allowed_folder(served: bool) -> Path | None:
     return folder
 
 
-def read_rows(table: pd.DataFrame, files_under: Path | None) -> tuple[list[np.ndarray | None], list[str]]:
-    """Each row's image decoded to RGB, or None with the reason ("" where it was read). A row's
-    `image` is used where it has one, else its `path`; `files_under`: where paths may point (None:
-    nowhere)."""
+def read_rows(table: pd.DataFrame, files_under: Path | None
+              ) -> tuple[list[np.ndarray | None], list[str], list[str]]:
+    """Each row's image decoded to RGB, or None with the reason ("" where it was read), and the
+    SHA-256 of the bytes it was sent ("" where there were none: what the audit trail records). A
+    row's `image` is used where it has one, else its `path`; `files_under`: where paths may point
+    (None: nowhere)."""
     has_image, has_path = "image" in table.columns, "path" in table.columns
     if not has_image and not has_path:
         raise RequestError(NO_IMAGE_COLUMN)
     images: list[np.ndarray | None] = []
-    errors = []
+    errors, digests = [], []
     for row in range(len(table)):
         encoded = table["image"].iloc[row] if has_image else None
         path = table["path"].iloc[row] if has_path else None
         from_file = _missing(encoded) and not _missing(path)
         where = str(path) if from_file else "the image"
+        digests.append("")
         try:
             data = _file_bytes(path, files_under) if from_file else _image_bytes(encoded)
+            digests[-1] = hashlib.sha256(data).hexdigest()
             images.append(decode_limited(data, where))
             errors.append("")
         except RowError as error:
@@ -80,7 +85,7 @@ def read_rows(table: pd.DataFrame, files_under: Path | None) -> tuple[list[np.nd
         except ImageReadError as error:
             images.append(None)
             errors.append(f"{where}: {error.reason}")
-    return images, errors
+    return images, errors, digests
 
 
 def _missing(value: object) -> bool:

@@ -34,6 +34,7 @@ from allcls.metrics.names import HEADLINE
 from allcls.metrics.vectorised import expected_calibration_error, log_loss
 from allcls.predictions import probabilities_of
 from allcls.serving.model_card import CardFacts, markdown
+from allcls.serving.provenance import about
 from allcls.serving.settings import PackageSettings
 from allcls.tracking import registry
 from allcls.tracking import schema as run_schema
@@ -125,7 +126,8 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
                       {"run_id": source.run_id or "", "kind": source.kind, "dataset": tags.get("dataset", ""),
                        "classes": ",".join(source.classes), "split_hash": tags.get("split_hash", "")},
                       {row.metric: [float(row.value), float(row.ci_low), float(row.ci_high)]
-                       for row in scores.itertuples() if row.metric in HEADLINE})
+                       for row in scores.itertuples() if row.metric in HEADLINE},
+                      about(source.trained_on, source.manifest, source.classes, split_type(source, test_logged)))
     spec_file = workdir / SPEC_FILE
     spec_file.write_text(model.to_json())
     artifacts["spec"] = str(spec_file)

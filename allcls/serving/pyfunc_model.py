@@ -13,6 +13,7 @@ mlflow (model_code.py, the file MLflow runs to build the model, calls `name_the_
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from allcls.inference.predictor import Predictor
 from allcls.inference.spec import OOD_KEY, ModelSpec
 from allcls.inference.views import views_for
 from allcls.serving.model_inputs import RequestError, allowed_folder, read_rows
+from allcls.tracking import audit
 
 # Set by MLflow's scoring server (`mlflow models serve`, the images `mlflow models build-docker` builds)
 # in the process it serves from: there, requests come over HTTP.
@@ -40,6 +42,7 @@ class PackagedModel(PythonModel):
     the members, ready to predict or explain."""
 
     model: Model
+    answerer: audit.Answerer | None  # what a served model records its answers as (None: not recorded)
     served: bool  # behind an HTTP server: files are read only where its environment allows
     files_under: Path | None
 
@@ -55,6 +58,8 @@ class PackagedModel(PythonModel):
         self.model = Model.load(spec, checkpoints, gate=context.artifacts.get(OOD_KEY))
         self.served = SERVER_VARIABLE in os.environ
         self.files_under = allowed_folder(self.served)
+        # A served model records every answer (allcls.tracking.audit); in Python, whoever calls it decides.
+        self.answerer = audit.served_model(model_file(spec_file)) if self.served else None
 
     @property
     def spec(self) -> ModelSpec:
@@ -65,13 +70,16 @@ class PackagedModel(PythonModel):
         return self.model.predictor
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        started = time.time_ns()
         try:
-            images, errors = read_rows(model_input, self.files_under)
+            images, errors, digests = read_rows(model_input, self.files_under)
         except RequestError as error:  # the server answers 400 with this message, as JSON
             raise MlflowException(str(error), error_code=BAD_REQUEST) from None
         rows = self.model.rows(images, errors, views_for(bool((params or {}).get("tta"))))
         if "subject" in model_input.columns:
             rows = with_patients(self.model, rows, model_input["subject"])
+        if self.served:
+            audit.record(self.answerer, "serve", digests, rows, started)
         # JSON has no NaN: a server answers null where a value is missing (an unreadable image's label
         # and probabilities), which every JSON parser reads; in Python the columns keep their dtypes.
         return rows.astype(object).where(rows.notna(), None) if self.served else rows
@@ -94,6 +102,14 @@ def with_patients(model: Model, rows: pd.DataFrame, subjects: pd.Series) -> pd.D
     patients = patients.rename(columns={"patient": "subject"})
     patients.insert(0, "level", "patient")
     return pd.concat([cells, patients], ignore_index=True)
+
+
+def model_file(inside: Path) -> Path:
+    """The MLmodel file of the model folder that holds `inside` (one of its artifacts)."""
+    for folder in inside.parents:
+        if (folder / "MLmodel").is_file():
+            return folder / "MLmodel"
+    return inside.parent / "MLmodel"  # not in a model folder: audit.served_model says it cannot be recorded
 
 
 def name_the_model() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import mlflow.artifacts
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model as MLmodel
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
@@ -117,7 +119,14 @@ def register(tracker: Tracker, run_id: str, folder: Path, name: str, alias: str 
         logged = client.create_logged_model(tracker.get_run(run_id).info.experiment_id,
                                             name=re.sub(r"[/:.%\"']", "-", name) + "@registry",
                                             source_run_id=run_id, tags={"registered_model": name})
-        client.log_model_artifacts(logged.model_id, str(folder))
+        with tempfile.TemporaryDirectory(prefix="allcls-register-") as copy:
+            # The copy's MLmodel names its LoggedModel, as MLflow's own log_model writes it: a served
+            # version finds its name and version from it (allcls.tracking.audit).
+            shutil.copytree(folder, copy, dirs_exist_ok=True)
+            described = MLmodel.load(copy)
+            described.model_id = logged.model_id
+            described.save(str(Path(copy) / "MLmodel"))
+            client.log_model_artifacts(logged.model_id, copy)
         client.finalize_logged_model(logged.model_id, "READY")
         # Its files' location as the source (a models:/<id> source is looked up in MLflow's global
         # store, not this client's); model_id links the version to the LoggedModel all the same.

@@ -3,10 +3,12 @@ back by every kind of URI, served by `mlflow models serve`, with a model card wh
 logged ones."""
 
 import base64
+import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -241,6 +243,14 @@ def test_mlflow_models_serve_answers_like_the_model_in_process(store, packaged, 
             urllib.request.urlopen(misnamed, timeout=120)
         assert refused.value.code == 400
         answer = json.loads(refused.value.read().decode(), parse_constant=_not_json)
+        recorded = recorded_answers(store, served_rows, 2)  # the refused request gave no answer
+    assert {t.info.tags["allcls.model"] for t in recorded} == {"cells"} and recorded[0].info.tags["allcls.version"]
+    assert "champion" in recorded[0].info.tags["allcls.aliases"].split(",")
+    sent = [t.data.spans[0].inputs["sha256"] for t in recorded]
+    digest = hashlib.sha256(base64.b64decode(encoded[0])).hexdigest()
+    assert sorted(len(s) for s in sent) == [3, 6] and all(digest in s for s in sent)
+    assert [r["label"] for r in recorded[0].data.spans[0].outputs["rows"]] == served_rows["label"].tolist()
+    assert [r["error"] for r in recorded[1].data.spans[0].outputs["rows"]] == mixed["error"].tolist()
     in_process = mlflow.pyfunc.load_model(packaged).predict(pd.DataFrame({"image": encoded}))
     assert served_rows["label"].tolist() == in_process["label"].tolist()
     assert served_rows["prob_all"].to_numpy() == pytest.approx(in_process["prob_all"].to_numpy(), abs=1e-9)
@@ -254,6 +264,21 @@ def test_mlflow_models_serve_answers_like_the_model_in_process(store, packaged, 
     assert mixed.loc[5, "error"].startswith("this server reads no files") and paths[0] not in mixed.loc[5, "error"]
     assert mixed.loc[2:, "label"].isna().all() and mixed.loc[2:, "refer"].all()  # null in the JSON
     assert NO_IMAGE_COLUMN in answer["message"] and "Traceback" not in json.dumps(answer)
+
+
+def recorded_answers(store, answered: pd.DataFrame, count: int, wait: float = 30) -> list:
+    """The served model's recorded answers (allcls.tracking.audit) in the store, oldest first, once
+    `count` are there (the server writes them from a background queue)."""
+    from allcls.tracking import audit
+    from allcls.tracking.tracker import Tracker
+
+    deadline = time.time() + wait
+    while True:
+        traces = audit.answers(Tracker(f"sqlite:///{store['root']}/mlruns/mlflow.db"), store["experiment_id"],
+                               "tags.`allcls.surface` = 'serve'")
+        if len(traces) >= count or time.time() > deadline:
+            return traces[::-1]
+        time.sleep(0.5)
 
 
 def _not_json(constant: str):

@@ -1,0 +1,80 @@
+"""One cell's section: the image as uploaded beside its map, the answer (or the referral and why),
+what makes it less than clear, the probability of each class, and for an ensemble the members' votes,
+their agreement on where to look, and each member's map one click away."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from allcls.inference.explanation import Explanation, draw
+from allcls.inference.model import Model
+from allcls.serving.page.words import caveats, named, referral_text
+
+
+def short_name(model: Model) -> str:
+    """The probability axis's title: what the numbers are, in three words or so."""
+    spec = model.spec
+    what = "members' mean probability" if spec.rule == "vote" else "probability"
+    return f"calibrated {what}" if spec.temperature is not None else f"{what} (uncalibrated)"
+
+
+def probability_chart(classes: list[str], probabilities: np.ndarray, title: str) -> alt.Chart:
+    """One bar per class in the model's class order, on a fixed 0-100% axis (a half-full bar looks half full)."""
+    table = pd.DataFrame({"class": classes, "probability": probabilities})
+    return alt.Chart(table).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=title),
+        y=alt.Y("class:N", sort=classes, title=None, axis=alt.Axis(labelFontSize=14)),
+        tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
+    )
+
+
+def show_cell(model: Model, row: pd.Series, image: np.ndarray | None, explanation: Explanation | None,
+              agreement: tuple[int, int] | None) -> None:
+    """The section of one cell (`row`: its row, with `file`)."""
+    spec = model.spec
+    st.subheader(str(row["file"]))
+    if image is None:
+        st.error(str(row["error"]))
+        return
+    left, middle, right = st.columns([1, 1, 2])
+    left.image(image, caption="as uploaded", width="stretch")
+    if explanation is not None:
+        middle.image(draw(image, explanation.combined), width="stretch",
+                     caption=f"Grad-CAM of {row['label']}: brighter = weighed more; outlined: the region that matters")
+    label, classes = str(row["label"]), spec.classes
+    probability = float(row[f"prob_{label}"])
+    refer, sentence = referral_text(row, spec)
+    notes = caveats(row, spec)
+    if refer:
+        right.markdown("### Refer to a human")
+        right.warning(sentence)
+        right.caption(f"Not an answer: the model's own reading is {label}, {probability:.1%} "
+                      f"({spec.probability_name}).")
+    else:
+        right.markdown(f"### Predicted: {named(spec, label)}  \n{probability:.1%}: {spec.probability_name}")
+        if notes:  # an answer, but not a clear one: never in the green box of a clear answer
+            right.info(sentence + " But: " + "; ".join(notes) + ".")
+        else:
+            right.success(sentence)
+    right.altair_chart(probability_chart(classes, np.array([float(row[f"prob_{c}"]) for c in classes]),
+                                         short_name(model)), width="stretch", height=44 * len(classes) + 50)
+    threshold = spec.decision.ood_threshold
+    if threshold is not None and not pd.isna(row["ood_score"]):
+        right.caption(f"Out-of-distribution score {float(row['ood_score']):.2f} (above {threshold:.2f}: unlike the "
+                      "cells this model was trained on).")
+    if agreement is not None:
+        right.caption(f"Test-time augmentation: {agreement[0]} of {agreement[1]} views agree on {label}.")
+    if len(spec.members) > 1:
+        votes = {m.name: row[spec.member_column(m)] for m in spec.members}
+        right.markdown("Members' votes: " + ", ".join(f"{m}: **{v}**" for m, v in votes.items()))
+    if explanation is not None:
+        (right.warning if explanation.disagree else right.caption)("Where it looks: " + explanation.agreement())
+        if len(explanation.members) > 1:
+            with st.expander("Each member's Grad-CAM"):
+                columns = st.columns(len(explanation.members))
+                for column, (member, member_map) in zip(columns, explanation.members.items(), strict=True):
+                    column.image(draw(image, member_map), caption=f"{member}: {explanation.places[member]}",
+                                 width="stretch")

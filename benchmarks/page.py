@@ -1,0 +1,195 @@
+"""The diagnosis page as a person meets it, in Debian's chromium (Selenium, as the page's browser test
+drives it), against a store with a registered model (default: ./mlruns after `make demo`, whose
+demo-ensemble@champion is the page's default there):
+
+  - first page: from the first visit of a fresh server until the upload box is there (the model loaded);
+  - new session: a second browser session of the same server, until its upload box is there;
+  - one image with its map: single-cell mode, one upload until its map and answer are drawn;
+  - ten images, patient mode: a patient's ten cells until their decision, gallery with maps and report
+    button are drawn.
+
+The cells are synthetic C-NMC cells drawn at C-NMC's 450 x 450 px (allcls.data.synthetic), one
+leukemic subject's. Medians over `--repeats` fresh sessions; each upload is a new set of files (the
+page reuses the answers of a set it has seen). `--screenshots docs` saves the two modes as the docs
+show them.
+
+    python benchmarks/page.py [--store sqlite:///mlruns/mlflow.db] [--repeats 5] [--screenshots docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+SIZE = 450
+
+
+def cells(folder: Path, count: int, seed: int) -> list[Path]:
+    """`count` leukemic synthetic cells of C-NMC's size, different for each seed."""
+    from allcls.data.synthetic import SyntheticSpec, write_cnmc
+
+    spec = SyntheticSpec(layout="cnmc", image_size=SIZE, subjects_per_class=3, cells_per_subject=count,
+                         test_subjects_per_class=1, duplicate_pairs=0, seed=seed)
+    write_cnmc(spec, folder)
+    files = sorted((folder / "training_data").glob("fold_*/all/UID_*.bmp"))
+    subject = files[0].name.split("_")[1]
+    return [f for f in files if f.name.split("_")[1] == subject][:count]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1300"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+
+def body(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def wait_for(driver, check, timeout: float = 300) -> float:
+    """Seconds until `check(driver)` holds."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    start = time.perf_counter()
+    WebDriverWait(driver, timeout, poll_frequency=0.05).until(check)
+    return time.perf_counter() - start
+
+
+def upload_box(driver):
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+    return found[0] if found else None
+
+
+def choose_mode(driver, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, f"//label[.//p[text()='{label}']]").click()
+    wait_for(driver, lambda d: d.find_element(By.XPATH, f"//label[.//p[text()='{label}']]//input").is_selected())
+    time.sleep(0.3)  # the page's rerun for the new mode
+
+
+def pictures_drawn(driver) -> bool:
+    """Every picture on the page is loaded and drawn."""
+    return bool(driver.execute_script(
+        "const images = [...document.querySelectorAll('img')];"
+        "return images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0);"))
+
+
+def upload(driver, files: list[Path], done: str) -> float:
+    """Seconds from handing the files to the page until `done` is on it."""
+    start = time.perf_counter()
+    upload_box(driver).send_keys("\n".join(str(f) for f in files))
+    wait_for(driver, lambda d: done in body(d) and "Running..." not in body(d) and pictures_drawn(d))
+    return time.perf_counter() - start
+
+
+def measure(url: str, work: Path, repeats: int, screenshots: Path | None) -> dict[str, list[float]]:
+    figures: dict[str, list[float]] = {"new session": [], "one image with its map": [], "ten images, patient mode": []}
+    first = browser()
+    try:
+        start = time.perf_counter()
+        first.get(url)
+        wait_for(first, upload_box)
+        figures["first page"] = [time.perf_counter() - start]
+    finally:
+        first.quit()
+    for repeat in range(repeats):
+        driver = browser()
+        try:
+            start = time.perf_counter()
+            driver.get(url)
+            wait_for(driver, upload_box)
+            figures["new session"].append(time.perf_counter() - start)
+            patient = cells(work / f"patient-{repeat}", 10, seed=100 + repeat)
+            figures["ten images, patient mode"].append(upload(driver, patient, "Download the patient's report"))
+            if screenshots is not None and repeat == 0:
+                driver.save_screenshot(str(work / "patient.png"))
+        finally:
+            driver.quit()
+        driver = browser()
+        try:
+            driver.get(url)
+            wait_for(driver, upload_box)
+            choose_mode(driver, "Single cells")
+            one = cells(work / f"one-{repeat}", 1, seed=200 + repeat)
+            figures["one image with its map"].append(upload(driver, one, "Where it looks"))
+            if screenshots is not None and repeat == 0:
+                driver.save_screenshot(str(work / "cells.png"))
+        finally:
+            driver.quit()
+    if screenshots is not None:
+        for name in ("patient", "cells"):
+            Image.open(work / f"{name}.png").convert("RGB").save(screenshots / f"page-{name}.jpg", quality=85)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", default=f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--screenshots", type=Path, default=None, help="folder for page-patient.jpg, page-cells.jpg")
+    args = parser.parse_args()
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        raise SystemExit("Needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver).")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": args.store, "TQDM_DISABLE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    app = [str(Path(sys.executable).parent / "allcls-app"), "--server.port", str(port), "--server.headless", "true"]
+    with tempfile.TemporaryDirectory(prefix="allcls-page-") as folder:
+        work = Path(folder)
+        server = subprocess.Popen(app, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            for _ in range(240):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            figures = measure(f"http://127.0.0.1:{port}", work, args.repeats, args.screenshots)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    goals = {"new session": 1.0, "one image with its map": 2.0, "ten images, patient mode": 6.0}
+    print(f"The diagnosis page in chromium, {SIZE} px cells, {args.repeats} sessions; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"{'':32} {'median s':>9} {'max s':>7} {'goal s':>7}")
+    for name in ("first page", "new session", "one image with its map", "ten images, patient mode"):
+        values = figures[name]
+        goal = f"{goals[name]:.1f}" if name in goals else ""
+        print(f"{name:32} {statistics.median(values):9.2f} {max(values):7.2f} {goal:>7}")
+    print(json.dumps({name: [round(v, 3) for v in values] for name, values in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
