@@ -21,12 +21,11 @@ class InputSpec:
     std: tuple[float, float, float]
 
 
-def foreground_square(image: np.ndarray, threshold: int = 10, margin: float = 0.04) -> tuple[int, int, int] | None:
-    """The square (top, left, side) that `crop_to_foreground` cuts out, in the image's own
-    coordinates (it may reach past the image's edges, where the crop is black); None for an
-    all-black image, which is not cropped. What maps a Grad-CAM map back onto the uploaded image."""
-    # The box of the pixels with any channel above threshold, found on the (H, W x 3) view of the
-    # bytes: 35x faster than image.max(axis=2), a strided reduction that cost more than the decode.
+def foreground_box(image: np.ndarray, threshold: int = 10, margin: float = 0.04) -> tuple[int, int, int, int] | None:
+    """The box (top, left, bottom, right) of the pixels with any channel above `threshold`, grown by
+    `margin` of its longer side and kept inside the image; None for an all-black image."""
+    # Found on the (H, W x 3) view of the bytes: 35x faster than image.max(axis=2), a strided
+    # reduction that cost more than the decode.
     height, width, channels = image.shape
     flat = np.ascontiguousarray(image).reshape(height, width * channels)
     x, top, span, rows = cv2.boundingRect(cv2.threshold(flat, threshold, 255, cv2.THRESH_BINARY)[1])
@@ -34,22 +33,32 @@ def foreground_square(image: np.ndarray, threshold: int = 10, margin: float = 0.
         return None
     bottom, left, right = top + rows, x // channels, (x + span - 1) // channels + 1
     pad = int(round(max(bottom - top, right - left) * margin))
-    top, left, bottom, right = max(top - pad, 0), max(left - pad, 0), min(bottom + pad, height), min(right + pad, width)
+    return max(top - pad, 0), max(left - pad, 0), min(bottom + pad, height), min(right + pad, width)
+
+
+def foreground_square(image: np.ndarray, threshold: int = 10, margin: float = 0.04) -> tuple[int, int, int] | None:
+    """Where the square that `crop_to_foreground` returns lies on the image: (top, left, side), in
+    the image's coordinates (it may reach past the edges); None for an all-black image, which is not
+    cropped. What lays a Grad-CAM map back onto the uploaded image."""
+    box = foreground_box(image, threshold, margin)
+    if box is None:
+        return None
+    top, left, bottom, right = box
     side = max(bottom - top, right - left)
     return top - (side - (bottom - top)) // 2, left - (side - (right - left)) // 2, side
 
 
 def crop_to_foreground(image: np.ndarray, threshold: int = 10, margin: float = 0.04) -> np.ndarray:
-    """The cell's square (`foreground_square`), black where it reaches past the image."""
-    square = foreground_square(image, threshold, margin)
-    if square is None:  # an all-black image: nothing to crop to
+    """The cell's box (`foreground_box`), padded with black to a square."""
+    box = foreground_box(image, threshold, margin)
+    if box is None:  # an all-black image: nothing to crop to
         return image
-    top, left, side = square
-    height, width = image.shape[:2]
-    crop = image[max(top, 0):top + side, max(left, 0):left + side]
-    above, before = max(-top, 0), max(-left, 0)
-    return cv2.copyMakeBorder(crop, above, side - crop.shape[0] - above, before, side - crop.shape[1] - before,
-                              cv2.BORDER_CONSTANT, value=0)
+    top, left, bottom, right = box
+    crop = image[top:bottom, left:right]
+    height, width = crop.shape[:2]
+    side = max(height, width)
+    dy, dx = side - height, side - width
+    return cv2.copyMakeBorder(crop, dy // 2, dy - dy // 2, dx // 2, dx - dx // 2, cv2.BORDER_CONSTANT, value=0)
 
 
 def resize_antialiased(image: np.ndarray, size: int) -> np.ndarray:

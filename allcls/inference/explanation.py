@@ -67,24 +67,30 @@ def to_image_frame(cam: np.ndarray, shape: tuple[int, ...], preprocessing: Prepr
     return canvas
 
 
+CHUNK = 16  # images per Grad-CAM pass: a backward pass holds every activation of its batch
+
+
 def explain_images(predictor: Predictor, images: Sequence[np.ndarray], targets: Sequence[int]
                    ) -> list[Explanation]:
     """The maps of `targets[i]` for each decoded image (H x W x 3 uint8; one Grad-CAM pass per member
-    for them all), each member's in its image's frame, combined with the predictor's weights."""
-    if not images:
-        return []
-    _, maps = member_maps(predictor, images, targets, show=False)
+    for up to CHUNK images), each member's in its image's frame, combined with the predictor's
+    weights; kept as float16 (what is drawn needs no more, and a page keeps many)."""
     explained = []
-    for index, image in enumerate(images):
-        framed = {member.name: to_image_frame(member_map[index], image.shape, member.preprocessing, image)
-                  for member, member_map in zip(predictor.members, maps, strict=True)}
-        combined = np.asarray(sum(w * m for w, m in zip(predictor.weights, framed.values(), strict=True)),
-                              np.float32)
-        peak = float(combined.max())
-        combined = combined / peak if peak > 0 else combined
-        parts = cell_parts(image)
-        places = {name: place_of(member_map, parts) for name, member_map in framed.items()}
-        explained.append(Explanation(combined, framed, places, place_of(combined, parts)))
+    for start in range(0, len(images), CHUNK):
+        chunk = images[start:start + CHUNK]
+        _, maps = member_maps(predictor, chunk, targets[start:start + CHUNK], show=False)
+        for index, image in enumerate(chunk):
+            framed = {member.name: to_image_frame(member_map[index], image.shape, member.preprocessing, image)
+                      for member, member_map in zip(predictor.members, maps, strict=True)}
+            combined = np.asarray(sum(w * m for w, m in zip(predictor.weights, framed.values(), strict=True)),
+                                  np.float32)
+            peak = float(combined.max())
+            combined = combined / peak if peak > 0 else combined
+            parts = cell_parts(image)
+            places = {name: place_of(member_map, parts) for name, member_map in framed.items()}
+            explained.append(Explanation(combined.astype(np.float16),
+                                         {name: m.astype(np.float16) for name, m in framed.items()}, places,
+                                         place_of(combined, parts)))
     return explained
 
 
@@ -116,6 +122,7 @@ def draw(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     the map is weak, the region that matters outlined in white. pytorch-grad-cam's
     `show_cam_on_image` tints the whole image at one opacity, which hides the cell under a uniform
     wash: hence this one."""
+    cam = np.asarray(cam, np.float32)
     heat = cv2.cvtColor(cv2.applyColorMap((255 * np.clip(cam, 0, 1)).astype(np.uint8), cv2.COLORMAP_VIRIDIS),
                         cv2.COLOR_BGR2RGB).astype(np.float32)
     alpha = (OPACITY * np.clip(cam, 0, 1))[..., None]

@@ -15,9 +15,11 @@ research tool, not a diagnostic device: the page says so.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 
+import pandas as pd
 import streamlit as st
 
 from allcls.config.stage import default_tracking_uri
@@ -26,34 +28,33 @@ from allcls.inference.model import Model
 from allcls.serving.model_card import NOTICE
 from allcls.serving.page import analysis
 from allcls.serving.page.cells import show_cell
-from allcls.serving.page.patient import show_patient
+from allcls.serving.page.patient import SHOWN, pages, show_patient
 from allcls.serving.page.sidebar import Choice, choose_model, describe, store
+from allcls.serving.page.words import plain
 from allcls.tracking import audit, registry
 
 PATIENT, CELLS = "A patient (several cells)", "Single cells"
 UPLOAD_TYPES = [*analysis.IMAGE_TYPES, "zip"]
+KEPT_SECONDS = 1800  # how long a set of uploads' answers and maps are kept for the page's reruns
 
 
-@st.cache_resource(show_spinner="Loading the model...")
-def cached_model(model_uri: str, uri: str, version: str) -> Model:
-    """One model per registered version and server process (`version` keys an alias's current one)."""
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def cached_model(model_uri: str, uri: str) -> Model:
+    """One model per registered version (`model_uri` names the version) and server process."""
     return registry.load(store(uri), model_uri).model
 
 
-@st.cache_data(show_spinner=False, ttl=60)
-def answerer(uri: str, name: str, version: str) -> audit.Answerer | None:
-    return audit.registered_version(store(uri), name, version)
-
-
-@st.cache_data(show_spinner="Reading the cells...", max_entries=16)
-def cached_batch(_model: Model, model_uri: str, version: str, key: tuple[str, ...], _uploads: list[analysis.Upload],
+# Resources, not data: the answers and maps are read, never changed, by the page; Streamlit's data
+# cache would copy a batch's decoded images out of it on every click.
+@st.cache_resource(show_spinner="Reading the cells...", max_entries=16, ttl=KEPT_SECONDS)
+def cached_batch(_model: Model, model_uri: str, key: tuple[str, ...], _uploads: list[analysis.Upload],
                  tta: bool) -> analysis.Batch:
     """The answers for a set of uploads (`key`: their names and hashes), shared by the page's reruns."""
     return analysis.analyse(_model, _uploads, tta)
 
 
-@st.cache_data(show_spinner="Drawing where the model looked...", max_entries=256)
-def cached_maps(_model: Model, _batch: analysis.Batch, model_uri: str, version: str, key: tuple[str, ...],
+@st.cache_resource(show_spinner="Drawing where the model looked...", max_entries=64, ttl=KEPT_SECONDS)
+def cached_maps(_model: Model, _batch: analysis.Batch, model_uri: str, key: tuple[str, ...], tta: bool,
                 indices: tuple[int, ...]) -> dict[int, Explanation]:
     return analysis.explanations(_model, _batch, indices)
 
@@ -75,54 +76,73 @@ def page() -> None:
                              accept_multiple_files=True)
     tta = st.checkbox("Test-time augmentation: average six flipped and rotated views", value=False)
     gradcam = st.checkbox("Grad-CAM: where the model looked", value=True)
-    uploads, problems = analysis.expand([analysis.Upload(f.name, f.getvalue()) for f in files or []])
+    started = time.time_ns()
+    uploads, problems = expanded(files or [])
     for problem in problems:
-        st.error(problem)
+        st.error(plain(problem))
     if not uploads:
         return
     key = tuple(f"{u.name}:{u.digest}" for u in uploads)
-    started = time.time_ns()
-    batch = cached_batch(model, choice.uri, choice.version, key, uploads, tta)
-    remember(uri, choice, (choice.uri, choice.version, tta, key), batch, started)
+    batch = cached_batch(model, choice.uri, key, uploads, tta)
 
     def explain(indices: Sequence[int]) -> dict[int, Explanation]:
         if not gradcam or not indices:
             return {}
-        return cached_maps(model, batch, choice.uri, choice.version, key, tuple(indices))
+        return cached_maps(model, batch, choice.uri, key, tta, tuple(indices))
 
-    if mode == PATIENT:
-        show_patient(model, batch, explain, choice.name, choice.said)
+    decision = analysis.patient(model, batch.rows) if mode == PATIENT else None
+    remember(uri, choice, (choice.uri, tta, mode, key), batch, decision, started)
+    if decision is not None:
+        show_patient(model, batch, decision, explain, choice.name, choice.said)
     else:
         show_cells(model, batch, explain)
 
 
-def remember(uri: str, choice: Choice, key: tuple, batch: analysis.Batch, started: int) -> None:
+def expanded(files: list) -> tuple[list[analysis.Upload], list[str]]:
+    """The uploads as images, each archive unpacked once per browser session (not on every click)."""
+    known = st.session_state.setdefault("unpacked", {})
+    ids = tuple(f.file_id for f in files)
+    if ids not in known:
+        known.clear()
+        known[ids] = analysis.expand([analysis.Upload(f.name, f.getvalue()) for f in files])
+    return known[ids]
+
+
+def remember(uri: str, choice: Choice, key: tuple, batch: analysis.Batch, decision: pd.Series | None,
+             started: int) -> None:
     """Record the answers once per browser session and set of uploads (a rerun of the page shows the
-    same answers again, it does not give new ones); a new set of uploads closes the cell in detail."""
+    same answers again, it does not give new ones), the patient's decision with them."""
     recorded = st.session_state.setdefault("recorded", set())
     if key in recorded:
         return
     recorded.add(key)
-    st.session_state.pop("detail", None)
-    audit.record(answerer(uri, choice.name, choice.version), "page", batch.digests, batch.rows, started)
+    rows = batch.rows.assign(level="cell")
+    if decision is not None:
+        rows = pd.concat([rows, decision.to_frame().T.assign(level="patient", file="")], ignore_index=True)
+    lookup = functools.partial(audit.registered_version, store(uri), choice.name, choice.version)
+    audit.record(lookup, "page", batch.digests, rows, started)
 
 
 def show_cells(model: Model, batch: analysis.Batch, explain) -> None:
-    """Single cells: the table of all first, in the order they deserve a look, then each cell's section."""
+    """Single cells: the table of all first, in the order they deserve a look, then each cell's section
+    (a page of them at a time: the maps are computed for those only)."""
     order = analysis.attention_order(model.spec, batch.rows)
     table = batch.rows.iloc[order].reset_index(drop=True)
     st.subheader("All images, referred and most suspicious first")
     st.dataframe(table, hide_index=True)
     st.download_button("Download the results (CSV)", table.to_csv(index=False).encode(), "predictions.csv",
                        "text/csv")
-    maps = explain(order)
-    for index in order:
+    shown = pages(order, "Images shown")
+    maps = explain(shown)
+    for index in shown:
         show_cell(model, batch.rows.iloc[index], batch.images[index], maps.get(index), batch.agreement[index])
+    if len(shown) < len(order):
+        st.caption(f"{len(shown)} of {len(order)} images shown ({SHOWN} at a time): pick others above.")
 
 
 def load_model(choice: Choice, uri: str) -> Model | None:
     try:
-        return cached_model(choice.uri, uri, choice.version)
+        return cached_model(choice.uri, uri)
     except registry.ModelUnavailable as error:
         st.error(f"The model {choice.uri} cannot be loaded ({error.reason}). It may have been deleted or moved: pick "
                  "another one.")

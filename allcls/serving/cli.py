@@ -18,10 +18,13 @@ PAGE = Path(__file__).resolve().with_name("app.py")
 
 USAGE = """usage: allcls-app [streamlit options, e.g. --server.port 8600 --server.address 0.0.0.0]
 
-The diagnosis page: pick a registered model, upload cell images, see each one's class, calibrated
-probability, prediction set and referral, Grad-CAM and, for an ensemble, each member's vote. It
-reads the MLflow store of $MLFLOW_TRACKING_URI, else mlruns/ in the folder it is started from, and
-serves http://127.0.0.1:8501 unless told otherwise. Every other option is Streamlit's
+The diagnosis page: pick a registered model, give it a patient's cells (files, or a folder as a
+zip) for the patient's decision first and the cells in the order they deserve a look, or single
+cells, each with its class in words or a referral and why, its prediction set, a readable Grad-CAM
+and, for an ensemble, each member's vote; a patient's report downloads as HTML. Every answer is
+recorded as an MLflow trace in the model's experiment (ALLCLS_AUDIT=off: not). It reads the
+MLflow store of $MLFLOW_TRACKING_URI, else mlruns/ in the folder it is started from, and serves
+http://127.0.0.1:8501 unless told otherwise. Every other option is Streamlit's
 (`streamlit run --help`)."""
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from allcls.inference.spec import ModelSpec
+
 SPLITS = ("train", "val", "test")
 CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
@@ -43,8 +45,10 @@ def shipped_meaning(dataset: str) -> dict[str, str]:
 
 def trained_on_sentence(about: dict[str, Any], dataset: str) -> str:
     """One sentence: what the model was trained and tested on."""
-    if not about:
-        return f"Trained on `{dataset or '?'}` (packaged before allcls 0.4: no counts recorded)."
+    if not about.get("splits"):
+        synthetic = " SYNTHETIC cells drawn by allcls (not real patients: real cells are outside what it knows) in" \
+            if about.get("synthetic") else ""
+        return f"Trained on{synthetic} `{dataset or '?'}` (packaged before allcls 0.4: no counts recorded)."
     splits = about.get("splits") or {}
 
     def counted(name: str) -> str:
@@ -56,3 +60,13 @@ def trained_on_sentence(about: dict[str, Any], dataset: str) -> str:
     counts = f": trained on {counted('train')}, tuned on {counted('val')}, tested on {counted('test')}" if splits \
         else ""
     return f"Trained on {what}{counts}; split {about.get('split', '?')}."
+
+
+def about_of(spec: ModelSpec) -> dict[str, Any]:
+    """What the spec says the model learnt from; for a model packaged before allcls 0.4, what its
+    dataset's name tells (its classes' meanings in allcls's configs, whether its cells were synthetic)."""
+    if spec.about:
+        return spec.about
+    dataset = spec.source.get("dataset", "")
+    meanings = {c: m for c, m in shipped_meaning(dataset).items() if c in spec.classes}
+    return {"class_meaning": meanings, "synthetic": dataset.startswith("synthetic")} if dataset else {}

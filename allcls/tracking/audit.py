@@ -8,7 +8,8 @@ One trace per request, named `allcls.predict`:
   answered) and `allcls.surface` (`page` or `serve`);
 - inputs: the SHA-256 of each image's bytes as they were sent (`sha256sum cell.bmp` finds a file's
   answers; no pixels are kept: the images stay with whoever sent them);
-- outputs: each row's label, set, refer, refer_reason, ood_score and error (a patient's row too);
+- outputs: each row's label, probabilities, set, refer, refer_reason, ood_score and error (on the
+  page's patient mode, the patient's decision too, `level` = patient);
 - its span's duration: the latency of the answer.
 
 Recording never blocks or fails an answer: traces are written by a thread of their own (see
@@ -28,12 +29,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model as MLmodel
 
@@ -42,7 +44,9 @@ from allcls.tracking.tracker import Tracker
 log = logging.getLogger(__name__)
 SWITCH = "ALLCLS_AUDIT"
 TRACE_NAME = "allcls.predict"
-RECORDED = ("level", "subject", "label", "set", "refer", "refer_reason", "ood_score", "error")
+# (file names stay out: a clinic's may name the patient; each image is known by its hash)
+RECORDED = ("level", "subject", "cells", "cells_used", "cells_referred", "label", "set", "refer", "refer_reason",
+            "ood_score", "error")
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ def registered_version(tracker: Tracker, name: str, version: str) -> Answerer | 
 
 def served_model(model_file: Path) -> Answerer | None:
     """The registered version behind a served model's folder (its MLmodel's model_id, looked up in the
-    store $MLFLOW_TRACKING_URI names); None, with one line saying why, where there is none to record to."""
+    store $MLFLOW_TRACKING_URI names); None, with one line saying why, where there is none to record
+    to. Never raises: a store that is down costs the audit trail, not the model."""
     if not enabled():
         return None
     uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -87,40 +92,47 @@ def served_model(model_file: Path) -> Answerer | None:
         log.warning("Not recording answers: MLFLOW_TRACKING_URI is not set (serve models:/<name>@<alias> with it).")
         return None
     try:
-        model_id = MLmodel.load(str(model_file)).model_id
-        tracker = Tracker(uri)
-        logged = tracker.client.get_logged_model(model_id) if model_id else None
-    except (MlflowException, OSError) as error:
-        log.warning("Not recording answers: this model is not one of %s's (%s).", uri, error)
+        return _served(model_file, uri)
+    except Exception as error:  # noqa: BLE001 - whatever the store says, the model is served
+        log.warning("Not recording answers: %s cannot say which model this is (%s: %s).", uri, type(error).__name__,
+                    error)
         return None
-    if logged is None:
-        log.warning("Not recording answers: %s has no model id (packaged before MLflow 3).", model_file)
+
+
+def _served(model_file: Path, uri: str) -> Answerer | None:
+    model_id = MLmodel.load(str(model_file)).model_id
+    if not model_id:
+        log.warning("Not recording answers: %s names no LoggedModel (registered before allcls 0.4: register it "
+                    "again).", model_file)
         return None
+    tracker = Tracker(uri)
+    logged = tracker.client.get_logged_model(model_id)
     name = logged.tags.get("registered_model")
     versions = tracker.client.search_model_versions(f"name='{name}'") if name else []
     for version in versions:  # (the registry keeps no model id on SQLite: a version is found by its files)
         if version.source and version.source.rstrip("/") == logged.artifact_location.rstrip("/"):
-            aliases = tracker.client.get_model_version(str(name), version.version).aliases or []
-            return Answerer(str(name), str(version.version), ",".join(sorted(aliases)), model_id,
-                            logged.experiment_id, uri)
+            return Answerer(str(name), str(version.version), "", model_id, logged.experiment_id, uri)
     return Answerer(logged.name, "", "", model_id, logged.experiment_id, uri)  # a run's own model, unregistered
 
 
-def record(answerer: Answerer | None, surface: str, digests: Sequence[str], rows: pd.DataFrame, started_ns: int,
-           ) -> None:
-    """Hand one request's trace (see the module's note) to the recording thread; `started_ns`:
-    time.time_ns() when the request came in. Returns at once."""
+def record(answerer: Answerer | Callable[[], Answerer | None] | None, surface: str, digests: Sequence[str],
+           rows: pd.DataFrame, started_ns: int) -> None:
+    """Hand one request's trace (see the module's note) to the recording thread and return at once.
+    `answerer`: who answered, or how to look it up (done on the recording thread, so that a slow
+    store never holds up the answer); `started_ns`: time.time_ns() when the request came in."""
     if answerer is None or not enabled():
         return
-    ended = time.time_ns()
-    columns = [c for c in RECORDED if c in rows.columns]
-    outputs = rows[columns].astype(object).where(rows[columns].notna(), None).to_dict("records")
-    _start_recorder()
     try:
+        ended = time.time_ns()
+        columns = [c for c in rows.columns if c in RECORDED or c.startswith("prob_")]
+        outputs = rows[columns].astype(object).where(rows[columns].notna(), None).to_dict("records")
+        _start_recorder()
         _pending.put_nowait(functools.partial(_write, answerer, surface, list(digests), outputs, started_ns, ended))
     except queue.Full:
         log.warning("The audit trail is %d answers behind (is the MLflow store down?): this one is not recorded.",
                     PENDING)
+    except Exception as error:  # noqa: BLE001 - recording must never fail an answer
+        log.warning("An answer was not recorded in the audit trail (%s: %s).", type(error).__name__, error)
 
 
 def flush(timeout: float = 30) -> bool:
@@ -144,9 +156,9 @@ _starting = threading.Lock()
 
 def _start_recorder() -> None:
     with _starting:
-        if not _recorder:
+        if not _recorder or not _recorder[-1].is_alive():
             _recorder.append(threading.Thread(target=_recording, name="allcls-audit", daemon=True))
-            _recorder[0].start()
+            _recorder[-1].start()
 
 
 def _recording() -> None:
@@ -162,17 +174,24 @@ def _recording() -> None:
             _pending.task_done()
 
 
-def _write(answerer: Answerer, surface: str, digests: list[str], outputs: list[dict], started_ns: int,
-           ended_ns: int) -> None:
-    if mlflow.get_tracking_uri() != answerer.tracking_uri:
-        mlflow.set_tracking_uri(answerer.tracking_uri)
-    tags = {"allcls.model": answerer.name, "allcls.version": answerer.version, "allcls.aliases": answerer.aliases,
+def _write(answerer: Answerer | Callable[[], Answerer | None], surface: str, digests: list[str],
+           outputs: list[dict], started_ns: int, ended_ns: int) -> None:
+    found = answerer() if callable(answerer) else answerer
+    if found is None:
+        return
+    if mlflow.get_tracking_uri() != found.tracking_uri:
+        mlflow.set_tracking_uri(found.tracking_uri)
+    aliases = found.aliases
+    if found.version and not aliases:  # a served version: the aliases that name it now
+        version = MlflowClient(found.tracking_uri).get_model_version(found.name, found.version)
+        aliases = ",".join(sorted(version.aliases or []))
+    tags = {"allcls.model": found.name, "allcls.version": found.version, "allcls.aliases": aliases,
             "allcls.surface": surface}
     span = mlflow.start_span_no_context(
         TRACE_NAME, span_type="CHAIN", inputs={"sha256": digests}, tags=tags,
         attributes={"latency_ms": f"{(ended_ns - started_ns) / 1e6:.1f}", "images": str(len(digests))},
-        metadata={"mlflow.modelId": answerer.model_id} if answerer.model_id else None,
-        experiment_id=answerer.experiment_id, start_time_ns=started_ns)
+        metadata={"mlflow.modelId": found.model_id} if found.model_id else None,
+        experiment_id=found.experiment_id, start_time_ns=started_ns)
     span.end(outputs={"rows": outputs}, end_time_ns=ended_ns)
 
 

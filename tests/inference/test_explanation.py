@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from allcls.data.preprocessing import InputSpec, crop_to_foreground, foreground_square, preprocess
+from allcls.data.preprocessing import InputSpec, crop_to_foreground, foreground_box, foreground_square, preprocess
 from allcls.inference.explanation import Explanation, cell_parts, draw, explain_images, place_of, to_image_frame
 from allcls.inference.members import Member, Preprocessing
 from allcls.inference.predictor import Predictor
@@ -41,14 +41,19 @@ def test_a_map_is_laid_back_where_the_member_saw_it_on_the_image_as_uploaded(roi
         assert framed[:, : max(left, 0)].max() == 0 and framed[:, left + side:].max() == 0
 
 
-def test_the_square_is_what_the_crop_cuts_out():
-    image = a_cell()
+def test_the_square_is_where_the_crop_lies_and_the_crop_is_the_cells_box_padded_with_black():
+    image = np.zeros((90, 140, 3), np.uint8)
+    cv2.ellipse(image, (95, 40), (35, 20), 0, 0, 360, (170, 160, 200), -1)  # wider than tall: padded to a square
+    image[image.max(axis=2) == 0] = 6  # a near-black background (below the threshold), as real scans have
     top, left, side = foreground_square(image)
     crop = crop_to_foreground(image)
     assert crop.shape[:2] == (side, side)
-    inside = image[max(top, 0):top + side, max(left, 0):left + side]
-    assert (crop[max(-top, 0):max(-top, 0) + inside.shape[0], max(-left, 0):max(-left, 0) + inside.shape[1]]
-            == inside).all()
+    box_top, box_left, bottom, right = foreground_box(image)
+    rows, columns = slice(box_top - top, bottom - top), slice(box_left - left, right - left)
+    assert (crop[rows, columns] == image[box_top:bottom, box_left:right]).all()  # the box as it is
+    outside = np.ones(crop.shape[:2], bool)
+    outside[rows, columns] = False
+    assert outside.any() and (crop[outside] == 0).all()  # padded with black, never with the image's own pixels
     assert foreground_square(np.zeros((8, 8, 3), np.uint8)) is None
 
 

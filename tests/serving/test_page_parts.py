@@ -14,7 +14,7 @@ from allcls.inference.members import Member, Preprocessing
 from allcls.inference.spec import ModelSpec
 from allcls.serving.page.analysis import Upload, attention_order, expand
 from allcls.serving.page.report import ReportCell, patient_report
-from allcls.serving.page.words import caveats, named, patient_text, referral_text
+from allcls.serving.page.words import caveats, named, patient_caveats, patient_text, plain, referral_text
 
 MEANING = {"hem": "normal B-lymphoid cell", "all": "leukemic B-lymphoblast"}
 
@@ -69,6 +69,27 @@ def test_a_zip_archive_gives_its_images_and_says_what_it_left_out():
     assert problems[1] == "empty.zip holds no image (png, jpg, jpeg, bmp, tif, tiff)."
 
 
+def test_an_archive_is_unpacked_within_limits_on_what_it_really_holds(monkeypatch):
+    from allcls.serving.page import analysis
+
+    monkeypatch.setattr(analysis, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(analysis, "MAX_ARCHIVE_BYTES", 2500)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.bmp", b"\0" * 900)
+        archive.writestr("bomb.bmp", b"\0" * 5000)  # a few bytes deflated
+        archive.writestr("b.bmp", b"\0" * 900)
+        archive.writestr("bzip.bmp", b"\0" * 10, compress_type=zipfile.ZIP_BZIP2)
+        archive.writestr("c.bmp", b"\0" * 900)
+    images, problems = expand([Upload("cells.zip", buffer.getvalue())])
+    assert [u.name for u in images] == ["cells.zip/a.bmp", "cells.zip/b.bmp"]
+    assert problems == [
+        "cells.zip/bomb.bmp: unpacks to more than 0 MB; left out.",
+        "cells.zip/bzip.bmp: compressed with a method other than deflate (zip it again with a common tool); left out.",
+        "cells.zip/c.bmp: unpacks to more than 0 MB; left out.",
+        "cells.zip unpacks to more than 0 GB of images: the rest of it is left out. Upload fewer cells at a time."]
+
+
 def test_cells_are_ordered_referred_first_then_most_suspicious_unreadable_last():
     order = [CELLS["file"][i] for i in attention_order(spec(), CELLS)]
     assert order == ["referred.bmp", "clear-all.bmp", "suspicious.bmp", "clear-hem.bmp", "unreadable.bmp"]
@@ -107,6 +128,29 @@ def test_a_patients_call_and_referral_are_sentences_with_the_cells_they_rest_on(
               "coverage (4 of 5 cells used, 2 referred).")
 
 
+def test_a_patient_called_clear_of_the_protected_class_while_it_is_probable_or_most_cells_referred_is_unclear():
+    model = spec()
+    clear = patient(False).copy()
+    clear.update({"label": "hem", "prob_hem": 0.9, "prob_all": 0.1, "set": "hem", "member_a": "hem",
+                  "member_b": "hem"})
+    assert patient_caveats(clear, model) == []
+    doubtful = clear.copy()
+    doubtful.update({"prob_hem": 0.68, "prob_all": 0.32, "cells_referred": 5, "cells": 5})
+    assert patient_caveats(doubtful, model) == [
+        "5 of 5 cells were referred: look at them first",
+        "all at 32% for this patient: a cell that probable would not be cleared (threshold 20%)"]
+    four = ModelSpec(["Benign", "Early", "Pre", "Pro"], "arithmetic", model.members[:1])
+    row = pd.Series({"label": "Early", "prob_Benign": 0.25, "prob_Early": 0.45, "prob_Pre": 0.15, "prob_Pro": 0.15})
+    assert caveats(row, four) == ["no class holds half the probability: Early 45%, Benign 25%"]
+    assert caveats(row.replace(0.45, np.nan), four) == ["the model gave no probabilities for this image"]
+
+
+def test_a_file_name_is_plain_text_on_the_page():
+    assert plain("[x](https://evil)_**b**.bmp") == r"\[x\]\(https://evil\)\_\*\*b\*\*.bmp"
+    assert plain("![img](http://x/y.png)") == r"\!\[img\]\(http://x/y.png\)"
+    assert len(plain("a" * 500)) == 200
+
+
 def test_the_report_names_the_decision_the_model_version_its_figures_the_cells_and_the_notice():
     picture = np.zeros((40, 40, 3), np.uint8)
     cells = [ReportCell(CELLS.iloc[i], picture if i != 1 else None) for i in (3, 1)]
@@ -114,10 +158,11 @@ def test_the_report_names_the_decision_the_model_version_its_figures_the_cells_a
                             datetime(2026, 12, 7, 9, 30, tzinfo=timezone.utc))
     assert "<title>allcls report: demo-ensemble version 6 (@champion)</title>" in report
     assert "Refer this patient to a human" in report and "Not a diagnostic device" in report
-    assert "demo-ensemble version 6 (@champion); answered 2026-12-07 09:30 UTC." in report
+    assert "demo-ensemble version 6 (@champion); report made 2026-12-07 09:30 UTC." in report
     assert "balanced accuracy: 0.900 [0.850, 0.950]" in report
     assert "trained on 100 cells of 10 patients, tuned on 30 cells of 3 patients, tested on 40 cells" in report
     assert "<b>all</b>: leukemic B-lymphoblast" in report
     assert "2 of 5 cells, referred and most suspicious first" in report
+    assert "refer<br><small>(reading all 60%: not an answer)</small>" in report
     assert report.count("data:image/png;base64,") == 1 and "referred.bmp" in report and "unreadable.bmp" in report
     assert "<script" not in report.lower()

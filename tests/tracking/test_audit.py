@@ -7,6 +7,7 @@ import pandas as pd
 
 from allcls.tracking import audit
 from allcls.tracking.tracker import Tracker
+
 from helpers import free_port
 
 ROWS = pd.DataFrame({"label": ["all", None], "set": ["all", None], "refer": [False, True],
@@ -23,7 +24,8 @@ def test_an_answer_is_recorded_with_its_model_version_inputs_outputs_and_latency
     experiment = mlflow_client.create_experiment("answers")
     started = time.time_ns() - 25_000_000  # the request came in 25 ms ago
     audit.record(answerer(uri, experiment), "page", ["aa", "bb"], ROWS, started)
-    audit.record(answerer(uri, experiment, "4"), "page", ["cc"], ROWS.iloc[:1], time.time_ns())
+    audit.record(lambda: answerer(uri, experiment, "4"), "page", ["cc"], ROWS.iloc[:1], time.time_ns())  # looked up
+    audit.record(lambda: None, "page", ["cc"], ROWS.iloc[:1], time.time_ns())  # a version that cannot be found
     monkeypatch.setenv(audit.SWITCH, "off")
     audit.record(answerer(uri, experiment), "page", ["dd"], ROWS, time.time_ns())  # not recorded
     monkeypatch.delenv(audit.SWITCH)
@@ -33,8 +35,9 @@ def test_an_answer_is_recorded_with_its_model_version_inputs_outputs_and_latency
     assert trace.info.tags["allcls.model"] == "demo" and trace.info.tags["allcls.surface"] == "page"
     span = trace.data.spans[0]
     assert span.inputs == {"sha256": ["aa", "bb"]}
-    assert span.outputs["rows"][1] == {"label": None, "set": None, "refer": True, "refer_reason": "unreadable",
-                                       "ood_score": None, "error": "bad"}
+    assert span.outputs["rows"][1] == {"label": None, "prob_all": None, "set": None, "refer": True,
+                                       "refer_reason": "unreadable", "ood_score": None, "error": "bad"}
+    assert span.outputs["rows"][0]["prob_all"] == 0.9
     assert float(span.attributes["latency_ms"]) >= 25
     assert len(audit.answers(Tracker(uri), experiment)) == 2
 

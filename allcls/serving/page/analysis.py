@@ -25,21 +25,27 @@ from allcls.inference.views import views_for
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 MAX_ARCHIVE_IMAGES = 2000  # a patient's cells: C-NMC's largest subject has about 1,000
+MAX_ARCHIVE_BYTES = 1_000_000_000  # unpacked, all images of one archive together
+# Only what zip tools write by default: other methods (bzip2, lzma) shrink a bomb further.
+ARCHIVE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 
 
 @dataclass(frozen=True)
 class Upload:
     name: str
     data: bytes
+    digest: str = ""  # SHA-256 of `data` (filled in when not given)
 
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    def __post_init__(self) -> None:
+        if not self.digest:
+            object.__setattr__(self, "digest", hashlib.sha256(self.data).hexdigest())
 
 
 def expand(uploads: Sequence[Upload]) -> tuple[list[Upload], list[str]]:
     """The images among the uploads, a zip archive's images in its place (named `<archive>/<path>`), and
-    one line for each thing that could not be used."""
+    one line for each thing that could not be used. An archive is unpacked with limits on what its
+    entries really hold (never what they declare): an image at most MAX_FILE_BYTES, the whole
+    archive at most MAX_ARCHIVE_BYTES and MAX_ARCHIVE_IMAGES images."""
     images, problems = [], []
     for upload in uploads:
         if not upload.name.lower().endswith(".zip"):
@@ -55,17 +61,49 @@ def expand(uploads: Sequence[Upload]) -> tuple[list[Upload], list[str]]:
             problems.append(f"{upload.name} holds no image ({', '.join(IMAGE_TYPES)}).")
         if len(members) > MAX_ARCHIVE_IMAGES:
             problems.append(f"{upload.name} holds {len(members)} images: only the first {MAX_ARCHIVE_IMAGES} are read.")
+        budget = MAX_ARCHIVE_BYTES
         for info in members[:MAX_ARCHIVE_IMAGES]:
             name = f"{upload.name}/{info.filename}"
-            if info.file_size > MAX_FILE_BYTES:
-                problems.append(f"{name} is {info.file_size / 1e6:.0f} MB unpacked, over the "
-                                f"{MAX_FILE_BYTES / 1e6:.0f} MB an image may have: left out.")
-                continue
             try:
-                images.append(Upload(name, archive.read(info)))
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as error:  # damaged, encrypted
-                problems.append(f"{name} cannot be unpacked ({error}): left out.")
+                data = _unpacked(archive, info, min(MAX_FILE_BYTES, budget))
+            except _TooLarge as error:
+                problems.append(f"{name}: {error}; left out.")
+                if budget < MAX_FILE_BYTES:  # the archive's budget is spent: the rest is left out too
+                    problems.append(f"{upload.name} unpacks to more than {MAX_ARCHIVE_BYTES / 1e9:.0f} GB of "
+                                    "images: the rest of it is left out. Upload fewer cells at a time.")
+                    break
+                continue
+            except _OtherMethod as error:
+                problems.append(f"{name}: {error}; left out.")
+                continue
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as error:
+                problems.append(f"{name} cannot be unpacked ({error}): left out.")  # damaged, encrypted
+                continue
+            budget -= len(data)
+            images.append(Upload(name, data))
     return images, problems
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _OtherMethod(Exception):
+    pass
+
+
+def _unpacked(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """An entry's bytes, read a chunk at a time and refused as soon as they pass `limit`."""
+    if info.compress_type not in ARCHIVE_METHODS:
+        raise _OtherMethod("compressed with a method other than deflate (zip it again with a common tool)")
+    chunks, size = [], 0
+    with archive.open(info) as entry:
+        while chunk := entry.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(f"unpacks to more than {limit / 1e6:.0f} MB")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _is_image(member: str) -> bool:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from allcls.inference.explanation import Explanation, draw
 from allcls.inference.model import Model
-from allcls.serving.page.words import caveats, named, referral_text
+from allcls.serving.page.words import caveats, named, plain, referral_text
 
 
 def short_name(model: Model) -> str:
@@ -35,9 +35,9 @@ def show_cell(model: Model, row: pd.Series, image: np.ndarray | None, explanatio
               agreement: tuple[int, int] | None) -> None:
     """The section of one cell (`row`: its row, with `file`)."""
     spec = model.spec
-    st.subheader(str(row["file"]))
+    st.subheader(plain(str(row["file"])))
     if image is None:
-        st.error(str(row["error"]))
+        st.error(plain(str(row["error"]), limit=400))
         return
     left, middle, right = st.columns([1, 1, 2])
     left.image(image, caption="as uploaded", width="stretch")

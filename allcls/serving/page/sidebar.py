@@ -9,7 +9,7 @@ import streamlit as st
 
 from allcls.errors import AllclsError
 from allcls.inference.model import Model
-from allcls.serving.provenance import trained_on_sentence
+from allcls.serving.provenance import about_of, trained_on_sentence
 from allcls.tracking import registry
 from allcls.tracking.store import server_unreachable
 from allcls.tracking.tracker import Tracker
@@ -26,8 +26,9 @@ class Choice:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}@{self.label[1:]}" if self.label.startswith("@") else \
-            f"models:/{self.name}/{self.version}"
+        """The version itself, also when chosen by its alias: what is loaded, cached and recorded is
+        the version the alias named when the list was read (every LISTING_SECONDS)."""
+        return f"models:/{self.name}/{self.version}"
 
     @property
     def said(self) -> str:
@@ -78,12 +79,13 @@ def choose_model(uri: str) -> Choice | None:
 def describe(model: Model, choice: Choice, uri: str) -> None:
     spec = model.spec
     source, rule = spec.source, spec.decision
-    if spec.about.get("synthetic"):
+    about = about_of(spec)
+    if about.get("synthetic"):
         st.sidebar.error("This model was trained on SYNTHETIC cells: its answers on real cells mean nothing.")
-    meanings = spec.about.get("class_meaning", {})
+    meanings = about.get("class_meaning", {})
     classes = "  \n".join(f"**{c}**: {meanings[c]}" if c in meanings else f"**{c}**" for c in spec.classes)
     st.sidebar.markdown(f"**Classes**  \n{classes}")
-    st.sidebar.caption(trained_on_sentence(spec.about, source.get("dataset", "")))
+    st.sidebar.caption(trained_on_sentence(about, source.get("dataset", "")))
     backbones = sorted({m.backbone for m in spec.members if m.backbone})
     st.sidebar.markdown(f"**Dataset** {source.get('dataset', '?')}  \n"
                         f"**Backbone{'s' if len(backbones) > 1 else ''}** {', '.join(backbones) or '?'}  \n"

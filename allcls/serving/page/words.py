@@ -3,12 +3,16 @@ and what makes an answer less than clear (a small margin, members that disagree)
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from allcls.inference.decision import AMBIGUOUS, OOD, REASONS, UNCERTAIN, UNREADABLE
 from allcls.inference.spec import ModelSpec
+from allcls.serving.provenance import about_of
 
-SMALL_MARGIN = 0.2  # between the two most probable classes: said, not shown as a clear answer
+SMALL_MARGIN = 0.2  # between the two most probable classes: said, not shown as a clear answer (as is a
+# most probable class under half the probability, which with four classes can still lead by 25 points)
 
 PATIENT_REASONS = {
     UNREADABLE: "none of the patient's images could be read",
@@ -20,7 +24,7 @@ PATIENT_REASONS = {
 
 def named(spec: ModelSpec, label: str) -> str:
     """'all (leukemic B-lymphoblast ...)', or the bare class where the model's package says nothing."""
-    meaning = spec.about.get("class_meaning", {}).get(label)
+    meaning = about_of(spec).get("class_meaning", {}).get(label)
     return f"{label} ({meaning})" if meaning else label
 
 
@@ -54,13 +58,20 @@ def referral_text(row: pd.Series, spec: ModelSpec) -> tuple[bool, str]:
 
 
 def caveats(row: pd.Series, spec: ModelSpec) -> list[str]:
-    """What makes an answer less than clear: a small margin between the two most probable classes,
-    members that vote otherwise."""
+    """What makes an answer less than clear: probabilities that are missing, a most probable class
+    under half the probability or a small margin to the next, members that vote otherwise."""
+    values = [float(row[f"prob_{c}"]) for c in spec.classes]
+    if not all(math.isfinite(v) for v in values):
+        return ["the model gave no probabilities for this image"]
     notes = []
-    probabilities = sorted(((float(row[f"prob_{c}"]), c) for c in spec.classes), reverse=True)
-    (first, top), (second, runner) = probabilities[0], probabilities[1]
-    if first - second < SMALL_MARGIN:
-        notes.append(f"small margin: {top} {first:.0%} against {runner} {second:.0%}")
+    ranked = sorted(zip(values, spec.classes, strict=True), reverse=True)
+    first, top = ranked[0]
+    if len(ranked) > 1:
+        second, runner = ranked[1]
+        if first < 0.5:
+            notes.append(f"no class holds half the probability: {top} {first:.0%}, {runner} {second:.0%}")
+        elif first - second < SMALL_MARGIN:
+            notes.append(f"small margin: {top} {first:.0%} against {runner} {second:.0%}")
     votes = [str(row[spec.member_column(m)]) for m in spec.members] if len(spec.members) > 1 else []
     dissent = [v for v in votes if v != str(row["label"])]
     if dissent:
@@ -77,3 +88,29 @@ def patient_text(row: pd.Series, spec: ModelSpec) -> tuple[bool, str]:
     probability = float(row[f"prob_{row['label']}"])
     return False, (f"{named(spec, str(row['label']))}: {probability:.0%}, the mean over the patient's cells in "
                    f"distribution ({counts}).")
+
+
+def patient_caveats(row: pd.Series, spec: ModelSpec) -> list[str]:
+    """What makes a patient's call less than clear: the cells' caveats, most of their cells referred,
+    or the protected classes as probable as a cell of them is not cleared at."""
+    notes = caveats(row, spec)
+    cells, referred = int(row["cells"]), int(row["cells_referred"])
+    if cells and referred * 2 >= cells:
+        notes.append(f"{referred} of {cells} cells were referred: look at them first")
+    protect = spec.decision.protect
+    if protect is not None and str(row["label"]) not in protect.classes:
+        share = sum(float(row[f"prob_{c}"]) for c in protect.classes)
+        if share >= protect.threshold:
+            notes.append(f"{' / '.join(protect.classes)} at {share:.0%} for this patient: a cell that probable would "
+                         f"not be cleared (threshold {protect.threshold:.0%})")
+    return notes
+
+
+MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#!|~$"})
+
+
+def plain(text: str, limit: int = 200) -> str:
+    """A file name (or any text a user chose) as plain text inside Streamlit's Markdown: never a link,
+    an image or formatting; cut to `limit` characters."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.translate(MARKDOWN)
