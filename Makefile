@@ -78,8 +78,9 @@ test-fast: $(INSTALLED)
 docs: $(INSTALLED)
 	$(BIN)/python -m mkdocs serve
 
-# Speed and accuracy benchmarks (their figures are in docs/benchmarks.md); the real-data one needs ../shared/data/aria.
-benchmarks: $(INSTALLED) postgres
+# Speed and accuracy benchmarks (their figures are in docs/benchmarks.md); the real-data one needs ../shared/data/aria,
+# the page's the demo's registered model (make demo first).
+benchmarks: $(INSTALLED) postgres browser
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/ensemble_search.py
 	$(BIN)/python benchmarks/cpu_inference.py
@@ -87,3 +88,4 @@ benchmarks: $(INSTALLED) postgres
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/orchestration.py
 	$(BIN)/python benchmarks/parallel_writers.py
+	$(BIN)/python benchmarks/page.py --screenshots docs

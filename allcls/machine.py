@@ -18,8 +18,6 @@ import ctypes.util
 import logging
 import os
 
-import torch
-
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +46,8 @@ def inference_workers(requested: int | None, device) -> int:
     if getattr(device, "type", device) == "cuda":
         return default_num_workers() if requested is None else int(requested)
     workers = cores // 8 if requested is None else int(requested)
+    import torch  # here, not above: the command-line entry points import this module before torch is needed
+
     torch.set_num_threads(max(1, cores - workers))
     return workers
 

@@ -3,14 +3,16 @@ drives it), against a store with a registered model (default: ./mlruns after `ma
 demo-ensemble@champion is the page's default there):
 
   - first page: from the first visit of a fresh server until the upload box is there (the model loaded);
-  - new session: a second browser session of the same server, until its upload box is there;
+  - new session: another session of the same server until its upload box is there, in a new tab of
+    the browser (its scripts cached: a colleague's second tab) and in a new browser (nothing cached);
   - one image with its map: single-cell mode, one upload until its map and answer are drawn;
   - ten images, patient mode: a patient's ten cells until their decision, gallery with maps and report
-    button are drawn.
+    button are drawn;
+  - for scale, new sessions of an empty Streamlit page (a title and an upload box) on the same machine.
 
 The cells are synthetic C-NMC cells drawn at C-NMC's 450 x 450 px (allcls.data.synthetic), one
-leukemic subject's. Medians over `--repeats` fresh sessions; each upload is a new set of files (the
-page reuses the answers of a set it has seen). `--screenshots docs` saves the two modes as the docs
+leukemic subject's. Medians over `--repeats` sessions; each upload is a new set of files (the page
+reuses the answers of a set it has seen). `--screenshots docs` saves the two modes as the docs
 show them.
 
     python benchmarks/page.py [--store sqlite:///mlruns/mlflow.db] [--repeats 5] [--screenshots docs]
@@ -19,6 +21,7 @@ show them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -114,44 +117,104 @@ def upload(driver, files: list[Path], done: str) -> float:
     return time.perf_counter() - start
 
 
+def screenshot(driver, file: Path) -> None:
+    """The page as a tall window shows it (the decision, the gallery and more), then the window as it was."""
+    driver.set_window_size(1500, 2000)
+    time.sleep(1)
+    wait_for(driver, pictures_drawn)
+    driver.save_screenshot(str(file))
+    driver.set_window_size(1500, 1300)
+
+
+def session(driver, url: str, new_tab: bool = True) -> float:
+    """Seconds from opening the page (in a new tab of `driver`) until its upload box is there."""
+    if new_tab:
+        driver.switch_to.new_window("tab")
+    start = time.perf_counter()
+    driver.get(url)
+    wait_for(driver, upload_box)
+    return time.perf_counter() - start
+
+
 def measure(url: str, work: Path, repeats: int, screenshots: Path | None) -> dict[str, list[float]]:
-    figures: dict[str, list[float]] = {"new session": [], "one image with its map": [], "ten images, patient mode": []}
-    first = browser()
+    figures: dict[str, list[float]] = {name: [] for name in (
+        "first page", "new session (new tab)", "new session (new browser)", "one image with its map",
+        "ten images, patient mode")}
+    driver = browser()
     try:
-        start = time.perf_counter()
-        first.get(url)
-        wait_for(first, upload_box)
-        figures["first page"] = [time.perf_counter() - start]
-    finally:
-        first.quit()
-    for repeat in range(repeats):
-        driver = browser()
-        try:
-            start = time.perf_counter()
-            driver.get(url)
-            wait_for(driver, upload_box)
-            figures["new session"].append(time.perf_counter() - start)
+        figures["first page"].append(session(driver, url, new_tab=False))
+        for repeat in range(repeats):
+            figures["new session (new tab)"].append(session(driver, url))
             patient = cells(work / f"patient-{repeat}", 10, seed=100 + repeat)
             figures["ten images, patient mode"].append(upload(driver, patient, "Download the patient's report"))
             if screenshots is not None and repeat == 0:
-                driver.save_screenshot(str(work / "patient.png"))
-        finally:
-            driver.quit()
-        driver = browser()
-        try:
-            driver.get(url)
-            wait_for(driver, upload_box)
+                screenshot(driver, work / "patient.png")
+            session(driver, url)
             choose_mode(driver, "Single cells")
             one = cells(work / f"one-{repeat}", 1, seed=200 + repeat)
             figures["one image with its map"].append(upload(driver, one, "Where it looks"))
             if screenshots is not None and repeat == 0:
-                driver.save_screenshot(str(work / "cells.png"))
+                screenshot(driver, work / "cells.png")
+    finally:
+        driver.quit()
+    for _ in range(repeats):  # a browser of its own: nothing of the page cached yet
+        cold = browser()
+        try:
+            figures["new session (new browser)"].append(session(cold, url, new_tab=False))
         finally:
-            driver.quit()
+            cold.quit()
     if screenshots is not None:
         for name in ("patient", "cells"):
             Image.open(work / f"{name}.png").convert("RGB").save(screenshots / f"page-{name}.jpg", quality=85)
     return figures
+
+
+# The least a Streamlit page costs a new session on the same machine: a title and an upload box.
+FLOOR_PAGE = ('import streamlit as st\nst.title("An empty page")\n'
+              'st.file_uploader("Files", accept_multiple_files=True)\n')
+
+
+def floor(work: Path, env: dict, repeats: int) -> dict[str, list[float]]:
+    """New sessions of FLOOR_PAGE, served as allcls-app serves the diagnosis page."""
+    script = work / "floor.py"
+    script.write_text(FLOOR_PAGE)
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "streamlit"), "run", str(script), "--server.port", str(port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    with serving(command, port, work, env):
+        url = f"http://127.0.0.1:{port}"
+        figures: dict[str, list[float]] = {"empty page, new tab": [], "empty page, new browser": []}
+        driver = browser()
+        try:
+            session(driver, url, new_tab=False)
+            figures["empty page, new tab"] = [session(driver, url) for _ in range(repeats)]
+        finally:
+            driver.quit()
+        for _ in range(repeats):
+            cold = browser()
+            try:
+                figures["empty page, new browser"].append(session(cold, url, new_tab=False))
+            finally:
+                cold.quit()
+    return figures
+
+
+@contextlib.contextmanager
+def serving(command: list[str], port: int, work: Path, env: dict):
+    """A Streamlit server, waited for, and stopped by its process group whatever happens."""
+    server = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def main() -> None:
@@ -162,30 +225,25 @@ def main() -> None:
     args = parser.parse_args()
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         raise SystemExit("Needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver).")
+    from mlflow import MlflowClient
+
+    if not MlflowClient(args.store).search_registered_models(max_results=1):
+        raise SystemExit(f"No registered model in {args.store}: run `make demo` first, or pass --store.")
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": args.store, "TQDM_DISABLE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     app = [str(Path(sys.executable).parent / "allcls-app"), "--server.port", str(port), "--server.headless", "true"]
     with tempfile.TemporaryDirectory(prefix="allcls-page-") as folder:
         work = Path(folder)
-        server = subprocess.Popen(app, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        try:
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
+        with serving(app, port, work, env):
             figures = measure(f"http://127.0.0.1:{port}", work, args.repeats, args.screenshots)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-    goals = {"new session": 1.0, "one image with its map": 2.0, "ten images, patient mode": 6.0}
-    print(f"The diagnosis page in chromium, {SIZE} px cells, {args.repeats} sessions; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}")
+        figures.update(floor(work, env, args.repeats))
+    goals = {"new session (new tab)": 1.0, "new session (new browser)": 1.0, "one image with its map": 2.0,
+             "ten images, patient mode": 6.0}
+    chromium = subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"The diagnosis page in {chromium}, {SIZE} px cells, {args.repeats} sessions; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"{'':32} {'median s':>9} {'max s':>7} {'goal s':>7}")
-    for name in ("first page", "new session", "one image with its map", "ten images, patient mode"):
-        values = figures[name]
+    for name, values in figures.items():
         goal = f"{goals[name]:.1f}" if name in goals else ""
         print(f"{name:32} {statistics.median(values):9.2f} {max(values):7.2f} {goal:>7}")
     print(json.dumps({name: [round(v, 3) for v in values] for name, values in figures.items()}))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import streamlit as st
@@ -38,10 +39,23 @@ UPLOAD_TYPES = [*analysis.IMAGE_TYPES, "zip"]
 KEPT_SECONDS = 1800  # how long a set of uploads' answers and maps are kept for the page's reruns
 
 
+@st.cache_resource(show_spinner=False)
+def torch_thread() -> ThreadPoolExecutor:
+    """The one thread that runs the models for every session. Streamlit runs each rerun of the page
+    on a new thread, and OpenMP gives every thread that runs torch a team of threads of its own: a
+    new team for every click. One thread, one team, reused (one image with its map: 1.5 s -> 1.2 s
+    on two cores, benchmarks/page.py; allcls-app also lets idle OpenMP threads sleep)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="allcls-torch")
+
+
+def on_torch_thread(function, *args):
+    return torch_thread().submit(function, *args).result()
+
+
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def cached_model(model_uri: str, uri: str) -> Model:
     """One model per registered version (`model_uri` names the version) and server process."""
-    return registry.load(store(uri), model_uri).model
+    return on_torch_thread(lambda: registry.load(store(uri), model_uri).model)
 
 
 # Resources, not data: the answers and maps are read, never changed, by the page; Streamlit's data
@@ -50,13 +64,13 @@ def cached_model(model_uri: str, uri: str) -> Model:
 def cached_batch(_model: Model, model_uri: str, key: tuple[str, ...], _uploads: list[analysis.Upload],
                  tta: bool) -> analysis.Batch:
     """The answers for a set of uploads (`key`: their names and hashes), shared by the page's reruns."""
-    return analysis.analyse(_model, _uploads, tta)
+    return on_torch_thread(analysis.analyse, _model, _uploads, tta)
 
 
 @st.cache_resource(show_spinner="Drawing where the model looked...", max_entries=64, ttl=KEPT_SECONDS)
 def cached_maps(_model: Model, _batch: analysis.Batch, model_uri: str, key: tuple[str, ...], tta: bool,
                 indices: tuple[int, ...]) -> dict[int, Explanation]:
-    return analysis.explanations(_model, _batch, indices)
+    return on_torch_thread(analysis.explanations, _model, _batch, indices)
 
 
 def page() -> None:

@@ -39,6 +39,11 @@ def app() -> None:
     # A server that goes away later should fail a request in seconds, not after minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # OpenMP's idle threads sleep at once instead of spinning: between the many small kernels of a
+    # page's models they otherwise keep both cores of a small machine busy, and the browser, the
+    # server and torch itself wait (one image with its map: 2.7 s, passive: 1.5 s; benchmarks/page.py).
+    # Set before torch loads, which this module does not import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     options = sys.argv[1:]
     # 127.0.0.1; no browser or e-mail prompt; no developer menu (Deploy, rerun) on a clinician's page
     for name, default in (("--server.address", "127.0.0.1"), ("--server.headless", "true"),

@@ -84,7 +84,8 @@ def test_an_upload_gets_its_class_in_words_probability_set_and_map_and_a_bad_fil
     assert not page.exception, page.exception
     answer = expected(models, "cells", data)
     headline = next(m.value for m in page.markdown if m.value.startswith("### "))
-    assert len(page.get("vega_lite_chart")) == 1  # the probability chart
+    bars = [bar.proto.text for bar in page.get("progress")]  # the probability of each class, 0-100 %
+    assert bars == [f"{c}: {answer[f'prob_{c}']:.1%}" for c in CLASSES]
     assert len(page.get("image")) == 2  # the upload and its map
     referral = [w.value for w in page.warning if w.value.startswith("Refer to a human")]
     answered = [s.value for s in [*page.success, *page.info] if "prediction set is" in s.value]

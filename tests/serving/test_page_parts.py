@@ -166,3 +166,13 @@ def test_the_report_names_the_decision_the_model_version_its_figures_the_cells_a
     assert "refer<br><small>(reading all 60%: not an answer)</small>" in report
     assert report.count("data:image/png;base64,") == 1 and "referred.bmp" in report and "unreadable.bmp" in report
     assert "<script" not in report.lower()
+
+
+def test_the_page_command_sets_openmp_before_torch_loads():
+    """allcls-app sets OMP_WAIT_POLICY for torch's OpenMP, which reads it once, when torch loads:
+    importing the command's module must not load torch already."""
+    import subprocess
+    import sys
+
+    code = "import sys, allcls.serving.cli; assert 'torch' not in sys.modules, 'torch is imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,7 +4,6 @@ their agreement on where to look, and each member's map one click away."""
 
 from __future__ import annotations
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -21,14 +20,13 @@ def short_name(model: Model) -> str:
     return f"calibrated {what}" if spec.temperature is not None else f"{what} (uncalibrated)"
 
 
-def probability_chart(classes: list[str], probabilities: np.ndarray, title: str) -> alt.Chart:
-    """One bar per class in the model's class order, on a fixed 0-100% axis (a half-full bar looks half full)."""
-    table = pd.DataFrame({"class": classes, "probability": probabilities})
-    return alt.Chart(table).mark_bar().encode(
-        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=title),
-        y=alt.Y("class:N", sort=classes, title=None, axis=alt.Axis(labelFontSize=14)),
-        tooltip=["class", alt.Tooltip("probability:Q", format=".1%")],
-    )
+def probability_bars(column, classes: list[str], probabilities: np.ndarray, title: str) -> None:
+    """One bar per class in the model's class order, each on the same 0-100 % scale (a half-full bar
+    looks half full). Streamlit's progress bars, not a chart: a chart's script is the heaviest thing
+    a page loads, and a gallery would load it once per cell."""
+    column.caption(title)
+    for name, probability in zip(classes, probabilities, strict=True):
+        column.progress(float(np.clip(probability, 0, 1)), text=f"{name}: {probability:.1%}")
 
 
 def show_cell(model: Model, row: pd.Series, image: np.ndarray | None, explanation: Explanation | None,
@@ -59,8 +57,7 @@ def show_cell(model: Model, row: pd.Series, image: np.ndarray | None, explanatio
             right.info(sentence + " But: " + "; ".join(notes) + ".")
         else:
             right.success(sentence)
-    right.altair_chart(probability_chart(classes, np.array([float(row[f"prob_{c}"]) for c in classes]),
-                                         short_name(model)), width="stretch", height=44 * len(classes) + 50)
+    probability_bars(right, classes, np.array([float(row[f"prob_{c}"]) for c in classes]), short_name(model))
     threshold = spec.decision.ood_threshold
     if threshold is not None and not pd.isna(row["ood_score"]):
         right.caption(f"Out-of-distribution score {float(row['ood_score']):.2f} (above {threshold:.2f}: unlike the "
