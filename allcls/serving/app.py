@@ -134,7 +134,9 @@ def remember(uri: str, choice: Choice, key: tuple, batch: analysis.Batch, decisi
     if decision is not None:
         rows = pd.concat([rows, decision.to_frame().T.assign(level="patient", file="")], ignore_index=True)
     lookup = functools.partial(audit.registered_version, store(uri), choice.name, choice.version)
-    audit.record(lookup, "page", batch.digests, rows, started)
+    # Answers computed for another session (the same files, the same model) are shown again, not
+    # given anew: the record says so, its latency being that of the reuse.
+    audit.record(lookup, "page", batch.digests, rows, started, reused=batch.made_ns < started)
 
 
 def show_cells(model: Model, batch: analysis.Batch, explain) -> None:

@@ -10,7 +10,8 @@ One trace per request, named `allcls.predict`:
   answers; no pixels are kept: the images stay with whoever sent them);
 - outputs: each row's label, probabilities, set, refer, refer_reason, ood_score and error (on the
   page's patient mode, the patient's decision too, `level` = patient);
-- its span's duration: the latency of the answer.
+- its span's duration: the latency of the answer (attribute `reused_answers`: true where the page
+  showed answers it had computed for an earlier request, e.g. another session's, the same files).
 
 Recording never blocks or fails an answer: traces are written by a thread of their own (see
 `_recording`), and anything that goes wrong there is logged as a warning and the record dropped.
@@ -116,10 +117,11 @@ def _served(model_file: Path, uri: str) -> Answerer | None:
 
 
 def record(answerer: Answerer | Callable[[], Answerer | None] | None, surface: str, digests: Sequence[str],
-           rows: pd.DataFrame, started_ns: int) -> None:
+           rows: pd.DataFrame, started_ns: int, reused: bool = False) -> None:
     """Hand one request's trace (see the module's note) to the recording thread and return at once.
     `answerer`: who answered, or how to look it up (done on the recording thread, so that a slow
-    store never holds up the answer); `started_ns`: time.time_ns() when the request came in."""
+    store never holds up the answer); `started_ns`: time.time_ns() when the request came in;
+    `reused`: the answers were computed for an earlier request (the page's shared cache)."""
     if answerer is None or not enabled():
         return
     try:
@@ -127,7 +129,8 @@ def record(answerer: Answerer | Callable[[], Answerer | None] | None, surface: s
         columns = [c for c in rows.columns if c in RECORDED or c.startswith("prob_")]
         outputs = rows[columns].astype(object).where(rows[columns].notna(), None).to_dict("records")
         _start_recorder()
-        _pending.put_nowait(functools.partial(_write, answerer, surface, list(digests), outputs, started_ns, ended))
+        _pending.put_nowait(functools.partial(_write, answerer, surface, list(digests), outputs, started_ns, ended,
+                                              reused))
     except queue.Full:
         log.warning("The audit trail is %d answers behind (is the MLflow store down?): this one is not recorded.",
                     PENDING)
@@ -175,7 +178,7 @@ def _recording() -> None:
 
 
 def _write(answerer: Answerer | Callable[[], Answerer | None], surface: str, digests: list[str],
-           outputs: list[dict], started_ns: int, ended_ns: int) -> None:
+           outputs: list[dict], started_ns: int, ended_ns: int, reused: bool) -> None:
     found = answerer() if callable(answerer) else answerer
     if found is None:
         return
@@ -189,7 +192,8 @@ def _write(answerer: Answerer | Callable[[], Answerer | None], surface: str, dig
             "allcls.surface": surface}
     span = mlflow.start_span_no_context(
         TRACE_NAME, span_type="CHAIN", inputs={"sha256": digests}, tags=tags,
-        attributes={"latency_ms": f"{(ended_ns - started_ns) / 1e6:.1f}", "images": str(len(digests))},
+        attributes={"latency_ms": f"{(ended_ns - started_ns) / 1e6:.1f}", "images": str(len(digests)),
+                    "reused_answers": str(reused).lower()},
         metadata={"mlflow.modelId": found.model_id} if found.model_id else None,
         experiment_id=found.experiment_id, start_time_ns=started_ns)
     span.end(outputs={"rows": outputs}, end_time_ns=ended_ns)

@@ -38,7 +38,7 @@ def test_an_answer_is_recorded_with_its_model_version_inputs_outputs_and_latency
     assert span.outputs["rows"][1] == {"label": None, "prob_all": None, "set": None, "refer": True,
                                        "refer_reason": "unreadable", "ood_score": None, "error": "bad"}
     assert span.outputs["rows"][0]["prob_all"] == 0.9
-    assert float(span.attributes["latency_ms"]) >= 25
+    assert float(span.attributes["latency_ms"]) >= 25 and span.attributes["reused_answers"] == "false"
     assert len(audit.answers(Tracker(uri), experiment)) == 2
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -122,6 +123,7 @@ class Batch:
     images: list[np.ndarray | None]
     digests: list[str]
     agreement: list[tuple[int, int] | None]
+    made_ns: int = field(default_factory=time.time_ns)  # when the answers were computed
 
 
 def analyse(model: Model, uploads: Sequence[Upload], tta: bool) -> Batch:

@@ -42,36 +42,50 @@ def show_cell(model: Model, row: pd.Series, image: np.ndarray | None, explanatio
     if explanation is not None:
         middle.image(draw(image, explanation.combined), width="stretch",
                      caption=f"Grad-CAM of {row['label']}: brighter = weighed more; outlined: the region that matters")
-    label, classes = str(row["label"]), spec.classes
-    probability = float(row[f"prob_{label}"])
-    refer, sentence = referral_text(row, spec)
-    notes = caveats(row, spec)
-    if refer:
-        right.markdown("### Refer to a human")
-        right.warning(sentence)
-        right.caption(f"Not an answer: the model's own reading is {label}, {probability:.1%} "
-                      f"({spec.probability_name}).")
-    else:
-        right.markdown(f"### Predicted: {named(spec, label)}  \n{probability:.1%}: {spec.probability_name}")
-        if notes:  # an answer, but not a clear one: never in the green box of a clear answer
-            right.info(sentence + " But: " + "; ".join(notes) + ".")
-        else:
-            right.success(sentence)
+    show_answer(right, model, row, agreement)
+    classes = spec.classes
     probability_bars(right, classes, np.array([float(row[f"prob_{c}"]) for c in classes]), short_name(model))
     threshold = spec.decision.ood_threshold
     if threshold is not None and not pd.isna(row["ood_score"]):
         right.caption(f"Out-of-distribution score {float(row['ood_score']):.2f} (above {threshold:.2f}: unlike the "
                       "cells this model was trained on).")
     if agreement is not None:
-        right.caption(f"Test-time augmentation: {agreement[0]} of {agreement[1]} views agree on {label}.")
+        right.caption(f"Test-time augmentation: {agreement[0]} of {agreement[1]} views agree on {row['label']}.")
     if len(spec.members) > 1:
         votes = {m.name: row[spec.member_column(m)] for m in spec.members}
         right.markdown("Members' votes: " + ", ".join(f"{m}: **{v}**" for m, v in votes.items()))
     if explanation is not None:
-        (right.warning if explanation.disagree else right.caption)("Where it looks: " + explanation.agreement())
-        if len(explanation.members) > 1:
-            with st.expander("Each member's Grad-CAM"):
-                columns = st.columns(len(explanation.members))
-                for column, (member, member_map) in zip(columns, explanation.members.items(), strict=True):
-                    column.image(draw(image, member_map), caption=f"{member}: {explanation.places[member]}",
-                                 width="stretch")
+        show_looks(right, image, explanation)
+
+
+def show_answer(column, model: Model, row: pd.Series, agreement: tuple[int, int] | None) -> None:
+    """The answer, or the referral and why; an answer that is not clear never in a clear answer's green box."""
+    spec = model.spec
+    label = str(row["label"])
+    probability = float(row[f"prob_{label}"])
+    refer, sentence = referral_text(row, spec)
+    if refer:
+        column.markdown("### Refer to a human")
+        column.warning(sentence)
+        column.caption(f"Not an answer: the model's own reading is {label}, {probability:.1%} "
+                       f"({spec.probability_name}).")
+        return
+    notes = caveats(row, spec)
+    if agreement is not None and agreement[0] < agreement[1]:
+        notes.append(f"only {agreement[0]} of {agreement[1]} test-time augmentation views agree")
+    column.markdown(f"### Predicted: {named(spec, label)}  \n{probability:.1%}: {spec.probability_name}")
+    if notes:
+        column.info(sentence + " But: " + "; ".join(notes) + ".")
+    else:
+        column.success(sentence)
+
+
+def show_looks(column, image: np.ndarray, explanation: Explanation) -> None:
+    """Where the members look, in words (a warning where they disagree), and each one's map."""
+    (column.warning if explanation.disagree else column.caption)("Where it looks: " + explanation.agreement())
+    if len(explanation.members) > 1:
+        with st.expander("Each member's Grad-CAM"):
+            columns = st.columns(len(explanation.members))
+            for member_column, (member, member_map) in zip(columns, explanation.members.items(), strict=True):
+                member_column.image(draw(image, member_map), caption=f"{member}: {explanation.places[member]}",
+                                    width="stretch")
