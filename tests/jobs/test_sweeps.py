@@ -117,7 +117,9 @@ def test_an_optuna_search_stopped_after_two_of_four_trials_continues_where_it_st
         deadline = time.time() + 300
         while first.poll() is None and time.time() < deadline:
             started = "MLflow run " in (tmp_path / "first.log").read_text()  # the store exists
-            if started and len(finished(tmp_path)) >= 2:
+            # Two trials the study holds as complete, not just two finished runs: the sweeper tells
+            # the study after the job's run has finished, and a stop in between loses that trial.
+            if started and len(finished(tmp_path)) >= 2 and completed_trials(tmp_path) >= 2:
                 first.send_signal(signal.SIGTERM)
                 break
             time.sleep(0.2)
@@ -135,6 +137,17 @@ def test_an_optuna_search_stopped_after_two_of_four_trials_continues_where_it_st
     study = optuna.load_study(study_name="synthetic-cnmc", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
     assert "Best parameters" in again.stdout + again.stderr
+
+
+def completed_trials(folder: Path) -> int:
+    """The trials the Optuna study in `folder` holds as complete (none before it exists)."""
+    if not (folder / "optuna.db").exists():
+        return 0
+    try:
+        study = optuna.load_study(study_name="synthetic-cnmc", storage=f"sqlite:///{folder}/optuna.db")
+    except KeyError:  # the file is there, the study not yet
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def finished(folder: Path) -> list:
