@@ -86,11 +86,11 @@ def expand(uploads: Sequence[Upload]) -> tuple[list[Upload], list[str]]:
 
 
 class _TooLarge(Exception):
-    pass
+    """An archive's entry unpacks to more than it may."""
 
 
 class _OtherMethod(Exception):
-    pass
+    """An archive's entry is compressed with a method other than deflate (or none)."""
 
 
 def _unpacked(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
