@@ -78,6 +78,7 @@ def page() -> None:
     st.title("Acute Lymphoblastic Leukemia: cell classifier")
     st.warning(NOTICE.replace("**", ""))
     uri = default_tracking_uri()
+    audit.use_store(uri)
     choice = choose_model(uri)
     if choice is None:
         return

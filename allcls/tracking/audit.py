@@ -116,6 +116,15 @@ def _served(model_file: Path, uri: str) -> Answerer | None:
     return Answerer(logged.name, "", "", model_id, logged.experiment_id, uri)  # a run's own model, unregistered
 
 
+def use_store(tracking_uri: str) -> None:
+    """Record into `tracking_uri`: MLflow writes traces to its process-wide store, which the page sets
+    here, on its own thread (a served model's is $MLFLOW_TRACKING_URI). Never from the recording
+    thread: a background change of MLflow's global store would move whatever else the process is
+    doing with MLflow at that moment."""
+    if enabled() and mlflow.get_tracking_uri() != tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+
+
 def record(answerer: Answerer | Callable[[], Answerer | None] | None, surface: str, digests: Sequence[str],
            rows: pd.DataFrame, started_ns: int, reused: bool = False) -> None:
     """Hand one request's trace (see the module's note) to the recording thread and return at once.
@@ -182,8 +191,10 @@ def _write(answerer: Answerer | Callable[[], Answerer | None], surface: str, dig
     found = answerer() if callable(answerer) else answerer
     if found is None:
         return
-    if mlflow.get_tracking_uri() != found.tracking_uri:
-        mlflow.set_tracking_uri(found.tracking_uri)
+    if mlflow.get_tracking_uri() != found.tracking_uri:  # see use_store
+        log.warning("An answer of %s was not recorded: MLflow writes to %s, not to that model's store %s.",
+                    found.name, mlflow.get_tracking_uri(), found.tracking_uri)
+        return
     aliases = found.aliases
     if found.version and not aliases:  # a served version: the aliases that name it now
         version = MlflowClient(found.tracking_uri).get_model_version(found.name, found.version)

@@ -187,7 +187,7 @@ def test_a_patient_gets_a_decision_first_then_cells_in_order_one_click_from_deta
 
 def test_a_store_without_models_says_how_to_register_one(tmp_path, monkeypatch):
     page = open_page(monkeypatch, f"sqlite:///{tmp_path}/mlflow.db")
-    assert not page.exception and not page.error
+    assert not page.exception and not page.error, [e.value for e in page.error]
     assert "No registered model" in page.info[0].value and "allcls-package" in page.info[0].value
 
 

@@ -22,6 +22,7 @@ def answerer(uri: str, experiment_id: str, version: str = "3") -> audit.Answerer
 def test_an_answer_is_recorded_with_its_model_version_inputs_outputs_and_latency(mlflow_client, monkeypatch):
     uri = mlflow_client.tracking_uri
     experiment = mlflow_client.create_experiment("answers")
+    audit.use_store(uri)  # what the page does; a served model's is $MLFLOW_TRACKING_URI
     started = time.time_ns() - 25_000_000  # the request came in 25 ms ago
     audit.record(answerer(uri, experiment), "page", ["aa", "bb"], ROWS, started)
     audit.record(lambda: answerer(uri, experiment, "4"), "page", ["cc"], ROWS.iloc[:1], time.time_ns())  # looked up
@@ -44,6 +45,7 @@ def test_an_answer_is_recorded_with_its_model_version_inputs_outputs_and_latency
 
 def test_a_store_that_is_down_or_a_version_that_is_gone_never_fails_or_holds_up_an_answer(mlflow_client):
     down = f"http://127.0.0.1:{free_port()}"
+    audit.use_store(down)
     start = time.perf_counter()
     audit.record(answerer(down, "1"), "serve", ["aa"], ROWS, time.time_ns())
     assert time.perf_counter() - start < 2
