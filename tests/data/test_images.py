@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from allcls.data.datamodule import CellDataModule
-from allcls.data.images import ImageReadError, check_image, read_image
+from allcls.data.images import ImageReadError, check_image, read_image, to_rgb_uint8
 from allcls.data.preparation import ImageChecks, prepare_dataset
-from allcls.data.preprocessing import InputSpec
+from allcls.data.preprocessing import InputSpec, preprocess
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
 from allcls.errors import AllclsError
@@ -41,9 +41,18 @@ def test_rgba_is_composited_onto_black_and_keeps_rgb_order(tmp_path):
 
 def test_sixteen_bit_images_are_scaled_to_eight_bits(tmp_path):
     path = tmp_path / "deep.png"
-    cv2.imwrite(str(path), np.full((4, 4), 65535, np.uint16))
+    levels = np.array([[0, 257 * 10, 32768, 65535]], np.uint16)  # clipping instead of scaling gives 0 255 255 255
+    cv2.imwrite(str(path), np.repeat(levels, 2, axis=0))
     image = read_image(path)
-    assert image.dtype == np.uint8 and image.max() == 255
+    assert image.dtype == np.uint8 and image[0, :, 0].tolist() == [0, 10, 127, 255]
+    assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()  # grey stays grey
+
+
+def test_float_images_in_zero_one_are_scaled_and_others_clipped_with_nan_as_black():
+    unit = np.array([[0.0, 0.5, 1.0]], np.float32)
+    assert to_rgb_uint8(unit, bgr=False)[0, :, 0].tolist() == [0, 127, 255]
+    wide = np.array([[-4.0, 100.0, 300.0, np.nan]], np.float64)
+    assert to_rgb_uint8(wide, bgr=False)[0, :, 0].tolist() == [0, 100, 255, 0]
 
 
 def test_palette_gif_decodes_through_the_fallback(tmp_path):
@@ -56,7 +65,11 @@ def test_palette_gif_decodes_through_the_fallback(tmp_path):
 def test_tiny_and_large_images_read_and_resize(tmp_path, side):
     path = tmp_path / f"{side}.jpg"
     cv2.imwrite(str(path), np.full((side, side, 3), 90, np.uint8))
-    assert read_image(path).shape == (side, side, 3)
+    image = read_image(path)
+    assert image.shape == (side, side, 3)
+    resized = preprocess(image, InputSpec(32, (0.5,) * 3, (0.25,) * 3), roi_crop=False)
+    assert resized.shape == (32, 32, 3) and resized.dtype == np.uint8
+    assert np.abs(resized.astype(int) - 90).max() <= 2  # a flat image stays flat (JPEG moves it a level or two)
 
 
 @pytest.mark.parametrize("content, reason", [

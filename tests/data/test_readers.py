@@ -167,7 +167,8 @@ def test_folder_reader_takes_classes_from_folder_names(tmp_path):
 
 def test_folder_reader_refuses_a_tree_without_class_folders(tmp_path):
     write_image(tmp_path / "loose.png")
-    with pytest.raises(AllclsError):
+    with pytest.raises(AllclsError, match=r"has no folder for class\(es\) \['a', 'b'\] .* \(found \[\]\)\. Point "
+                       r"dataset\.root at the right folder or correct dataset\.classes\."):
         FolderReader(tmp_path, classes=["a", "b"]).read()
 
 

@@ -2,6 +2,7 @@
 fitted on validation with each subject counted once; the referral they imply."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from allcls.inference import conformal
@@ -67,7 +68,14 @@ def test_evaluation_reports_coverage_set_size_and_referrals(store, tmp_path):
     metrics = run.data.metrics
     assert metrics["conformal/target_coverage"] == pytest.approx(0.7)
     assert metrics["test/conformal/coverage_ci_low"] <= metrics["test/conformal/coverage"] <= 1
-    assert 0 <= metrics["test/conformal/mean_set_size"] <= 2 and 0 <= metrics["test/conformal/refer_rate"] <= 1
+    # The set size, coverage and refer rate are those of the cells' logged decisions, recounted here
+    logged = client.download_artifacts(run.info.run_id, "predictions/test_decisions.csv", str(tmp_path))
+    decisions = pd.read_csv(logged, keep_default_na=False)
+    sets = [[c for c in str(s).split("|") if c] for s in decisions["set"]]
+    assert metrics["test/conformal/mean_set_size"] == pytest.approx(np.mean([len(s) for s in sets]))
+    assert metrics["test/conformal/coverage"] == pytest.approx(np.mean([t in s for t, s in zip(decisions["true"], sets,
+                                                                                               strict=True)]))
+    assert metrics["test/conformal/refer_rate"] == pytest.approx(np.mean([len(s) != 1 for s in sets]))
     for name in ("hem", "all"):  # coverage per class, with its interval
         assert metrics[f"test/conformal/coverage_{name}_ci_low"] <= metrics[f"test/conformal/coverage_{name}"]
     assert 0 <= metrics["test/decision/refer_rate"] <= 1 and "test/ood/rejected" in metrics
