@@ -7,6 +7,7 @@ import albumentations as A
 import hydra
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from omegaconf import OmegaConf
 
 from allcls.config.sections import instantiate_dict
@@ -80,7 +81,15 @@ def test_trainer_configs_compose(train_cfg, trainer):
 def test_cpu_trainers_instantiate_with_the_callbacks(train_cfg, trainer):
     cfg = train_cfg(f"trainer={trainer}")
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_dict(cfg.callbacks), logger=False)
-    assert trainer.max_epochs == 1
+    assert trainer.max_epochs == cfg.trainer.max_epochs == 1
+    checkpoint, early = trainer.checkpoint_callback, trainer.early_stopping_callback  # the configured ones
+    assert isinstance(checkpoint, ModelCheckpoint) and isinstance(early, EarlyStopping)
+    assert (checkpoint.monitor, checkpoint.mode) == (cfg.callbacks.model_checkpoint.monitor,
+                                                    cfg.callbacks.model_checkpoint.mode)
+    assert (early.monitor, early.patience) == (cfg.callbacks.early_stopping.monitor,
+                                              cfg.callbacks.early_stopping.patience)
+    assert sorted(c.filename for c in trainer.checkpoint_callbacks) == ["best", "last"]  # last: what resume reads
+    assert any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks)
 
 
 def test_ddp_accepts_unused_parameters_only_for_two_phase_training(train_cfg):
@@ -114,9 +123,8 @@ def test_experiment_configs_compose(train_cfg, experiment):
     # Every interpolation resolved, the resolvers included: a broken one fails here, not in a user's
     # run (Hydra's own node needs a running job: its job number, its output folder)
     for key in cfg:
-        if key != "hydra":
-            if OmegaConf.is_config(cfg[key]):
-                OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
+        if key != "hydra" and OmegaConf.is_config(cfg[key]):
+            OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
 
 
 def test_hparams_search_optuna_composes_with_the_sweeper(train_cfg):
