@@ -78,6 +78,13 @@ def test_tta_and_a_run_id_packaged_on_the_fly(store, odd_folder, tmp_path):
                                  f"output={tmp_path / 'tta.csv'}", "tta=true", "coverage=0.8"))
     table = pd.read_csv(output)
     assert len(table) == 4 and table["label"].dropna().isin(["hem", "all"]).all()  # and empty.bmp's row
+    plain = pd.read_csv(predict(predict_cfg(store, tmp_path, f"model={store['members'][2]}",
+                                            f"input={odd_folder}/*.bmp", f"output={tmp_path / 'plain.csv'}",
+                                            "coverage=0.8")))
+    read = table["error"].isna()  # the rows of images that could be read
+    assert read.sum() == 3 and (plain["path"] == table["path"]).all()
+    # the six views' mean is not the plain view's answer (a model that ignored tta=true would give it)
+    assert not np.allclose(table.loc[read, "prob_all"], plain.loc[read, "prob_all"], atol=1e-6)
 
 
 def test_one_decision_per_patient_from_c_nmc_file_names(store, model_uri, tmp_path, capsys):
