@@ -20,6 +20,9 @@ from helpers import CONF_DIR, SMALL_SYNTHETIC, compose_train, run_entry
 RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # quickstart's sweep runs in full, real backbones and all, as `make demo` (tests/test_demo.py).
 RUN_HERE = [recipe for recipe in RECIPES if recipe != "quickstart"]
+# The recipes whose header also compares ensembles: their test runs that step too, so a header that
+# loses or garbles the command must fail here rather than skip it.
+ENSEMBLED = {"mondal2021"}
 PAPERS_FOUR = {"proportional:accuracy", "proportional:f1_weighted", "proportional:auroc", "proportional:kappa"}
 
 
@@ -41,6 +44,7 @@ def test_every_recipe_documents_its_command():
     for recipe in RECIPES:
         (train,) = header_commands(recipe, "train.py")
         assert train[:2] == ["-m", f"experiment={recipe}"], recipe
+        assert len(header_commands(recipe, "ensemble.py")) == (recipe in ENSEMBLED), recipe
 
 
 @pytest.mark.slow
