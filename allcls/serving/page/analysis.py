@@ -77,7 +77,7 @@ def expand(uploads: Sequence[Upload]) -> tuple[list[Upload], list[str]]:
             except _OtherMethod as error:
                 problems.append(f"{name}: {error}; left out.")
                 continue
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as error:
+            except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as error:
                 problems.append(f"{name} cannot be unpacked ({error}): left out.")  # damaged, encrypted
                 continue
             budget -= len(data)
