@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
 
-from allcls.ensemble.selection import SchemeResult
+from allcls.ensemble.cross_validation import SchemeResult
 from allcls.figures import save_figure, subplots
 
 
@@ -24,6 +25,11 @@ def comparison_table(results: list[SchemeResult], single: SchemeResult, member_n
             f"cv_{metric}": result.cv,
             "cv_ci_low": result.cv_interval[0],
             "cv_ci_high": result.cv_interval[1],
+            # paired with the best-ranked scheme over the same folds (allcls.ensemble.choice)
+            "gap_to_best": result.gap if result.rank else None,
+            "gap_se": result.gap_se if result.rank else None,
+            "tied_with_best": result.tied if result.rank else None,
+            "chosen": result.chosen,
             **{f"val_{name}": value for name, value in result.val.items()},
             **{f"test_{name}": value for name, value in result.test.items()},
         }
@@ -37,17 +43,29 @@ def comparison_table(results: list[SchemeResult], single: SchemeResult, member_n
 def terminal_text(table: pd.DataFrame, metric: str, member_names: list[str]) -> str:
     shown = pd.DataFrame({
         "rank": table["rank"].map(lambda r: "" if pd.isna(r) else int(r)),
-        "scheme": table["scheme"],
+        "scheme": [("* " if chosen else "  ") + name for name, chosen in zip(table["scheme"], table["chosen"],
+                                                                          strict=True)],
         f"cv {metric} [95% CI]": [f"{c:.3f} [{lo:.3f}, {hi:.3f}]" for c, lo, hi in
                                   zip(table[f"cv_{metric}"], table["cv_ci_low"], table["cv_ci_high"], strict=True)],
+        "behind best (paired)": [_gap(gap, se, tied) for gap, se, tied in
+                                 zip(table["gap_to_best"], table["gap_se"], table["tied_with_best"], strict=True)],
         f"val {metric}": table[f"val_{metric}"].map("{:.3f}".format),
         f"test {metric}": table.get(f"test_{metric}", pd.Series(np.nan, index=table.index))
         .map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
         "weights": [" ".join(f"{w:.2f}" for w in row)
                     for row in table[[f"weight:{n}" for n in member_names]].to_numpy()],
     })
-    legend = "weights, in order: " + ", ".join(member_names)
+    legend = ("* chosen; behind best: mean difference to the best-ranked scheme over the same folds ± its standard "
+              "error (tied: within one standard error)\nweights, in order: " + ", ".join(member_names))
     return shown.to_string(index=False) + "\n" + legend
+
+
+def _gap(gap, se, tied) -> str:
+    if gap is None or pd.isna(gap):
+        return ""
+    if gap == 0 and se == 0:
+        return "best" if tied else ""
+    return f"{gap:.3f} ± {se:.3f}" + (" tied" if tied else "")
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -71,22 +89,28 @@ def html(table: pd.DataFrame, title: str) -> str:
 
 
 def score_chart(table: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Cross-validated score with its 95% CI per scheme; in-sample validation and test as markers."""
+    """Cross-validated score with its 95% CI per scheme, the schemes tied with the best (one
+    standard error, paired) in their own colour and the chosen one starred; in-sample validation
+    and test as markers. The axis starts where the scores do, and says so."""
     rows = table.iloc[::-1]
     y = np.arange(len(rows))
-    fig, ax = subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    fig, ax = subplots(figsize=(8, 0.35 * len(rows) + 2.2))
     cv = rows[f"cv_{metric}"].to_numpy()
     errors = np.vstack([cv - rows["cv_ci_low"].to_numpy(), rows["cv_ci_high"].to_numpy() - cv])
-    ax.barh(y, cv, xerr=np.nan_to_num(errors), color="#4c72b0", alpha=0.8, capsize=3, label="cross-validated (95% CI)")
+    tied = rows["tied_with_best"].fillna(False).astype(bool).to_numpy()
+    ax.barh(y, cv, xerr=np.nan_to_num(errors), color=np.where(tied, "#4c72b0", "#a9b8d4"), capsize=3)
     ax.scatter(rows[f"val_{metric}"], y, marker="|", s=200, color="black", label="validation, in-sample", zorder=3)
     if f"test_{metric}" in rows:
         ax.scatter(rows[f"test_{metric}"], y, marker="D", color="#dd8452", label="test", zorder=3)
-    ax.set_yticks(y, rows["scheme"])
-    low = np.nanmin(np.concatenate([rows["cv_ci_low"].to_numpy(), cv]))
-    ax.set_xlim(max(0.0, low - 0.05), 1.0)
-    ax.set_xlabel(metric)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8, frameon=False)
-    ax.set_title("Ensemble weighting schemes")
+    ax.set_yticks(y, [("★ " if chosen else "") + name for name, chosen in zip(rows["scheme"], rows["chosen"],
+                                                                               strict=True)])
+    low = max(0.0, float(np.nanmin(np.concatenate([rows["cv_ci_low"].to_numpy(), cv]))) - 0.05)
+    ax.set_xlim(low, 1.0)
+    ax.set_xlabel(metric + (f" (the axis starts at {low:.2f}, not 0)" if low > 0 else ""))
+    handles = [Patch(color="#4c72b0", label="cross-validated (95% CI), tied with the best"),
+               Patch(color="#a9b8d4", label="cross-validated, behind the best"), *ax.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("Ensemble weighting schemes (★ chosen: the simplest of those tied with the best)", fontsize=11)
     return save_figure(fig, path)
 
 

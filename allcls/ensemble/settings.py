@@ -23,6 +23,7 @@ class EnsembleSettings:
     metric: str = "f1_weighted"  # ranks the schemes (allcls.metrics.names.RANKING)
     combine: Literal["arithmetic", "geometric"] = "arithmetic"  # majority voting is the scheme majority_vote
     cv_folds: int = 5
+    nested_cv: bool = True  # estimate the choice itself by nested cross-validation (allcls.ensemble.choice)
     bootstrap: int = 1000
     seed: int = 0
     report_top: int = 3

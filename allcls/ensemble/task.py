@@ -16,9 +16,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from allcls.ensemble.candidates import Candidates, load_candidates
+from allcls.ensemble.choice import RULE
+from allcls.ensemble.cross_validation import SchemeResult
 from allcls.ensemble.report import comparison_table, html, markdown, score_chart, terminal_text, weight_heatmap
 from allcls.ensemble.schemes import build_schemes
-from allcls.ensemble.selection import SchemeResult, evaluate_schemes
+from allcls.ensemble.selection import Comparison, evaluate_schemes
 from allcls.ensemble.settings import EnsembleSettings
 from allcls.errors import AllclsError
 from allcls.inference.combining import combine
@@ -46,22 +48,25 @@ def run_ensemble(cfg: DictConfig) -> float:
     schemes = build_schemes(settings.schemes, settings.metric, settings.combine, settings.seed, len(members.names))
     log.info("Comparing %d weighting schemes over %d members (%d validation, %d test samples)",
              len(schemes), len(members.names), len(members.val.labels), len(members.test.labels))
-    results, single = evaluate_schemes(schemes, members, settings.metric, settings.cv_folds, settings.bootstrap,
-                                       settings.seed, settings.report_top)
+    comparison = evaluate_schemes(schemes, members, settings.metric, settings.cv_folds, settings.bootstrap,
+                                  settings.seed, settings.report_top, settings.nested_cv)
+    results, single, chosen = comparison.results, comparison.single, comparison.choice.chosen
     table = comparison_table(results, single, members.names, settings.metric)
-    print("\n" + terminal_text(table, settings.metric, members.names) + "\n", flush=True)
+    print("\n" + terminal_text(table, settings.metric, members.names) + "\n\n" + choice_text(comparison, settings)
+          + "\n", flush=True)
 
     output_dir = settings.job.output_dir
-    files = write_outputs(output_dir, table, results[0], members, settings.metric)
-    chosen = results[0]
-    tags = run_schema.ensemble_tags(members.tags, chosen.name, members.run_ids, members.names)
-    opened = tracker.stage_run(experiment, run_schema.ENSEMBLE, f"ensemble-{settings.metric}-{settings.combine}", tags,
+    files = write_outputs(output_dir, table, chosen, members, settings.metric)
+    tags = run_schema.ensemble_tags(members.tags, chosen.name, comparison.choice.reason, members.run_ids,
+                                    members.names)
+    # Named after what it is: the scheme chosen (and the rule that combines its members).
+    opened = tracker.stage_run(experiment, run_schema.ENSEMBLE, f"ensemble-{chosen.name}-{chosen.rule}", tags,
                                settings.job)
     with opened as run, stop_signals_raise():
         run.log_params(run_schema.ensemble_params(
-            settings.metric, settings.combine, settings.cv_folds, settings.bootstrap, settings.seed, len(results),
-            chosen.name, members.names, chosen.weights))
-        run.log_metrics({**result_metrics(chosen, settings.metric),
+            settings.metric, chosen.rule, settings.combine, settings.cv_folds, settings.bootstrap, settings.seed,
+            len(results), chosen.name, RULE, members.names, chosen.weights))
+        run.log_metrics({**result_metrics(chosen, settings.metric), **nested_metrics(comparison, settings.metric),
                          **{f"best_single/{k}": v for k, v in result_metrics(single, settings.metric).items()}})
         for path in files["comparison"]:
             run.log_file(path, "comparison")
@@ -70,15 +75,40 @@ def run_ensemble(cfg: DictConfig) -> float:
         run.log_file(files["members"], "ensemble")
         for result in results:
             tracker.child_run(run, experiment, result.name,
-                              run_schema.scheme_tags(result.family, result.rule, result.rank),
+                              run_schema.scheme_tags(result.family, result.rule, result.rank, result.tied,
+                                                     result.chosen),
                               run_schema.weight_params(members.names, result.weights),
                               result_metrics(result, settings.metric))
-    log.info("Chosen: %s (cross-validated %s %.3f)", chosen.name, settings.metric, chosen.cv)
     print(f"Ensemble run {run.run_id} in experiment {experiment.name!r}; one child run per scheme.\n"
           f"Evaluate it (intervals, plots, calibration, TTA, Grad-CAM): "
           f"allcls-evaluate run_id={run.run_id} tta.enabled=true gradcam.enabled=true\n"
           f"Browse: {browse_command(tracker.tracking_uri, experiment.id, run.run_id)}", flush=True)
     return chosen.cv
+
+
+def choice_text(comparison: Comparison, settings: EnsembleSettings) -> str:
+    """The choice and its rule in words, and the nested estimate beside the chosen scheme's own score."""
+    chosen, metric = comparison.choice.chosen, settings.metric
+    lines = [f"Chosen: {chosen.name}. {comparison.choice.reason}",
+             f"Its own cross-validated {metric}, {chosen.cv:.3f} [{chosen.cv_interval[0]:.3f}, "
+             f"{chosen.cv_interval[1]:.3f}], is optimistic: it was chosen for scoring high on those folds."]
+    nested = comparison.nested
+    if nested is not None:
+        lines.append(f"Nested cross-validation (the whole choice repeated without each of {len(nested.picks)} outer "
+                     f"folds, scored on it): {metric} {nested.score:.3f} [{nested.interval[0]:.3f}, "
+                     f"{nested.interval[1]:.3f}]; chosen there: {nested.picks_text()}.")
+    elif settings.nested_cv:
+        lines.append("No nested estimate: an outer fold would leave fewer than two validation subjects to choose on.")
+    return "\n".join(lines)
+
+
+def nested_metrics(comparison: Comparison, metric: str) -> dict[str, float]:
+    nested = comparison.nested
+    if nested is None:
+        return {}
+    values = {f"nested_cv/{metric}": nested.score, f"nested_cv/{metric}_ci_low": nested.interval[0],
+              f"nested_cv/{metric}_ci_high": nested.interval[1]}
+    return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
 
 def member_filter(tracker: Tracker, experiment: Experiment | None, settings: EnsembleSettings) -> str:

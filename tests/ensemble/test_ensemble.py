@@ -41,6 +41,8 @@ def test_ensemble_of_a_sweep_logs_the_comparison_and_a_child_run_per_scheme(stor
     assert len(weights) == 3 and sum(weights) == pytest.approx(1, abs=1e-3)
     assert metrics["cv/f1_weighted"] == pytest.approx(score)
     assert metrics["cv/f1_weighted_ci_low"] <= score <= metrics["cv/f1_weighted_ci_high"]
+    assert metrics["nested_cv/f1_weighted_ci_low"] <= metrics["nested_cv/f1_weighted"] \
+        <= metrics["nested_cv/f1_weighted_ci_high"]
     for name in ("test/f1_weighted", "test/balanced_accuracy", "test/auroc", "test/kappa", "val/f1_weighted",
                  "best_single/test/f1_weighted"):
         assert name in metrics, name
@@ -52,7 +54,14 @@ def test_ensemble_of_a_sweep_logs_the_comparison_and_a_child_run_per_scheme(stor
     assert table["rank"].dropna().tolist() == list(range(1, len(table)))  # ranked schemes, then the best member
     assert table["scheme"].iloc[-1].startswith("best single member")
     reported = table.dropna(subset=["test_f1_weighted"])
-    assert len(reported) == 3 + 1  # report_top schemes and the best single member, on test
+    (chosen,) = table[table["chosen"]].itertuples()
+    assert len(reported) == 3 + 1 + (chosen.rank > 3)  # report_top schemes, the chosen and the best member, on test
+    # The run is named after the scheme chosen and the rule that combines it, and its params agree.
+    named = f"ensemble-{chosen.scheme}-{chosen.combine}"
+    assert parent.info.run_name == named == f"ensemble-{tags['chosen_scheme']}-{params['combine']}"
+    assert params["combine_setting"] == "arithmetic"
+    assert chosen.tied_with_best and tags["selection_reason"].startswith(table["scheme"].iloc[0])
+    assert params["selection_rule"].startswith("one standard error")
     member_val = read_table(client.download_artifacts(store["members"][0], "predictions/val.parquet",
                                                       str(tmp_path / "m")))
     ensemble_val = read_table(local / "predictions" / "val.parquet", ["hem", "all"])
@@ -65,6 +74,9 @@ def test_ensemble_of_a_sweep_logs_the_comparison_and_a_child_run_per_scheme(stor
     assert all("cv/f1_weighted" in child.data.metrics for child in children)
     printed = capsys.readouterr().out
     assert "cv f1_weighted [95% CI]" in printed and "mlflow ui --backend-store-uri" in printed
+    assert f"Chosen: {chosen.scheme}. {tags['selection_reason']}" in printed
+    assert f"Nested cross-validation (the whole choice repeated without each of 5 outer folds, scored on it): " \
+           f"f1_weighted {metrics['nested_cv/f1_weighted']:.3f}" in printed
 
 
 def test_latest_sweep_is_the_newest_training_sweep(store, tmp_path):
@@ -180,4 +192,4 @@ def test_multirun_over_ensemble_settings_gives_one_ensemble_run_each(store, monk
     runs = ensemble_runs(store)
     assert len(runs) == before + 2
     newest = sorted(runs, key=lambda r: r.info.start_time)[-2:]
-    assert {r.data.params["combine"] for r in newest} == {"arithmetic", "geometric"}
+    assert {r.data.params["combine_setting"] for r in newest} == {"arithmetic", "geometric"}

@@ -8,6 +8,7 @@ import pytest
 from sklearn import metrics as sk
 
 from allcls.ensemble.candidates import SplitPredictions
+from allcls.ensemble.cross_validation import fold_indices, out_of_fold
 from allcls.ensemble.schemes import (
     Scheme,
     SimplexGrid,
@@ -21,7 +22,6 @@ from allcls.ensemble.schemes import (
     simplex_grid_points,
     top_k,
 )
-from allcls.ensemble.selection import fold_indices, out_of_fold
 from allcls.ensemble.weight_search import score_weightings
 from allcls.errors import AllclsError
 from allcls.inference.combining import combine, predicted_classes
