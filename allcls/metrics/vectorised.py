@@ -194,7 +194,8 @@ def table_scores(probabilities: np.ndarray, labels: np.ndarray, class_names: Seq
 
 
 def confusion_frame(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
-    """Counts, true class in rows and predicted class in columns."""
+    """Counts, true class in rows and predicted class in columns. The rows' column is named, so a
+    CSV of it (and the MLflow UI's preview of that CSV) says which row is which true class."""
     matrix = confusion(probabilities.argmax(axis=1)[None], labels, len(class_names))[0].astype(np.int64)
-    index = pd.Index([f"true_{c}" for c in class_names], name="")
+    index = pd.Index([f"true_{c}" for c in class_names], name="true \\ predicted")
     return pd.DataFrame(matrix, index=index, columns=[f"pred_{c}" for c in class_names])

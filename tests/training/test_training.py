@@ -54,6 +54,9 @@ def test_one_epoch_run_leaves_everything_later_stages_need(train_cfg, mlflow_cli
         assert name in found, name
 
     local = Path(mlflow_client.download_artifacts(run.info.run_id, "", str(tmp_path / "download")))
+    # Its header names every column, the rows' too: the MLflow UI's preview shows which row is which true class.
+    header = (local / "confusion_matrix" / "test.csv").read_text().splitlines()[0]
+    assert header == "true \\ predicted,pred_hem,pred_all", header
     manifest = pd.read_csv(local / "data" / "split_manifest.csv")
     for split in ("val", "test"):
         table = read_table(local / "predictions" / f"{split}.parquet", ["hem", "all"])  # validates the schema
