@@ -38,6 +38,7 @@ from allcls.serving.provenance import about
 from allcls.serving.settings import PackageSettings
 from allcls.tracking import registry
 from allcls.tracking import schema as run_schema
+from allcls.tracking.logged_model import LoggedModel, log_packaged_model
 from allcls.tracking.registry import MODEL_PATH
 from allcls.tracking.store import browse_command, is_local_store, ui_view
 from allcls.tracking.tracker import Tracker
@@ -69,8 +70,9 @@ def package(cfg: DictConfig) -> str:
         if settings.register_as and settings.alias:
             registry.check_alias_move(tracker, settings.register_as, settings.alias,
                                       output_columns(source.classes, source.members), settings.force_alias)
-        spec, artifacts, facts = build(tracker, source, settings.rule, settings.register_as or source.name,
-                                       workdir, settings.dataset_root, settings.bootstrap)
+        name = settings.register_as or source.name
+        spec, artifacts, facts = build(tracker, source, settings.rule, name, workdir, settings.dataset_root,
+                                       settings.bootstrap)
         assert facts is not None  # asked for (card=True)
         saved = workdir / MODEL_PATH
         save_model(spec, artifacts, saved)
@@ -78,12 +80,13 @@ def package(cfg: DictConfig) -> str:
         (saved / CARD_FILE).write_text(card)
         assert facts.test_labels is not None
         reliability_diagram(facts.reliability, facts.test_labels, f"{facts.name} on test", saved / "reliability.png")
+        logged = log_packaged_model(tracker, run_id, saved, name)  # names it in saved/MLmodel too
         tracker.run(run_id).log_folder(saved, MODEL_PATH)
         uri = f"runs:/{run_id}/{MODEL_PATH}"
         print(f"Packaged {source.name} as {uri} ({len(spec.members)} member(s)).\n" + summary(spec, facts), flush=True)
         page = ui_view(tracker.tracking_uri, source.experiment_id, run_id)
         if settings.register_as:
-            uri, version = register(tracker, run_id, saved, settings.register_as, settings.alias, spec, card)
+            uri, version = register(tracker, run_id, logged, settings.register_as, settings.alias, spec, card)
             page = f"{ui_view(tracker.tracking_uri)}/#/models/{settings.register_as}/versions/{version}"
     print(f"Browse (the model card is on the model's page): {browse_command(tracker.tracking_uri)}, then open {page}"
           if is_local_store(tracker.tracking_uri) else f"Browse (the model card is on the model's page): {page}",
@@ -198,14 +201,14 @@ def save_model(spec: ModelSpec, artifacts: dict[str, str], folder: Path) -> None
                   params={"tta": False}, input_example=pd.DataFrame({"image": [EXAMPLE_IMAGE]}))
 
 
-def register(tracker: Tracker, run_id: str, folder: Path, name: str, alias: str | None, spec: ModelSpec, card: str
-             ) -> tuple[str, str]:
-    """Register the model folder the run packaged, its version tagged with where it came from and the
+def register(tracker: Tracker, run_id: str, logged: LoggedModel, name: str, alias: str | None, spec: ModelSpec,
+             card: str) -> tuple[str, str]:
+    """Register the model the run was packaged as, its version tagged with where it came from and the
     columns it answers with, and described by its card. Returns models:/<name>@<alias> (or
     /<version>) and the version."""
     tags = {key: spec.source[key] for key in ("run_id", "dataset", "classes", "split_hash")}
     tags[registry.COLUMNS_TAG] = ",".join(output_columns(spec.classes, spec.members))
-    version = registry.register(tracker, run_id, folder, name, alias, tags, card)
+    version = registry.register(tracker, run_id, logged, name, alias, tags, card)
     registered = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
     print(f"Registered as {name} version {version}" + (f", alias {alias}" if alias else "")
           + f": load it with mlflow.pyfunc.load_model('{registered}') or serve it with `mlflow models serve -m "

@@ -6,25 +6,26 @@ global tracking URI: every call goes through the Tracker's store."""
 from __future__ import annotations
 
 import importlib.metadata
-import re
-import shutil
+import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.artifacts
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model as MLmodel
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
 from allcls.errors import AllclsError
 from allcls.tracking.tracker import Tracker
+
+if TYPE_CHECKING:
+    from allcls.tracking.logged_model import LoggedModel
 
 MODEL_PATH = "model"  # where a run keeps its packaged model
 COLUMNS_TAG = "output_columns"  # a registered version's output columns, comma-separated
@@ -98,15 +99,14 @@ def check_alias_move(tracker: Tracker, name: str, alias: str, columns: Sequence[
                       f"another alias= or register_as=, or pass force_alias=true to move {alias} anyway.")
 
 
-def register(tracker: Tracker, run_id: str, folder: Path, name: str, alias: str | None, tags: Mapping[str, str],
-             description: str) -> str:
-    """Register the model folder the run packaged as a new version of `name`, with `tags` and
-    `description` (the version's page shows it), pointing `alias` at it; the run is tagged with the
-    version. Returns the version.
+def register(tracker: Tracker, run_id: str, logged: LoggedModel, name: str, alias: str | None,
+             tags: Mapping[str, str], description: str) -> str:
+    """Register the LoggedModel the run was packaged as (allcls.tracking.logged_model) as a new
+    version of `name`, with `tags` and `description` (the version's page shows it), pointing `alias`
+    at it; the run is tagged with the version. Returns the version.
 
-    The version is a LoggedModel of its own (MLflow 3's runs table lists it under Models), its files
-    copied out of the run: packaging the run again (overwrite=true) replaces the run's `model/`,
-    never what a registered version answers with."""
+    The version's files are the LoggedModel's copy: packaging the run again (overwrite=true)
+    replaces the run's `model/`, never what a registered version answers with."""
     client = tracker.client
     try:
         try:
@@ -114,25 +114,14 @@ def register(tracker: Tracker, run_id: str, folder: Path, name: str, alias: str 
         except MlflowException as error:
             if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
-        # Named so that it never shadows a folder of the run: MLflow lists runs:/<run>/<name>/ as the
-        # run's LoggedModel of that name, looked up in its global store rather than this client's.
-        logged = client.create_logged_model(tracker.get_run(run_id).info.experiment_id,
-                                            name=re.sub(r"[/:.%\"']", "-", name) + "@registry",
-                                            source_run_id=run_id, tags={"registered_model": name})
-        with tempfile.TemporaryDirectory(prefix="allcls-register-") as copy:
-            # The copy's MLmodel names its LoggedModel, as MLflow's own log_model writes it: a served
-            # version finds its name and version from it (allcls.tracking.audit).
-            shutil.copytree(folder, copy, dirs_exist_ok=True)
-            described = MLmodel.load(copy)
-            described.model_id = logged.model_id
-            described.save(str(Path(copy) / "MLmodel"))
-            client.log_model_artifacts(logged.model_id, copy)
-        client.finalize_logged_model(logged.model_id, "READY")
         # Its files' location as the source (a models:/<id> source is looked up in MLflow's global
         # store, not this client's); model_id links the version to the LoggedModel all the same.
         version = client.create_model_version(name, logged.artifact_location, run_id=run_id, tags=dict(tags),
                                               description=shortened(description, logged.artifact_location),
                                               model_id=logged.model_id).version
+        # The LoggedModel's link to its versions, as mlflow.register_model writes it (the UI reads this tag).
+        client.set_logged_model_tags(logged.model_id, {"registered_model": name, "mlflow.modelVersions": json.dumps(
+            [{"name": name, "version": version}])})
         if alias:
             client.set_registered_model_alias(name, alias, version)
     except MlflowException as error:

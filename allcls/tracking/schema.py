@@ -116,10 +116,11 @@ class TrainParams:
 
 # --- ensembles -----------------------------------------------------------------------------------
 
-def ensemble_tags(shared_data_tags: dict[str, str], chosen_scheme: str, run_ids: Sequence[str],
+def ensemble_tags(shared_data_tags: dict[str, str], chosen_scheme: str, selection_reason: str, run_ids: Sequence[str],
                   names: Sequence[str]) -> dict[str, str]:
-    return {**shared_data_tags, "chosen_scheme": chosen_scheme, "member_run_ids": ",".join(run_ids),
-            "member_names": ",".join(names)}
+    """`selection_reason`: why the rule chose that scheme, in one sentence."""
+    return {**shared_data_tags, "chosen_scheme": chosen_scheme, "selection_reason": selection_reason,
+            "member_run_ids": ",".join(run_ids), "member_names": ",".join(names)}
 
 
 def weight_params(names: Sequence[str], weights: Iterable[float]) -> dict[str, str]:
@@ -127,15 +128,20 @@ def weight_params(names: Sequence[str], weights: Iterable[float]) -> dict[str, s
     return {f"weight/{metric_safe(name)}": f"{w:.4f}" for name, w in zip(names, weights, strict=True)}
 
 
-def ensemble_params(metric: str, rule: str, cv_folds: int, bootstrap: int, seed: int, schemes: int,
-                    chosen_scheme: str, names: Sequence[str], weights: Iterable[float]) -> dict[str, object]:
-    return {"metric": metric, "combine": rule, "cv_folds": cv_folds, "bootstrap": bootstrap, "seed": seed,
-            "n_members": len(names), "n_schemes": schemes, "chosen_scheme": chosen_scheme,
-            **weight_params(names, weights)}
+def ensemble_params(metric: str, rule: str, combine_setting: str, cv_folds: int, bootstrap: int, seed: int,
+                    schemes: int, chosen_scheme: str, selection_rule: str, names: Sequence[str],
+                    weights: Iterable[float]) -> dict[str, object]:
+    """`combine`: how the chosen ensemble combines its members (`vote` for majority_vote);
+    `combine_setting`: the `combine` the averaging schemes were configured with."""
+    return {"metric": metric, "combine": rule, "combine_setting": combine_setting, "cv_folds": cv_folds,
+            "bootstrap": bootstrap, "seed": seed, "n_members": len(names), "n_schemes": schemes,
+            "chosen_scheme": chosen_scheme, "selection_rule": selection_rule, **weight_params(names, weights)}
 
 
-def scheme_tags(family: str, rule: str, rank: int) -> dict[str, str]:
-    return {"stage": ENSEMBLE_SCHEME, "scheme_family": family, "combine": rule, "rank": str(rank)}
+def scheme_tags(family: str, rule: str, rank: int, tied: bool, chosen: bool) -> dict[str, str]:
+    """`tied`: within one standard error of the best-ranked scheme (allcls.ensemble.choice)."""
+    return {"stage": ENSEMBLE_SCHEME, "scheme_family": family, "combine": rule, "rank": str(rank),
+            "tied_with_best": str(tied).lower(), "chosen": str(chosen).lower()}
 
 
 # --- evaluation ----------------------------------------------------------------------------------

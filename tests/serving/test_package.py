@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.models import Model as MLmodel
 
 from allcls.errors import AllclsError
 from allcls.inference.calibration import calibrated
@@ -193,9 +194,25 @@ def test_a_registered_version_never_changes_and_an_alias_keeps_its_columns(store
     registered_spec = mlflow.pyfunc.load_model("models:/ensemble/1").unwrap_python_model().spec
     repackaged_spec = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().spec
     assert registered_spec.decision.ood_threshold is not None and repackaged_spec.decision.ood_threshold is None
-    assert "/models/m-" in client.get_model_version("ensemble", "1").source  # a LoggedModel's files, not the run's
+    version = client.get_model_version("ensemble", "1")
+    assert "/models/m-" in version.source  # a LoggedModel's files, not the run's
     tracker = Tracker(f"sqlite:///{store['root']}/mlruns/mlflow.db")
     assert tracker.has_artifact(run_id, "ensemble/members.json")  # the LoggedModel shadows no folder of the run
+
+    # Each packaging is a LoggedModel, the run's output (the UI's Models column), with the run's test
+    # metrics as its own; the registered version is the first one, the second is the run's model/ now.
+    outputs = [o.model_id for o in client.get_run(run_id).outputs.model_outputs]
+    first, second = sorted((client.get_logged_model(model_id) for model_id in outputs),
+                           key=lambda logged: logged.creation_timestamp)
+    assert json.loads(first.tags["mlflow.modelVersions"]) == [{"name": "ensemble", "version": 1}]
+    assert first.name == "ensemble-model" and first.source_run_id == run_id and str(first.status) == "READY"
+    run_metrics = client.get_run(run_id).data.metrics
+    for logged in (first, second):
+        model_metrics = {m.key: m.value for m in logged.metrics}
+        assert model_metrics["test/f1_weighted"] == run_metrics["test/f1_weighted"], model_metrics
+        assert set(model_metrics) == {k for k in run_metrics if k.startswith("test/")}
+    assert len(client.get_metric_history(run_id, "test/f1_weighted")) == 1  # linked, not logged twice
+    assert MLmodel.load(client.download_artifacts(run_id, "model/MLmodel", str(tmp_path))).model_id == second.model_id
 
     # an ensemble answers with its members' votes too: the alias of a single run's model stays put
     with pytest.raises(AllclsError, match=r"cells@champion is version 1, and this model answers with other columns "
