@@ -7,7 +7,9 @@ import contextlib
 import io
 import itertools
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import mlflow
 import pytest
@@ -47,6 +49,50 @@ def train_cfg(tmp_path):
         number = next(calls)
         return compose_train(tmp_path, overrides, fast, tmp_path / ("output" if number == 1 else f"output-{number}"))
     return compose
+
+
+class Pass(NamedTuple):
+    """One forward pass of the network."""
+
+    training: bool
+    images: torch.Tensor  # its input batch
+    logits: torch.Tensor
+    autocast: bool  # under the CPU's autocast
+
+
+class Loss(NamedTuple):
+    """One computation of the loss."""
+
+    training: bool
+    targets: torch.Tensor  # class indices, or one probability per class (mixup's soft labels)
+
+
+@dataclass
+class Inside:
+    trainer: Any = None  # the last train() call's Trainer, as fit left it
+    passes: list[Pass] = field(default_factory=list)
+    losses: list[Loss] = field(default_factory=list)
+
+
+@pytest.fixture
+def inside_training(monkeypatch) -> Inside:
+    """What the train() calls of a test do inside, seen through hooks on the model they fit: each
+    forward pass of its network, each loss it computes (training, or validation and sanity checks),
+    and the Trainer after fit."""
+    from allcls.training import task
+
+    seen, fit = Inside(), task.fit
+
+    def watched(cfg, model, *args, **kwargs):
+        model.model.register_forward_hook(lambda network, inputs, logits: seen.passes.append(
+            Pass(network.training, inputs[0].detach(), logits.detach(), torch.is_autocast_enabled("cpu"))))
+        model.criterion.register_forward_hook(lambda loss, inputs, _: seen.losses.append(
+            Loss(loss.training, inputs[1].detach())))
+        seen.trainer = fit(cfg, model, *args, **kwargs)
+        return seen.trainer
+
+    monkeypatch.setattr(task, "fit", watched)
+    return seen
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_layer_decay_gives_lower_layers_lower_learning_rates():
     assert {group["lr"] for group in plain.param_groups} == {0.01}
 
 
-def test_mixup_mixes_pairs_of_images_and_their_labels(train_cfg, mlflow_client):
+def test_mixup_mixes_pairs_of_images_and_their_labels(train_cfg, mlflow_client, inside_training):
     model = LitClassifier({"name": "custom_cnn"}, ["hem", "all"], mixup={"mixup_alpha": 1.0})
     images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
     mixed, targets = model.mixup(images.clone(), labels)
@@ -93,8 +93,15 @@ def test_mixup_mixes_pairs_of_images_and_their_labels(train_cfg, mlflow_client):
     with pytest.raises(AllclsError, match="model.mixup.alpha is not a setting"):
         LitClassifier({"name": "custom_cnn"}, ["hem", "all"], mixup={"alpha": 0.2})
     train(train_cfg("+model.mixup.mixup_alpha=0.4", "+model.mixup.cutmix_alpha=1.0"))
-    run = only_run(mlflow_client)
-    assert run.info.status == "FINISHED" and run.data.metrics["train/loss_epoch"] > 0
+    assert only_run(mlflow_client).info.status == "FINISHED"
+    # In training, the loss of every batch is taken against the mixed pairs' soft labels; validation's
+    # against each image's own class.
+    trained = [loss.targets for loss in inside_training.losses if loss.training]
+    assert len(trained) > 3 and all(t.dtype == torch.float32 and t.shape == (len(t), 2) for t in trained)
+    assert all(torch.allclose(t.sum(dim=1), torch.ones(len(t))) for t in trained)
+    assert sum(((t > 0) & (t < 1)).any(dim=1).sum() for t in trained) > len(trained)  # pairs of two classes mixed
+    validated = [loss.targets for loss in inside_training.losses if not loss.training]
+    assert validated and all(t.dtype == torch.int64 and t.dim() == 1 for t in validated)
 
 
 def test_channels_last_lays_out_the_weights_and_the_batches_as_nhwc(cnmc_root, tmp_path):
