@@ -16,6 +16,7 @@ from allcls.data.splits import SplitSpec
 from allcls.errors import AllclsError
 from allcls.models.lit_classifier import LitClassifier
 from allcls.models.training_options import CompiledNetwork
+from allcls.predictions import read_table
 from allcls.training.task import train
 
 from helpers import artifacts
@@ -47,11 +48,17 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_the_ones_validated_and_kep
     assert "test/f1_weighted" in only_run(mlflow_client).data.metrics
 
 
-def test_debug_fdr_runs_one_batch_of_each_split(train_cfg, mlflow_client, tmp_path):
+def test_debug_fdr_runs_one_batch_of_each_split(train_cfg, mlflow_client, tmp_path, inside_training):
     train(train_cfg("debug=fdr", "trainer.max_epochs=5"))
     run = only_run(mlflow_client)
-    assert run.info.status == "FINISHED" and "predictions/test.parquet" in artifacts(mlflow_client, run.info.run_id)
+    # One training batch (one optimiser step), then one validation batch: no sanity check, no second epoch.
+    assert [loss.training for loss in inside_training.losses] == [True, False]
+    assert inside_training.trainer.global_step == 1
     assert not (tmp_path / "output" / "checkpoints" / "best.ckpt").exists()  # one step, nothing to keep
+    # The tables: every test cell, predicted by that one step's weights.
+    assert run.info.status == "FINISHED" and "predictions/test.parquet" in artifacts(mlflow_client, run.info.run_id)
+    table = mlflow_client.download_artifacts(run.info.run_id, "predictions/test.parquet", str(tmp_path))
+    assert len(read_table(table)) == int(run.data.params["n_test"])
 
 
 def test_debug_overfit_drives_the_training_loss_down_on_a_few_batches(train_cfg, mlflow_client):
