@@ -5,6 +5,7 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from allcls.data.datamodule import CellDataModule
 from allcls.data.preparation import prepare_dataset
@@ -53,8 +54,20 @@ def test_bf16_autocast_channels_last_and_uint8_batches_normalised_on_the_device(
     assert np.allclose(probabilities.sum(axis=1), 1)
 
 
-def test_a_bf16_channels_last_run_finishes_with_its_tables(train_cfg, mlflow_client):
+def test_a_bf16_channels_last_run_trains_under_autocast_in_nhwc_and_finishes_with_its_tables(train_cfg, mlflow_client,
+                                                                                            inside_training):
     train(train_cfg("trainer.precision=bf16-mixed", "model.channels_last=true", "+trainer.limit_train_batches=2"))
     (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["precision"] == "bf16-mixed"
     assert "test/f1_weighted" in run.data.metrics
+    trainer = inside_training.trainer
+    assert isinstance(trainer.precision_plugin, MixedPrecision) and trainer.precision_plugin.precision == "bf16-mixed"
+    network = trainer.lightning_module.model
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in network.parameters() if p.dim() == 4)
+    # Both training steps, and validation, under the CPU's autocast: float32 NHWC batches in, bf16 logits
+    # out. Every pass (the tables' too, outside the Trainer) gets its batch in NHWC.
+    passes = inside_training.passes
+    assert [p.autocast for p in passes if p.training] == [True, True]
+    assert any(p.autocast for p in passes if not p.training)
+    assert all(p.images.dtype == torch.float32 and p.logits.dtype == torch.bfloat16 for p in passes if p.autocast)
+    assert all(p.images.is_contiguous(memory_format=torch.channels_last) for p in passes)
