@@ -91,7 +91,8 @@ def test_feature_smote_fills_each_class_up_to_the_largest_between_same_class_nei
         assert any(on_segment)
 
 
-def test_training_with_feature_smote_learns(train_cfg, mlflow_client):
+def test_training_with_feature_smote_learns_from_synthetic_minority_features(train_cfg, mlflow_client,
+                                                                            inside_training):
     from allcls.training.task import train
 
     train(train_cfg("data.imbalance=feature_smote", "trainer.max_epochs=3"))
@@ -99,3 +100,8 @@ def test_training_with_feature_smote_learns(train_cfg, mlflow_client):
     (run,) = mlflow_client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["imbalance"] == "feature_smote"
     assert run.data.metrics["test/auroc"] > 0.6
+    # Each training batch's loss also counts synthetic features of its smaller class, up to the larger:
+    # more samples than the 3 epochs hold, every batch balanced.
+    trained = [loss.targets for loss in inside_training.losses if loss.training]
+    assert sum(len(targets) for targets in trained) > 3 * int(run.data.params["n_train"])
+    assert all(torch.bincount(targets, minlength=2).unique().numel() == 1 for targets in trained)
