@@ -7,6 +7,8 @@ import pytest
 from allcls.config.sections import typed
 from allcls.errors import AllclsError
 from allcls.evaluation.transductive import NeighbourCorrection, neighbour_correction
+from allcls.metrics.vectorised import table_scores
+from allcls.predictions import read_table
 
 from helpers import artifacts, compose_config
 
@@ -83,18 +85,35 @@ def test_bad_settings_are_refused(section, message):
 
 
 def test_evaluation_reports_it_apart_and_labelled_transductive(store, tmp_path):
+    """With every other cell of the split as an equal neighbour, a cell's corrected probabilities follow
+    from the plain table alone: checked cell by cell, by sample id, with the metrics of that table."""
+    client = store["client"]
+    others = int(client.get_run(store["members"][0]).data.params["n_test"]) - 1
     overrides = [f"run_id={store['members'][0]}", "bootstrap=50", "num_workers=0", "ood.enabled=false",
-                 "transductive_correction.enabled=true", "transductive_correction.neighbours=5"]
+                 "transductive_correction.enabled=true", f"transductive_correction.neighbours={others}",
+                 "transductive_correction.weighting=uniform", "transductive_correction.self_weight=0.5"]
     from allcls.evaluation.task import evaluate
 
     evaluate(compose_config("evaluate", store["root"], overrides, output_dir=tmp_path / "eval"))
-    client = store["client"]
     run = client.search_runs([store["experiment_id"]], "tags.stage = 'evaluate'",
                              order_by=["attributes.start_time DESC"])[0]
     assert run.info.run_name.endswith("-transductive")
-    assert run.data.tags["transductive"].startswith("neighbour correction (k=5")
+    assert run.data.tags["transductive"].startswith(f"neighbour correction (k={others}, uniform")
     assert "test/transductive/f1_weighted" in run.data.metrics and "test/f1_weighted" in run.data.metrics
     assert "predictions/test_transductive.parquet" in artifacts(client, run.info.run_id)
+    plain, corrected = (read_table(client.download_artifacts(run.info.run_id, f"predictions/{name}.parquet",
+                                                             str(tmp_path))).set_index("sample_id")
+                        for name in ("test", "test_transductive"))
+    # The store's models tell their cells apart by little, but each cell has probabilities of its own.
+    assert plain["prob_all"].nunique() == len(plain) == others + 1
+    columns = ["prob_hem", "prob_all"]
+    own = plain.loc[corrected.index, columns].to_numpy()
+    expected = 0.5 * own + 0.5 * (plain[columns].to_numpy().sum(axis=0) - own) / others
+    assert corrected[columns].to_numpy() == pytest.approx(expected, abs=1e-12)
+    assert corrected["label"].tolist() == plain.loc[corrected.index, "label"].tolist()
+    scores = table_scores(corrected[columns].to_numpy(), corrected["label"].to_numpy(), ["hem", "all"],
+                          "test/transductive/")
+    assert {name: run.data.metrics[name] for name in scores} == pytest.approx(scores, abs=1e-9)
 
 
 def test_evaluation_refuses_it_on_a_split_too_small_and_logs_nothing(store, tmp_path):

@@ -74,7 +74,9 @@ def test_direction_is_decided_once_and_ranking_uses_regret():
 
 
 def table(n=4):
-    probabilities = np.full((n, 2), 0.5)
+    """n cells, each with probabilities of its own (so that a row out of place shows)."""
+    leukemic = np.arange(1, n + 1) / (n + 2)
+    probabilities = np.column_stack([1 - leukemic, leukemic])
     return make_table([f"img{i}.bmp" for i in range(n)], ["S1"] * n, [0, 1] * (n // 2), probabilities, ["hem", "all"])
 
 
@@ -83,6 +85,7 @@ def test_table_round_trips_through_parquet(tmp_path):
     back = read_table(path, ["hem", "all"])
     assert list(back.columns) == ["sample_id", "subject", "label", "prob_hem", "prob_all"]
     assert back["label"].tolist() == [0, 1, 0, 1]
+    assert back["prob_all"].tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6])
 
 
 @pytest.mark.parametrize("spoil, message", [
@@ -100,10 +103,14 @@ def test_table_refuses_what_breaks_the_contract(spoil, message):
 
 def test_align_lines_tables_up_by_sample_id():
     first = table()
-    second = table().iloc[::-1].assign(prob_hem=0.2, prob_all=0.8)  # same samples, other order
+    second = first.assign(prob_hem=first["prob_all"], prob_all=first["prob_hem"]).iloc[::-1]  # the rows reversed
     keys, probs = align([first, second], ["a", "b"])
     assert keys["sample_id"].tolist() == sorted(first["sample_id"])
-    assert probs.shape == (2, 4, 2) and probs[1, :, 1] == pytest.approx(0.8)
+    assert probs.shape == (2, 4, 2)
+    for model, frame in enumerate((first, second)):  # each cell's own label and probabilities
+        cells = frame.set_index("sample_id").loc[keys["sample_id"]]
+        assert keys["label"].tolist() == cells["label"].tolist()
+        assert probs[model] == pytest.approx(cells[["prob_hem", "prob_all"]].to_numpy())
 
 
 @pytest.mark.parametrize("spoil, message", [
