@@ -87,6 +87,11 @@ def test_an_ensemble_is_evaluated_like_a_model(store, tmp_path, ensemble_run):
     _, run, client = evaluate_with(store, tmp_path, f"run_id={ensemble_run}", "ood.enabled=false", "tta.enabled=true",
                                    "tta.views=[identity,rot90]", "gradcam.enabled=true", "gradcam.samples_per_class=1")
     assert run.data.tags["evaluated_kind"] == "ensemble"
+    # the same test split as the ensemble run scored: the same numbers (its intervals had other replicates)
+    scored = {name: value for name, value in client.get_run(ensemble_run).data.metrics.items()
+              if name.startswith("test/") and "_ci_" not in name}
+    assert {"test/f1_weighted", "test/auroc", "test/log_loss"} <= set(scored)
+    assert {name: run.data.metrics[name] for name in scored} == pytest.approx(scored, abs=1e-6)
     assert "test/tta/f1_weighted" in run.data.metrics
     assert "gradcam/test.png" in artifacts(client, run.info.run_id)
 
