@@ -58,12 +58,19 @@ def fold_indices(val: SplitPredictions, folds: int, seed: int, warn: bool = True
         return [held_out for _, held_out in splitter.split(np.zeros(len(groups)), val.labels, groups)]
 
 
-def out_of_fold(scheme: Scheme, val: SplitPredictions, folds: list[np.ndarray]) -> np.ndarray:
-    """Each validation sample predicted by weights fitted without its fold (samples, classes)."""
+def out_of_fold(scheme: Scheme, val: SplitPredictions, folds: list[np.ndarray],
+                fold_weights: list[np.ndarray] | None = None) -> np.ndarray:
+    """Each validation sample predicted by weights fitted without its fold (samples, classes);
+    `fold_weights`: those weights where they are already fitted."""
+    if fold_weights is None:
+        fold_weights = scheme.weights_per_fold(val.probs, val.labels, folds)
     combined = np.zeros(val.probs.shape[1:])
-    for held_out, weights in zip(folds, scheme.weights_per_fold(val.probs, val.labels, folds), strict=True):
+    for held_out, weights in zip(folds, fold_weights, strict=True):
         combined[held_out] = combine(val.probs[:, held_out], weights, scheme.rule)
     return combined
+
+
+NOTHING_HELD_OUT = np.array([], dtype=np.int64)  # a "fold" whose weights are fitted on every sample
 
 
 def metrics_of(combined: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -79,8 +86,12 @@ def cross_validate(scheme: Scheme, val: SplitPredictions, folds: list[np.ndarray
                    ) -> tuple[SchemeResult, np.ndarray]:
     """The scheme fitted on all of validation, and scored out of fold: (its result, the
     out-of-fold probabilities)."""
-    weights = scheme.fit(val.probs, val.labels)
-    oof = out_of_fold(scheme, val, folds)
+    if scheme.fit_folds is not None:  # one shared pass: the whole set is a fold that holds nothing out
+        *fold_weights, weights = scheme.fit_folds(val.probs, val.labels, [*folds, NOTHING_HELD_OUT])
+        oof = out_of_fold(scheme, val, folds, fold_weights)
+    else:
+        weights = scheme.fit(val.probs, val.labels)
+        oof = out_of_fold(scheme, val, folds)
     result = SchemeResult(scheme.name, scheme.family, scheme.rule, weights,
                           metrics_of(combine(val.probs, weights, scheme.rule), val.labels),
                           metrics_of(oof, val.labels)[metric], fold_scores(oof, val.labels, folds, metric))

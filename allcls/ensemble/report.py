@@ -47,8 +47,9 @@ def terminal_text(table: pd.DataFrame, metric: str, member_names: list[str]) -> 
                                                                           strict=True)],
         f"cv {metric} [95% CI]": [f"{c:.3f} [{lo:.3f}, {hi:.3f}]" for c, lo, hi in
                                   zip(table[f"cv_{metric}"], table["cv_ci_low"], table["cv_ci_high"], strict=True)],
-        "behind best (paired)": [_gap(gap, se, tied) for gap, se, tied in
-                                 zip(table["gap_to_best"], table["gap_se"], table["tied_with_best"], strict=True)],
+        "behind best (paired)": [_gap(rank, gap, se, tied) for rank, gap, se, tied in
+                                 zip(table["rank"], table["gap_to_best"], table["gap_se"], table["tied_with_best"],
+                                     strict=True)],
         f"val {metric}": table[f"val_{metric}"].map("{:.3f}".format),
         f"test {metric}": table.get(f"test_{metric}", pd.Series(np.nan, index=table.index))
         .map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
@@ -60,11 +61,11 @@ def terminal_text(table: pd.DataFrame, metric: str, member_names: list[str]) -> 
     return shown.to_string(index=False) + "\n" + legend
 
 
-def _gap(gap, se, tied) -> str:
+def _gap(rank, gap, se, tied) -> str:
+    if rank == 1:
+        return "best"
     if gap is None or pd.isna(gap):
-        return ""
-    if gap == 0 and se == 0:
-        return "best" if tied else ""
+        return ""  # the best single member: not a scheme
     return f"{gap:.3f} ± {se:.3f}" + (" tied" if tied else "")
 
 
@@ -97,8 +98,9 @@ def score_chart(table: pd.DataFrame, metric: str, path: Path) -> Path:
     fig, ax = subplots(figsize=(8, 0.35 * len(rows) + 2.2))
     cv = rows[f"cv_{metric}"].to_numpy()
     errors = np.vstack([cv - rows["cv_ci_low"].to_numpy(), rows["cv_ci_high"].to_numpy() - cv])
-    tied = rows["tied_with_best"].fillna(False).astype(bool).to_numpy()
-    ax.barh(y, cv, xerr=np.nan_to_num(errors), color=np.where(tied, "#4c72b0", "#a9b8d4"), capsize=3)
+    tied = rows["tied_with_best"].to_numpy()
+    colours = ["#bbbbbb" if pd.isna(t) else "#4c72b0" if t else "#a9b8d4" for t in tied]  # grey: the best member
+    ax.barh(y, cv, xerr=np.nan_to_num(errors), color=colours, capsize=3)
     ax.scatter(rows[f"val_{metric}"], y, marker="|", s=200, color="black", label="validation, in-sample", zorder=3)
     if f"test_{metric}" in rows:
         ax.scatter(rows[f"test_{metric}"], y, marker="D", color="#dd8452", label="test", zorder=3)
@@ -108,7 +110,9 @@ def score_chart(table: pd.DataFrame, metric: str, path: Path) -> Path:
     ax.set_xlim(low, 1.0)
     ax.set_xlabel(metric + (f" (the axis starts at {low:.2f}, not 0)" if low > 0 else ""))
     handles = [Patch(color="#4c72b0", label="cross-validated (95% CI), tied with the best"),
-               Patch(color="#a9b8d4", label="cross-validated, behind the best"), *ax.get_legend_handles_labels()[0]]
+               Patch(color="#a9b8d4", label="cross-validated, behind the best"),
+               Patch(color="#bbbbbb", label="the best single member, for comparison"),
+               *ax.get_legend_handles_labels()[0]]
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     fig.suptitle("Ensemble weighting schemes (★ chosen: the simplest of those tied with the best)", fontsize=11)
     return save_figure(fig, path)

@@ -89,7 +89,7 @@ def run_ensemble(cfg: DictConfig) -> float:
 def choice_text(comparison: Comparison, settings: EnsembleSettings) -> str:
     """The choice and its rule in words, and the nested estimate beside the chosen scheme's own score."""
     chosen, metric = comparison.choice.chosen, settings.metric
-    lines = [f"Chosen: {chosen.name}. {comparison.choice.reason}",
+    lines = [f"Chosen: {chosen.name}. Why: {comparison.choice.reason}",
              f"Its own cross-validated {metric}, {chosen.cv:.3f} [{chosen.cv_interval[0]:.3f}, "
              f"{chosen.cv_interval[1]:.3f}], is optimistic: it was chosen for scoring high on those folds."]
     nested = comparison.nested

@@ -11,11 +11,17 @@ from allcls.metrics.vectorised import CONFUSION_METRICS, EPS, confusion, confusi
 CHUNK_ELEMENTS = 8_000_000  # weightings are scored in chunks of about this many probabilities
 
 
+def sorted_by_class(probs: np.ndarray, labels: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The samples in `order`, the probabilities laid out C-contiguous again: indexing the samples'
+    axis leaves them strided, and a matrix product over strided members runs several times slower."""
+    return np.ascontiguousarray(probs[:, order]), labels[order]
+
+
 def score_weightings(probs: np.ndarray, labels: np.ndarray, weightings: np.ndarray, metric: str,
                      rule: Rule = "arithmetic") -> np.ndarray:
     """One metric for each of many weightings (K, models) -> (K,), in memory-bounded chunks."""
     order = np.argsort(labels, kind="stable")  # samples grouped by class: confusion counts read views
-    probs, labels = probs[:, order], labels[order]
+    probs, labels = sorted_by_class(probs, labels, order)
     per_weighting = probs.shape[1] * probs.shape[2]
     chunk = max(1, CHUNK_ELEMENTS // per_weighting)
     parts = []
@@ -44,7 +50,7 @@ def best_weighting_per_fold(probs: np.ndarray, labels: np.ndarray, weightings: n
     order = np.argsort(labels, kind="stable")
     position = np.empty_like(order)
     position[order] = np.arange(len(order))
-    probs, labels = probs[:, order], labels[order]
+    probs, labels = sorted_by_class(probs, labels, order)
     held_out = [np.sort(position[fold]) for fold in held_out]  # still grouped by class: slices stay views
     classes = probs.shape[2]
     chunk = max(1, CHUNK_ELEMENTS // (probs.shape[1] * classes))
@@ -89,7 +95,7 @@ class Additions:
 
     def __init__(self, probs: np.ndarray, labels: np.ndarray, rule: Rule = "arithmetic"):
         order = np.argsort(labels, kind="stable")  # samples grouped by class: confusion counts read views
-        self.probs, self.labels, self.rule = probs[:, order], labels[order], rule
+        (self.probs, self.labels), self.rule = sorted_by_class(probs, labels, order), rule
         self.classes = probs.shape[2]
         base = decision_base(self.probs, rule)
         self.base = base[:, :, 1] - base[:, :, 0] if self.classes == 2 else base
@@ -122,19 +128,21 @@ class Additions:
             return tied.argmax(axis=1)
         search, option = np.nonzero(tied)
         losses = np.full(tied.shape, np.inf)
-        losses[search, option] = self.log_losses(counts[search], candidates[search, option])
+        losses[search, option] = self.log_losses(counts, search, candidates[search, option])
         return losses.argmin(axis=1)
 
-    def log_losses(self, counts: np.ndarray, members: np.ndarray) -> np.ndarray:
-        """The log loss of each ensemble (picks (A, models)) with one more of `members` (A,), as
-        `combine` and `scores` would give it."""
+    def log_losses(self, counts: np.ndarray, search: np.ndarray, members: np.ndarray) -> np.ndarray:
+        """The log loss of ensembles `search` (rows of picks (B, models)) with one more of `members`
+        (A,), as `combine` and `scores` would give it. The ensembles' sums are made once each, not
+        once per addition: many additions tie, and they share their ensemble."""
         models, classes, samples = self.summand.shape
+        picked = counts.sum(axis=1)[search]
         if self.rule == "geometric":  # a softmax of the sums: every class is needed
             sums = (counts @ self.summand.reshape(models, -1)).reshape(len(counts), classes, samples)
-            sums = (sums + self.summand[members]) / (counts.sum(axis=1)[:, None, None] + 1)
+            sums = (sums[search] + self.summand[members]) / (picked[:, None, None] + 1)
             sums = np.exp(sums - sums.max(axis=1, keepdims=True))
             true_class = (sums * self.true_class).sum(axis=1) / sums.sum(axis=1)
         else:  # linear: the true class's sum over the sum of all classes
-            true_class = ((counts @ self.true_sums + self.true_sums[members])
-                          / (counts @ self.all_sums + self.all_sums[members]))
+            true_class = ((counts @ self.true_sums)[search] + self.true_sums[members]) \
+                / ((counts @ self.all_sums)[search] + self.all_sums[members])
         return -np.log(np.clip(true_class, EPS, 1.0)).mean(axis=1)

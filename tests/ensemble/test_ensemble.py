@@ -74,7 +74,7 @@ def test_ensemble_of_a_sweep_logs_the_comparison_and_a_child_run_per_scheme(stor
     assert all("cv/f1_weighted" in child.data.metrics for child in children)
     printed = capsys.readouterr().out
     assert "cv f1_weighted [95% CI]" in printed and "mlflow ui --backend-store-uri" in printed
-    assert f"Chosen: {chosen.scheme}. {tags['selection_reason']}" in printed
+    assert f"Chosen: {chosen.scheme}. Why: {tags['selection_reason']}" in printed
     assert f"Nested cross-validation (the whole choice repeated without each of 5 outer folds, scored on it): " \
            f"f1_weighted {metrics['nested_cv/f1_weighted']:.3f}" in printed
 
