@@ -83,8 +83,7 @@ def is_local_store(tracking_uri: str) -> bool:
 
 def browse_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
     """The command that opens the MLflow UI on this store (or the server's address) and, given the
-    experiment, the address of its runs view (or of the run): MLflow 3 opens an experiment on a
-    GenAI overview page that is empty for runs like ours."""
+    experiment, the address of its runs view (or of the run)."""
     command = ""
     if is_local_store(tracking_uri):
         command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
@@ -99,8 +98,12 @@ def browse_command(tracking_uri: str, experiment_id: str | None = None, run_id: 
 
 def ui_view(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
     """The MLflow UI's address (`mlflow ui`'s default for a local store), of an experiment's runs
-    view, or of one run."""
+    view, or of one run. MLflow 3's UI opens experiments on a GenAI overview unless it is switched
+    to model training (its "GenAI | Model training" switch, which this address sets)."""
     address = "http://127.0.0.1:5000" if is_local_store(tracking_uri) else tracking_uri.rstrip("/")
     if experiment_id is None:
         return address
-    return f"{address}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{address}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "") + MODEL_TRAINING
+
+
+MODEL_TRAINING = "?workflowType=machine_learning"

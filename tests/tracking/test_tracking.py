@@ -102,15 +102,16 @@ def test_summary_lists_runs_and_the_command_to_browse_them(train_cfg, tmp_path):
     assert "1 MLflow run(s) in experiment 'synthetic-cnmc'" in text
     assert "custom_cnn-basic-s0" in text and "FINISHED" in text
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db" in text
-    # MLflow 3 opens an experiment on an empty GenAI overview: the address goes to the runs view
-    assert f"then open http://127.0.0.1:5000/#/experiments/{experiment.id}/runs" in text
+    # MLflow 3 opens an experiment on a GenAI overview: the address goes to the runs view, in model training mode
+    assert f"then open http://127.0.0.1:5000/#/experiments/{experiment.id}/runs?workflowType=machine_learning" in text
     assert 'tags.sweep_id = "output"' in text
 
 
 def test_a_tracking_server_is_browsed_at_its_own_address():
     from allcls.tracking.store import browse_command
 
-    assert browse_command("http://mlflow.lab:5000/", "7", "abc") == "http://mlflow.lab:5000/#/experiments/7/runs/abc"
+    assert browse_command("http://mlflow.lab:5000/", "7", "abc") == \
+        "http://mlflow.lab:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
     assert browse_command("http://mlflow.lab:5000") == "http://mlflow.lab:5000"
 
 
