@@ -228,6 +228,7 @@ def test_a_patient_in_chromium_decision_first_a_cell_in_detail_and_a_report_nami
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = free_port()
@@ -247,6 +248,12 @@ def test_a_patient_in_chromium_decision_first_a_cell_in_detail_and_a_report_nami
             browser.get(f"http://127.0.0.1:{port}")
             wait = WebDriverWait(browser, 180)
             text = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+            # The page opens with the most recently updated model, which other tests' registrations change:
+            # the ensemble is chosen as a user would, by typing its name into the sidebar's list.
+            chooser = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR,
+                                                           "[data-testid=stSidebar] [data-testid=stSelectbox] input"))
+            chooser[0].send_keys("ensemble", Keys.ENTER)
+            wait.until(lambda b: "What this model is: ensemble @champion" in text())
             upload = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0]
             upload.send_keys("\n".join(str(c) for c in cells))  # the patient mode is the page's first
             wait.until(lambda b: "Download the patient's report" in text())
@@ -262,7 +269,7 @@ def test_a_patient_in_chromium_decision_first_a_cell_in_detail_and_a_report_nami
             browser.save_screenshot(str(tmp_path / "page.png"))
         finally:
             browser.quit()
-    version = MlflowClient(models).get_model_version_by_alias("ensemble", "champion").version  # the newest model
+    version = MlflowClient(models).get_model_version_by_alias("ensemble", "champion").version
     assert "Not a diagnostic device" in shown and len(looks) == len(cells)
     assert shown.index("Patient: ") < shown.index("Cells, referred and most suspicious first")
     assert f"of {len(cells)} cells used" in shown
