@@ -1,5 +1,5 @@
 """The README's answer for a lab whose sweeps outgrow one SQLite file, as such a lab runs it: a
-PostgreSQL database behind `mlflow server` (artifacts proxied by the server), eight training jobs of
+PostgreSQL database behind `mlflow server` (artifacts proxied by the server), four training jobs of
 one `-m` sweep writing to it at once (submitit's local executor, the code path of SLURM), then their
 ensemble, packaged and registered, all through the server. Run here, it found two things SQLite
 hides: a model card too long for the registry's column, and jobs racing to log the same dataset."""
@@ -20,11 +20,12 @@ from allcls.tracking.run import Run
 
 from helpers import FAST, SMALL_SYNTHETIC, run_entry, run_script
 
-SEEDS = "seed=" + ",".join(str(seed) for seed in range(8))
+JOBS = 4  # processes writing at once (benchmarks/parallel_writers.py measures up to 32 writers)
+SEEDS = "seed=" + ",".join(str(seed) for seed in range(JOBS))
 
 
 @pytest.mark.slow
-def test_a_sweep_of_eight_parallel_jobs_an_ensemble_and_a_registered_model_through_a_server_on_postgresql(
+def test_a_sweep_of_parallel_jobs_an_ensemble_and_a_registered_model_through_a_server_on_postgresql(
         tmp_path, monkeypatch, capsys):
     with postgres(tmp_path, durable=False) as database, \
             mlflow_server(database, tmp_path / "server-artifacts", tmp_path / "server.log", workers=1) as url:
@@ -49,11 +50,11 @@ def test_a_sweep_of_eight_parallel_jobs_an_ensemble_and_a_registered_model_throu
         runs = client.search_runs([experiment.experiment_id])
         stages = {stage: [r for r in runs if r.data.tags.get("stage") == stage] for stage in ("train", "sweep",
                                                                                              "ensemble")}
-        assert sorted(r.data.params["seed"] for r in stages["train"]) == [str(seed) for seed in range(8)]
+        assert sorted(r.data.params["seed"] for r in stages["train"]) == [str(seed) for seed in range(JOBS)]
         assert {r.info.status for r in runs} == {"FINISHED"}  # nothing left RUNNING, nothing FAILED
         (sweep,) = stages["sweep"]
         assert {r.data.tags["mlflow.parentRunId"] for r in stages["train"]} == {sweep.info.run_id}
-        assert len({r.data.tags["pid"] for r in stages["train"]}) == 8  # eight processes wrote at once
+        assert len({r.data.tags["pid"] for r in stages["train"]}) == JOBS  # that many processes wrote at once
         for run in stages["train"]:
             assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 1  # every epoch, once
         version = client.get_model_version_by_alias("lab", "champion")
