@@ -2,22 +2,30 @@
 allcls's callbacks and model, torchmetrics per step, the progress bar, the metrics going to a
 SQLite MLflow run through the Tracker, best.ckpt and last.ckpt every epoch) against a plain PyTorch
 loop on the same model, data loaders and batch size (with what a plain script does too: a
-validation pass and the best weights saved every epoch). Runs alternate; the median is reported.
+validation pass and the best weights saved every epoch). Both loops feed the network the same
+input: the loaders carry uint8 images (the batch pipeline), which the plain loop turns into the
+network's input with the datamodule's `model_input`, the step allcls's LightningDataModule runs on
+every batch after it reaches the device (`on_after_batch_transfer`). Runs alternate, --repeats
+pairs for each epoch length (--cells: synthetic cells per subject); each figure is the median of
+the runs with the spread, and allcls / plain is taken pair by pair.
 
-    python benchmarks/orchestration.py [--backbone mobilenetv2] [--size 64] [--epochs 3] [--repeats 3] [--cells 120]
+    python benchmarks/orchestration.py [--backbone mobilenetv2] [--size 64] [--epochs 3] [--repeats 3]
+        [--cells 120 40]
+    python benchmarks/orchestration.py --tiny     # seconds: what `make test` runs
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from allcls.config.entry import CONF_DIR, prepare_process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from allcls.config.entry import CONF_DIR, prepare_process  # noqa: E402
 
 prepare_process()  # as the entry points do: environment defaults and conf/'s resolvers
 
@@ -27,6 +35,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 from plain_finetune import evaluate  # noqa: E402  (this folder's plain script)
+from results import median_spread, record  # noqa: E402  (this folder's results file)
 
 from allcls.config.stage import Job  # noqa: E402
 from allcls.tracking import schema as run_schema  # noqa: E402
@@ -93,6 +102,26 @@ def plain_fit(cfg, folder: Path) -> tuple[float, int]:
     return time.perf_counter() - start, steps
 
 
+def spread(timing: dict, digits: int) -> str:
+    return f"{timing['median']:.{digits}f} ({timing['min']:.{digits}f}-{timing['max']:.{digits}f})"
+
+
+def measure(folder: Path, overrides: list[str], repeats: int, first_job: int) -> dict:
+    """Steps per second of the plain loop and of allcls's fit, `repeats` alternating pairs, and
+    allcls / plain pair by pair."""
+    plain, allcls, steps = [], [], 0
+    for run in range(repeats):
+        job = first_job + 2 * run
+        seconds, steps = plain_fit(config(folder, overrides, job), folder)
+        plain.append(steps / seconds)
+        seconds, allcls_steps = allcls_fit(config(folder, overrides, job + 1))
+        allcls.append(allcls_steps / seconds)
+        print(f"pair {run + 1}: plain {plain[-1]:.2f}, allcls {allcls[-1]:.2f} steps/s", flush=True)
+    return {"steps": steps, "plain": median_spread(plain), "allcls": median_spread(allcls),
+            "ratio": median_spread([a / p for a, p in zip(allcls, plain, strict=True)]),
+            "runs": {"plain": plain, "allcls": allcls}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="mobilenetv2")
@@ -100,30 +129,32 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cells", type=int, default=120,
-                        help="synthetic cells per subject: 120 gives 75 steps per epoch at batch 32")
+    parser.add_argument("--cells", type=int, nargs="+", default=[120, 40],
+                        help="synthetic cells per subject, one row each: 120 gives 75 steps per epoch at batch 32, "
+                             "40 gives 25")
+    parser.add_argument("--tiny", action="store_true", help="custom_cnn at 32 px, one epoch of 2 steps, one pair")
     args = parser.parse_args()
+    if args.tiny:
+        args.backbone, args.size, args.epochs, args.repeats, args.cells = "custom_cnn", 32, 1, 1, [4]
     torch.set_num_threads(os.cpu_count() or 1)
-    overrides = [f"backbone={args.backbone}", "backbone.pretrained=false", f"backbone.input_size={args.size}",
-                 f"dataset.reader.image_size={args.size}", "data.num_workers=0",
-                 f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}",
-                 "callbacks.early_stopping=null", f"dataset.reader.cells_per_subject={args.cells}"]
-    with tempfile.TemporaryDirectory() as tmp:
+    common = [f"backbone={args.backbone}", "backbone.pretrained=false", f"backbone.input_size={args.size}",
+              f"dataset.reader.image_size={args.size}", "data.num_workers=0", f"data.batch_size={args.batch_size}",
+              f"trainer.max_epochs={args.epochs}", "callbacks.early_stopping=null"]
+    by_cells = {}
+    with tempfile.TemporaryDirectory(prefix="allcls-orchestration-") as tmp:
         folder = Path(tmp)
-        timings: dict[str, list[float]] = {"plain PyTorch loop": [], "allcls (train.py's fit)": []}
-        for run in range(args.repeats):
-            seconds, steps = plain_fit(config(folder, overrides, 2 * run), folder)
-            timings["plain PyTorch loop"].append(steps / seconds)
-            seconds, steps = allcls_fit(config(folder, overrides, 2 * run + 1))
-            timings["allcls (train.py's fit)"].append(steps / seconds)
-    print(f"\n{args.backbone} at {args.size} px, batch {args.batch_size}, {args.epochs} epochs of "
-          f"{steps // args.epochs} steps, {args.repeats} alternating runs; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    plain = statistics.median(timings["plain PyTorch loop"])
-    print(f"{'':26}{'steps/s (median)':>18}{'runs':>30}{'vs plain':>10}")
-    for name, values in timings.items():
-        median = statistics.median(values)
-        print(f"{name:26}{median:18.2f}{', '.join(f'{v:.2f}' for v in values):>30}{median / plain:10.3f}")
+        for index, cells in enumerate(args.cells):
+            overrides = [*common, f"dataset.reader.cells_per_subject={cells}"]
+            by_cells[cells] = measure(folder, overrides, args.repeats, 2 * args.repeats * index)
+    header = ["epochs of", "plain loop, steps/s", "allcls, steps/s", "allcls / plain"]
+    rows = [[f"{found['steps'] // args.epochs} steps ({cells} cells per subject)", spread(found["plain"], 2),
+             spread(found["allcls"], 2), spread(found["ratio"], 3)] for cells, found in by_cells.items()]
+    setting = {"backbone": args.backbone, "pretrained": False, "size": args.size, "epochs": args.epochs,
+               "batch_size": args.batch_size, "repeats": args.repeats, "cells_per_subject": args.cells,
+               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    record("orchestration", {"by_cells_per_subject": {str(c): f for c, f in by_cells.items()}}, setting,
+           {"main": [header, *rows]})
+    print("\n".join(" | ".join(row) for row in [header, *rows]))
 
 
 if __name__ == "__main__":
