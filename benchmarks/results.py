@@ -30,7 +30,8 @@ def results_file() -> Path:
 
 
 def machine() -> str:
-    """The CPU model, its cores, memory, GPU (if torch is already imported and sees one), Python."""
+    """The CPU model, its cores, memory, GPU (if torch is already imported and sees one), Python and
+    torch (if imported)."""
     cpu = platform.processor() or platform.machine()
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -45,7 +46,8 @@ def machine() -> str:
     torch = sys.modules.get("torch")
     gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else "no GPU"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, {memory}, {gpu}, Python {platform.python_version()}"
+    versions = f"Python {platform.python_version()}" + (f", torch {torch.__version__}" if torch is not None else "")
+    return f"{cpu}, {cores} cores, {memory}, {gpu}, {versions}"
 
 
 def commit() -> str:
