@@ -100,6 +100,59 @@ def test_sigterm_saves_a_checkpoint_marks_the_run_killed_and_a_requeued_job_resu
     assert {"predictions/val.parquet", "predictions/test.parquet"} <= artifacts(mlflow_client, run_id)
 
 
+def interrupted(train_cfg, at_batch: int, signals: int, finished: list[int]) -> SystemExit:
+    """A job Ctrl-C'd `signals` times in its first epoch's batch `at_batch`; `finished` gets each batch
+    that ran on past the signals. Returns how the job ended."""
+    from allcls.models.lit_classifier import LitClassifier
+
+    training_step = LitClassifier.training_step
+
+    def interrupt(self, batch, batch_idx):
+        if batch_idx == at_batch:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGINT)
+        finished.append(batch_idx)
+        return training_step(self, batch, batch_idx)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LitClassifier, "training_step", interrupt)
+        with pytest.raises(SystemExit) as stopped:  # Lightning turns KeyboardInterrupt into exit 1
+            train(train_cfg())
+    return stopped.value
+
+
+def test_ctrl_c_saves_a_checkpoint_marks_the_run_killed_and_resume_by_run_id_finishes_it(train_cfg, mlflow_client,
+                                                                                          tmp_path):
+    """Ctrl-C in the middle of an epoch: the batch ends, last.ckpt is saved there, the run ends KILLED
+    with the reason and the process exits non-zero. resume=<run id> continues it into the same run,
+    which records the launch that resumed it."""
+    stopped = interrupted(train_cfg, 2, 1, finished := [])
+    assert stopped.code == 1 and finished == [0, 1, 2]
+    (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (SIGINT / Ctrl-C)"
+    saved = torch.load(tmp_path / "output" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3
+
+    resumed = train_cfg(f"resume={run.info.run_id}")
+    train(resumed)
+    run = mlflow_client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert len(steps(mlflow_client, run.info.run_id, "val/loss")) == 1
+    assert run.data.tags["sweep_id"] == "output" and run.data.tags["resumed_in"] == "output-2" == \
+        Path(resumed.hydra.runtime.output_dir).name
+    assert len(mlflow_client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_second_ctrl_c_stops_at_once(train_cfg, mlflow_client, tmp_path):
+    """The first Ctrl-C waits for the batch in progress; a second one stops in the middle of it (the
+    rest of that batch never runs, no checkpoint is saved there), and the run still ends KILLED."""
+    stopped = interrupted(train_cfg, 2, 2, finished := [])
+    assert stopped.code == 1 and finished == [0, 1]
+    (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (SIGINT / Ctrl-C)"
+    assert not (tmp_path / "output" / "checkpoints" / "last.ckpt").exists()
+
+
 @pytest.mark.slow
 def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_run(tmp_path, monkeypatch, capsys):
     """SIGKILL leaves no chance to end the run. `allcls-runs cleanup` lists it, and marks
@@ -114,17 +167,22 @@ def test_a_job_killed_mid_epoch_is_found_marked_and_resumed_into_one_finished_ru
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     experiment = client.get_run(run_id).info.experiment_id
     alive = client.create_run(experiment, tags={"host": socket.gethostname(), "pid": str(os.getpid())})
+    # another host's run, whose pid is the killed job's: gone here, but that says nothing of the other host
+    elsewhere = client.create_run(experiment, tags={"host": "another-host", "pid": str(job.pid)})
 
     listed = cleanup(tmp_path, monkeypatch, capsys)
     assert listed.returncode == 0 and run_id in listed.stdout and "is gone" in listed.stdout
     assert "is still alive" in listed.stdout and "--mark" in listed.stdout
+    assert f"process {job.pid} on another-host cannot be checked from here" in listed.stdout
     assert client.get_run(run_id).info.status == "RUNNING"  # listing changes nothing
     marked = cleanup(tmp_path, monkeypatch, capsys, "--mark")
     assert marked.returncode == 0 and "marked FAILED" in marked.stdout, marked.stdout + marked.stderr
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and "ended without ending the run" in run.data.tags["error"]
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
     client.delete_run(alive.info.run_id)
+    client.delete_run(elsewhere.info.run_id)
 
     changed = run_entry(train_main, "resume=last", "trainer.max_epochs=5", cwd=tmp_path, monkeypatch=monkeypatch,
                         capsys=capsys)
@@ -160,7 +218,8 @@ def cleanup(folder: Path, monkeypatch, capsys, *args: str) -> subprocess.Complet
 
 def test_resume_refuses_what_it_cannot_continue(train_cfg, mlflow_client, tmp_path):
     """A finished run, a folder that holds no job, a word that is neither, and `last` with nothing
-    unfinished: each one line, and the finished run is left as it was."""
+    unfinished: each one line, and the finished run is left as it was. So are a job whose process
+    still runs and one without last.ckpt."""
     train(train_cfg())
     finished = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("synthetic-cnmc").experiment_id])[0]
     for resume, says in [(finished.info.run_id, "has finished"), (str(tmp_path / "output"), "has finished"),
@@ -172,21 +231,33 @@ def test_resume_refuses_what_it_cannot_continue(train_cfg, mlflow_client, tmp_pa
     assert mlflow_client.get_run(finished.info.run_id).info.status == "FINISHED"
     assert {"mlflow_run.json", "config.resolved.yaml"} <= {p.name for p in (tmp_path / "output").iterdir()}
 
+    # the same job as if its process still ran on this host, then as if stopped before its first epoch ended
+    run_id, living = finished.info.run_id, os.getppid()
+    mlflow_client.update_run(run_id, "RUNNING")
+    mlflow_client.set_tag(run_id, "pid", str(living))
+    with pytest.raises(AllclsError, match=f"still being trained by process {living}: stop it first"):
+        train(train_cfg(f"resume={run_id}"))
+    mlflow_client.set_terminated(run_id, "KILLED")
+    (tmp_path / "output" / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(AllclsError, match="has no checkpoints/last.ckpt: the job stopped before its first epoch"):
+        train(train_cfg(f"resume={run_id}"))
+    assert mlflow_client.get_run(run_id).info.status == "KILLED"
 
-def test_a_sigterm_that_lightning_sees_first_still_saves_and_fails_the_job(train_cfg, mlflow_client, tmp_path,
-                                                                          monkeypatch):
+
+def test_a_sigterm_that_lightning_sees_first_still_saves_and_fails_the_job(train_cfg, mlflow_client, tmp_path):
     """Lightning's own SIGTERM handler stops at the end of a batch, after the callbacks' hooks, and
     would exit 0. A SIGTERM that arrives after allcls's hook (here: from the model's own hook,
-    which Lightning calls after the callbacks') still saves last.ckpt there and ends KILLED, 143."""
+    which Lightning calls after the callbacks') still saves last.ckpt there and ends KILLED, 143.
+    resume=<the job's folder> continues it once its damaged folder is repaired."""
     from allcls.models.lit_classifier import LitClassifier
 
     def terminate_after_the_third_batch(self, outputs, batch, batch_idx):
         if batch_idx == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(LitClassifier, "on_train_batch_end", terminate_after_the_third_batch)
-    with pytest.raises(SystemExit) as stopped:
-        train(train_cfg("trainer.max_epochs=3"))
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as stopped:
+        patch.setattr(LitClassifier, "on_train_batch_end", terminate_after_the_third_batch)
+        train(train_cfg())
     assert stopped.value.code == 143
     saved = torch.load(tmp_path / "output" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 3
@@ -194,6 +265,12 @@ def test_a_sigterm_that_lightning_sees_first_still_saves_and_fails_the_job(train
     assert run.info.status == "KILLED" and run.data.tags["error"] == "stopped by SIGTERM"
     a_damaged_job_folder_is_refused_and_the_run_left_killed(train_cfg, mlflow_client, tmp_path / "output",
                                                             run.info.run_id)
+    # repaired, resume=<the job's folder> continues it into the same run
+    train(train_cfg(f"resume={tmp_path / 'output'}"))
+    run = mlflow_client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert len(steps(mlflow_client, run.info.run_id, "val/loss")) == 1
+    assert len(mlflow_client.search_runs([run.info.experiment_id])) == 1
 
 
 class Payload:
@@ -223,4 +300,5 @@ def a_damaged_job_folder_is_refused_and_the_run_left_killed(train_cfg, client, f
         assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)
         assert client.get_run(run_id).info.status == "KILLED"
         last.write_bytes(whole)
+        record.write_text(kept_record)
     assert not marker.exists()
