@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from allcls.config.stage import Job
 from allcls.ensemble.cli import main as ensemble_main
 from allcls.errors import AllclsError
+from allcls.evaluation.cli import main as evaluate_main
 from allcls.jobs.cli import main as runs_main
 from allcls.jobs.summary import summary_text
 from allcls.predictions import read_table
+from allcls.serving.cli import package as package_main
+from allcls.serving.cli import predict as predict_main
 from allcls.tracking import schema as run_schema
 from allcls.tracking.registry import ModelUnavailable
 from allcls.tracking.registry import load as load_model
@@ -116,16 +120,23 @@ def test_a_tracking_server_is_browsed_at_its_own_address():
 
 
 def test_an_unreachable_tracking_server_is_refused_in_one_line_before_any_work(tmp_path, monkeypatch, capsys):
-    """Nothing listens on the port: train.py and ensemble.py each stop with one line naming the
-    URI (exit 2) instead of MLflow's minutes of retries, before a dataset is read or written."""
+    """Nothing listens on the port: train.py, ensemble.py, evaluate.py, packaging and prediction each
+    stop with one line naming the URI (exit 2) within seconds, instead of MLflow's minutes of
+    retries, before a dataset is read or written."""
     uri = f"http://127.0.0.1:{free_port()}"
+    run_id, model = "run_id=0123456789abcdef0123456789abcdef", "model=models:/cells@champion"
+    (tmp_path / "incoming").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "incoming" / "cell.png")  # what prediction is given
     for main, program, args in ((train_main, "train.py", [*FAST, *SMALL_SYNTHETIC]),
-                                (ensemble_main, "ensemble.py", ["experiment_name=synthetic-cnmc", "sweep_id=latest"])):
+                                (ensemble_main, "ensemble.py", ["experiment_name=synthetic-cnmc", "sweep_id=latest"]),
+                                (evaluate_main, "evaluate.py", [run_id]), (package_main, "allcls-package", [run_id]),
+                                (predict_main, "allcls-predict", [model, f"input={tmp_path / 'incoming'}"])):
+        started = time.monotonic()
         result = run_entry(main, *args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys, program=program,
                            env_extra={"MLFLOW_TRACKING_URI": uri})
         assert result.returncode == 2, result.stderr[-2000:]
-        assert f"error: Cannot reach the MLflow tracking server {uri}" in result.stderr
-        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith(f"error: Cannot reach the MLflow tracking server {uri}"), result.stderr[-2000:]
+        assert len(result.stderr.strip().splitlines()) == 1 and time.monotonic() - started < 15, program
     assert not (tmp_path / "data").exists()  # the synthetic dataset was never written
 
 
