@@ -95,3 +95,18 @@ def test_a_damaged_record_another_store_or_a_deleted_run_is_refused_by_name(job,
     code, printed = upload(job["folder"], capsys)
     assert code == 2 and f"{record} is damaged" in printed and "Traceback" not in printed
     assert history(job) == []
+
+
+def test_tracking_uri_sends_the_journal_to_the_same_store_at_another_address(job, capsys):
+    """The job logged to an address that no longer answers (the server moved): `--tracking-uri`
+    names where the same store is now, and the whole journal goes there."""
+    record = job["folder"] / RUN_FILE
+    moved = json.loads(record.read_text())
+    moved["tracking_uri"] = "http://127.0.0.1:9"  # nothing listens there
+    record.write_text(json.dumps(moved))
+    code, printed = upload(job["folder"], capsys)
+    assert code == 2 and "Cannot reach the MLflow tracking server http://127.0.0.1:9" in printed
+    code, printed = upload(job["folder"], capsys, "--tracking-uri", job["uri"])
+    assert code == 0 and f"Sent to run {job['run_id']} on {job['uri']}" in printed, printed
+    assert "The run is FINISHED" in printed and history(job) == [1.0, 0.9, 0.8]
+    assert job["client"].get_run(job["run_id"]).info.status == "FINISHED"
