@@ -116,6 +116,11 @@ def swapped_classes(table):
     ("no_match", "No finished training runs match"),
     ("single", "Only one run matches"),
     ("other_split", "do not share one split_hash"),
+    # which run has what: the member by its run name, the other run by the name MLflow gave it
+    ("other_dataset", r"do not share one dataset \(dataset=synthetic-cnmc: custom_cnn-basic-s0; dataset=other-lab: "
+                      r"[\w-]+\)"),
+    ("other_classes", r"do not share one classes \(classes=hem,all: custom_cnn-basic-s0; classes=blast,normal: "
+                      r"[\w-]+\)"),
     ("no_tables", "has no predictions/val.parquet"),
     ("nan", "NaN"),
     ("class_order", r"classes \['all', 'hem'\], expected \['hem', 'all'\]"),
@@ -142,8 +147,9 @@ def test_refusals_are_clear_and_log_nothing(store, tmp_path, case, message):
         "misspelt_setting": ["sweep_id=multirun", "+schemes.greedy.bag=3"],
     }.get(case)
     if overrides is None:
-        spoil = {"no_tables": None, "nan": with_nan, "class_order": swapped_classes}[case]
-        overrides = [f"run_ids=[{members[0]},{fake_run(store, tmp_path, spoil)}]"]
+        spoil = {"nan": with_nan, "class_order": swapped_classes}.get(case)
+        tags = {"other_dataset": {"dataset": "other-lab"}, "other_classes": {"classes": "blast,normal"}}.get(case)
+        overrides = [f"run_ids=[{members[0]},{fake_run(store, tmp_path, spoil, tags)}]"]
     before = len(ensemble_runs(store))
     with pytest.raises(AllclsError, match=message):
         run_ensemble(ensemble_cfg(store, tmp_path, *overrides))
