@@ -158,6 +158,30 @@ def test_simplex_grid_finds_the_best_weighting_a_plain_loop_finds():
     assert sk.f1_score(labels, chosen, average="weighted") == pytest.approx(brute[0])
 
 
+def plain_grid(probs, labels, grid):
+    """The grid's best weighting as a plain loop: the best F1 by scikit-learn, ties to the lowest log
+    loss (then the first weighting); and how many weightings tied."""
+    f1 = np.array([sk.f1_score(labels, np.tensordot(w, probs, 1).argmax(axis=1), average="weighted") for w in grid])
+    tied = np.flatnonzero(np.isclose(f1, f1.max(), rtol=0, atol=1e-12))
+    losses = [sk.log_loss(labels, np.clip(np.tensordot(grid[i], probs, 1), 1e-12, 1), labels=[0, 1]) for i in tied]
+    return grid[tied[np.argmin(losses)]], grid[tied[0]]
+
+
+def test_the_grid_breaks_ties_by_the_lower_log_loss():
+    """On a small validation set several weightings score the same F1: the grid takes the best
+    calibrated of them, fitted on the whole set and without a held-out fold alike."""
+    probs, labels = noisy_members(models=3, classes=2, samples=60, seed=1, skill=(1.0, 1.2, 0.8))
+    search, grid = SimplexGrid("f1_weighted", 0.1, "arithmetic", 10_000), simplex_grid_points(3, 0.1)
+    fold = np.arange(10)
+    keep = np.setdiff1d(np.arange(len(labels)), fold)
+    expected, first_tied = plain_grid(probs, labels, grid)
+    assert not np.allclose(expected, first_tied)  # the tie is there, and the first tied weighting is not the answer
+    assert search.fit(probs, labels) == pytest.approx(expected)
+    per_fold = search.fit_folds(probs, labels, [fold, np.array([], dtype=np.int64)])
+    assert per_fold[0] == pytest.approx(plain_grid(probs[:, keep], labels[keep], grid)[0])
+    assert per_fold[1] == pytest.approx(expected)
+
+
 def test_a_grid_too_big_for_its_budget_covers_the_best_members_it_can():
     probs, labels = noisy_members(models=4)  # skill increases with the index
     assert grid_members(4, 0.1, 66) == 3 and grid_members(4, 0.1, 65) == 2  # 3 members: C(12, 2) = 66
