@@ -6,11 +6,14 @@ combines them into an equal-weight ensemble, and packages one run and the ensemb
 and `predict` use them. Then, side by side in one run:
   - the page: decoding one uploaded 450 px BMP and analysing it (allcls.serving.page.analysis: calibrated
     probabilities, prediction set, votes), for the single model and the 3-member ensemble, with
-    and without Grad-CAM; median and 90th percentile over repeats, after a warm-up;
-  - `allcls-predict` over a folder of C-NMC-sized BMPs, and the plain loop, each in its
-    own process, each timed from loading the model to the CSV written.
+    and without Grad-CAM; median, spread and 90th percentile over --repeats, after a warm-up;
+  - `allcls-predict` over a folder of C-NMC-sized BMPs, and the plain loop (the checkpoint into a
+    timm model, then PIL and torchvision transforms image by image), each in its own process,
+    each timed from loading the model to the CSV written; the two take turns for --rounds
+    rounds, each figure the median of the rounds with the spread, their ratio taken round by round.
 
-    python benchmarks/serving.py [--images 500] [--repeats 20]
+    python benchmarks/serving.py [--images 500] [--repeats 20] [--rounds 3] [--members 3] [--image-size 450]
+    python benchmarks/serving.py --tiny     # what `make test` runs: 64 px cells, 32 px input, 2 members
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,39 +33,79 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-SIZE = 450  # C-NMC's cells: 450 x 450 px, 24-bit BMP
-DATA = ["dataset=synthetic", f"dataset.reader.image_size={SIZE}", "dataset.reader.subjects_per_class=12",
-        "dataset.reader.cells_per_subject=4", "dataset.reader.test_subjects_per_class=2"]
+from results import median_spread, record  # noqa: E402  (this folder's results file)
+
 TRAIN = ["backbone=mobilenetv2", "trainer.max_epochs=1", "data.num_workers=0", "trainer.enable_progress_bar=false",
-         "trainer.enable_model_summary=false", "seed=0,1,2"]
+         "trainer.enable_model_summary=false"]
 ONLY_EQUAL = [f"schemes.{s}=null" for s in ("proportional", "majority_vote", "best_single", "top_k", "simplex_grid",
                                             "greedy", "log_loss")]
 
 
 def run(*command: str, cwd: Path) -> str:
-    """`python <command>`, or the console script `command[0]` (allcls-package) of this environment."""
-    program = [str(Path(sys.executable).parent / command[0])] if command[0].startswith("allcls-") else [sys.executable,
-                                                                                                     command[0]]
-    result = subprocess.run([*program, *command[1:]], cwd=cwd, capture_output=True, text=True)
+    """`python <command>` of this environment, run from `cwd`; its output."""
+    result = subprocess.run([sys.executable, *command], cwd=cwd, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result.stdout
 
 
-def prepare(work: Path) -> dict:
-    """Three trained runs, their ensemble, and both packaged; the store's URI and the model URIs."""
+ENTRIES = {"allcls-train": "allcls.training.cli:main", "allcls-ensemble": "allcls.ensemble.cli:main",
+           "allcls-package": "allcls.serving.cli:package"}
+
+
+def entry(program: str, *args: str) -> None:
+    """The console script `program`'s main run in this process with `args` as its command line: what
+    the command runs, without paying a process and its imports each time."""
+    import importlib
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    module, name = ENTRIES[program].split(":")
+    main = getattr(importlib.import_module(module), name)
+    sys.argv = [program, *args]
+    GlobalHydra.instance().clear()
+    started = time.perf_counter()
+    try:
+        main()
+    except SystemExit as end:
+        if end.code:
+            raise SystemExit(f"{program} {' '.join(args)} failed ({end.code})") from None
+    print(f"  {program} ... {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+
+def data_overrides(args) -> list[str]:
+    """Synthetic cells at --image-size (C-NMC's: 450 x 450 px, 24-bit BMP)."""
+    return ["dataset=synthetic", f"dataset.reader.image_size={args.image_size}",
+            f"dataset.reader.subjects_per_class={args.subjects_per_class}",
+            f"dataset.reader.cells_per_subject={args.cells_per_subject}",
+            f"dataset.reader.test_subjects_per_class={args.test_subjects_per_class}"]
+
+
+def prepare(work: Path, args) -> dict:
+    """`args.members` trained runs, their ensemble, and the first run and the ensemble packaged, in a
+    process of its own (`--prepare`: the commands a user types, one after the other); the store's
+    URI and the model URIs."""
+    settings = [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in (
+        "members", "image_size", "subjects_per_class", "cells_per_subject", "test_subjects_per_class")]
+    size = [] if args.input_size is None else [f"--input-size={args.input_size}"]
+    return json.loads(run(__file__, "--prepare", *settings, *size, cwd=work).strip().splitlines()[-1])
+
+
+def prepared(work: Path, args) -> dict:
+    """What `prepare` asks for, done in this process (run from `work`)."""
     from mlflow.tracking import MlflowClient
 
-    run(str(PROJECT / "train.py"), "-m", *DATA, *TRAIN, cwd=work)
-    run(str(PROJECT / "ensemble.py"), "experiment_name=synthetic-cnmc", "sweep_id=latest", "bootstrap=10", "cv_folds=2",
-        *ONLY_EQUAL, cwd=work)
+    size = [] if args.input_size is None else [f"backbone.input_size={args.input_size}"]
+    seeds = ",".join(str(seed) for seed in range(args.members))
+    entry("allcls-train", "-m", *data_overrides(args), *TRAIN, *size, f"seed={seeds}")
+    entry("allcls-ensemble", "experiment_name=synthetic-cnmc", "sweep_id=latest", "bootstrap=10", "cv_folds=2",
+          *ONLY_EQUAL)
     store = f"sqlite:///{work}/mlruns/mlflow.db"
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("synthetic-cnmc").experiment_id
     single = client.search_runs([experiment], "tags.stage = 'train'", order_by=["attributes.start_time ASC"])[0]
     for run_id in (single.info.run_id, "latest"):
-        run("allcls-package", f"run_id={run_id}", "experiment_name=synthetic-cnmc", "bootstrap=10", "coverage=0.8",
-            cwd=work)
+        entry("allcls-package", f"run_id={run_id}", "experiment_name=synthetic-cnmc", "bootstrap=10", "coverage=0.8")
     ensemble = client.search_runs([experiment], "tags.stage = 'ensemble'")[0]
     checkpoint = client.download_artifacts(single.info.run_id, "checkpoints/best.ckpt", str(work / "plain"))
     return {"store": store, "single": f"runs:/{single.info.run_id}/model",
@@ -80,22 +122,23 @@ def cell_folder(work: Path, count: int) -> Path:
     return folder
 
 
-def page_latency(models: dict, image: Path, repeats: int) -> list[tuple[str, float, float]]:
-    """(variant, median ms, 90th percentile ms) of what the page does for one upload."""
+def page_latency(models: dict, image: Path, repeats: int, members: int) -> dict[str, dict]:
+    """Each variant's milliseconds for what the page does for one upload: median and spread of
+    the repeats, their 90th percentile, and every repeat."""
     from allcls.serving.page.analysis import Upload, analyse, explanations
     from allcls.tracking import registry
     from allcls.tracking.tracker import Tracker
 
     tracker = Tracker(models["store"])
     upload = [Upload(image.name, image.read_bytes())]
-    rows = []
+    found = {}
 
     def answer(model, gradcam: bool) -> None:
         batch = analyse(model, upload, tta=False)
         if gradcam:
             explanations(model, batch, [0])
 
-    for name, label in (("single", "MobileNetV2"), ("ensemble", "3-member MobileNetV2 ensemble")):
+    for name, label in (("single", "MobileNetV2"), ("ensemble", f"{members}-member MobileNetV2 ensemble")):
         model = registry.load(tracker, models[name]).model
         for gradcam in (False, True):
             for _ in range(2):  # warm-up
@@ -105,9 +148,9 @@ def page_latency(models: dict, image: Path, repeats: int) -> list[tuple[str, flo
                 start = time.perf_counter()
                 answer(model, gradcam)
                 times.append(1000 * (time.perf_counter() - start))
-            rows.append((f"{label}, {'with' if gradcam else 'without'} Grad-CAM", statistics.median(times),
-                         statistics.quantiles(times, n=10)[-1]))
-    return rows
+            found[f"{label}, {'with' if gradcam else 'without'} Grad-CAM"] = {
+                "ms": median_spread(times), "p90_ms": statistics.quantiles(times, n=10)[-1], "repeats_ms": times}
+    return found
 
 
 def allcls_predict(model: str, folder: Path, output: Path) -> tuple[float, float]:
@@ -149,12 +192,14 @@ def plain_loop(checkpoint: str, folder: Path, output: Path) -> tuple[float, floa
     start = time.perf_counter()
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     classes = list(saved["hyper_parameters"]["class_names"])
-    model = timm.create_model("mobilenetv2_100", num_classes=len(classes))
+    backbone = saved["hyper_parameters"]["backbone"]  # what a plain script knows of its own model
+    size = backbone["input_size"] or 224
+    model = timm.create_model(backbone["name"], num_classes=len(classes))
     model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()
                            if k.startswith("model.")})
     model.eval()
     config = timm.data.resolve_data_config({}, model=model)
-    preprocess = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
+    preprocess = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
                                      transforms.Normalize(config["mean"], config["std"])])
     loaded = time.perf_counter()
     with open(output, "w", newline="") as handle, torch.no_grad():
@@ -185,43 +230,79 @@ def throughput(kind: str, source: str, folder: Path, output: Path, work: Path) -
     return seconds["loading"], seconds["predicting"], time.perf_counter() - start
 
 
+def spread(values: dict, digits: int = 1) -> str:
+    return f"{values['median']:.{digits}f} ({values['min']:.{digits}f}-{values['max']:.{digits}f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--images", type=int, default=500, help="the BMPs batch prediction reads")
+    parser.add_argument("--repeats", type=int, default=20, help="the page's answers timed per variant")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the batch prediction comparison")
+    parser.add_argument("--members", type=int, default=3, help="MobileNetV2 runs trained (seeds 0..), the ensemble's")
+    parser.add_argument("--image-size", type=int, default=450, help="the synthetic cells' side (C-NMC's: 450)")
+    parser.add_argument("--input-size", type=int, default=None, help="the network's input side (default: 224)")
+    parser.add_argument("--subjects-per-class", type=int, default=12)
+    parser.add_argument("--cells-per-subject", type=int, default=4)
+    parser.add_argument("--test-subjects-per-class", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true",
+                        help="2 members at 32 px input on 64 px cells (3+1 subjects per class of 2 cells), "
+                             "8 images, 3 repeats, one round")
     for hidden in ("--child", "--source", "--folder", "--output"):  # one side of the comparison
         parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # the models, in a child process
     args = parser.parse_args()
+    if args.prepare:
+        print(json.dumps(prepared(Path.cwd(), args)))
+        return
     if args.child:
         child(args.child, args.source, Path(args.folder), Path(args.output))
         return
+    if args.tiny:
+        args.images, args.repeats, args.rounds, args.members, args.image_size, args.input_size = 8, 3, 1, 2, 64, 32
+        args.subjects_per_class, args.cells_per_subject, args.test_subjects_per_class = 3, 2, 1
     import torch
 
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="allcls-serving-") as name:
         work = Path(name)
         started = time.perf_counter()
-        models = prepare(work)
-        print(f"(three MobileNetV2 runs trained, ensembled and packaged in {time.perf_counter() - started:.0f} s)",
-              flush=True)
+        models = prepare(work, args)
+        preparing = time.perf_counter() - started
+        print(f"({args.members} MobileNetV2 runs trained, ensembled and packaged in {preparing:.0f} s)", flush=True)
         folder = cell_folder(work, args.images)
-        print(f"\nThe page, one uploaded {SIZE} px BMP ({args.repeats} repeats after a warm-up):")
-        print("| model | median ms | 90th percentile ms |\n|---|---|---|")
-        for label, median, p90 in page_latency(models, next(folder.iterdir()), args.repeats):
-            print(f"| {label} | {median:.0f} | {p90:.0f} |", flush=True)
-        print(f"\nBatch prediction, {args.images} BMPs of {SIZE} x {SIZE} px, MobileNetV2 (one checkpoint):")
-        print("| command | model load, s | images/s, first image to CSV | whole command, s |\n|---|---|---|---|")
-        sides = [("plain loop: checkpoint, then PIL image by image", "plain", models["checkpoint"]),
-                 ("allcls-predict", "predict", models["single"])]
-        rates, ends = [], []
-        for label, kind, source in sides:
-            loading, predicting, whole = throughput(kind, source, folder, work / f"{kind}.csv", work)
-            rates.append(args.images / predicting)
-            ends.append(args.images / (loading + predicting))
-            print(f"| {label} | {loading:.1f} | {rates[-1]:.1f} | {whole:.1f} |", flush=True)
-        print(f"\nallcls-predict / plain loop, images/s while predicting: {rates[1] / rates[0]:.2f}x; "
-              f"from the model's load to the CSV: {ends[1] / ends[0]:.2f}x")
+        page = page_latency(models, next(folder.iterdir()), args.repeats, args.members)
+        sides = {"plain": ("plain loop: checkpoint, then PIL image by image", models["checkpoint"]),
+                 "predict": ("`allcls-predict` (then `python -m allcls.predict`)", models["single"])}
+        rounds: dict[str, list[dict]] = {kind: [] for kind in sides}
+        for repeat in range(args.rounds):
+            for kind, (_, source) in sides.items():
+                loading, predicting, whole = throughput(kind, source, folder, work / f"{kind}.csv", work)
+                rounds[kind].append({"loading_s": loading, "predicting_s": predicting, "whole_s": whole,
+                                     "images_per_s": args.images / predicting,
+                                     "images_per_s_from_load": args.images / (loading + predicting)})
+                print(f"round {repeat + 1}, {kind}: {rounds[kind][-1]}", flush=True)
+    batch = {kind: {key: median_spread([r[key] for r in runs]) for key in runs[0]} for kind, runs in rounds.items()}
+    ratio = {key: median_spread([p[key] / q[key] for p, q in zip(rounds["predict"], rounds["plain"], strict=True)])
+             for key in ("images_per_s", "images_per_s_from_load")}
+    size = args.input_size or 224
+    page_table = [["model", "median ms (min-max)", "90th percentile ms"],
+                  *[[label, spread(f["ms"], 0), f"{f['p90_ms']:.0f}"] for label, f in page.items()]]
+    batch_table = [["command", "model load, s", "images/s, first image to CSV", "whole command, s"],
+                   *[[label, spread(batch[kind]["loading_s"]), spread(batch[kind]["images_per_s"]),
+                      spread(batch[kind]["whole_s"])] for kind, (label, _) in sides.items()]]
+    ratio_table = [["allcls-predict / plain loop", "images/s while predicting", "from the model's load to the CSV"],
+                   ["ratio, round by round", spread(ratio["images_per_s"], 2) + "x",
+                    spread(ratio["images_per_s_from_load"], 2) + "x"]]
+    setting = {"images": args.images, "image_size": args.image_size, "input_size": size, "repeats": args.repeats,
+               "rounds": args.rounds, "members": args.members, "subjects_per_class": args.subjects_per_class,
+               "cells_per_subject": args.cells_per_subject, "test_subjects_per_class": args.test_subjects_per_class,
+               "torch": torch.__version__}
+    tables = {"main": page_table, "batch": batch_table, "batch_ratio": ratio_table}
+    record("serving", {"page": page, "batch": batch, "batch_ratio": ratio, "rounds": rounds,
+                       "preparing_s": preparing}, setting, tables)
+    for table in tables.values():
+        print("\n".join(" | ".join(row) for row in table) + "\n")
+
 
 if __name__ == "__main__":
     main()
