@@ -167,8 +167,9 @@ def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
     subjects per class support) and an out-of-distribution gate: `cells`, the sweep's first run,
     registered as cells@champion; `ensemble`, the store's ensemble, which also protects `all` (miss
     rate 30%), registered as ensemble@champion, the newest registered model, then packaged again
-    (`unregistered`: overwrite=true, without the gate, not registered; `printed`: what packaging
-    said), which leaves the registered version as it was."""
+    (`unregistered`: overwrite=true, without the gate, not registered, asking a coverage and a miss
+    rate that its 3 validation subjects per class cannot support; `printed`: what packaging said),
+    which leaves the registered version as it was."""
     from allcls.serving.package import package
 
     folder = tmp_path_factory.mktemp("registered")
@@ -182,6 +183,7 @@ def registered(store, ensemble_run, tmp_path_factory) -> dict[str, str]:
     ensemble = packaged(f"run_id={ensemble_run}", "register_as=ensemble", "alias=champion", *protect)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # the gate is tested on the other two: not fitted here
-        unregistered = packaged(f"run_id={ensemble_run}", "overwrite=true", *protect, "ood.enabled=false")
+        unregistered = packaged(f"run_id={ensemble_run}", "overwrite=true", *protect, "ood.enabled=false",
+                                "coverage=0.95", "referral.max_miss_rate=0.05")
     return {"cells": cells, "ensemble": ensemble, "unregistered": unregistered, "printed": printed.getvalue(),
             "ensemble_run": ensemble_run}

@@ -76,6 +76,18 @@ def test_a_run_is_packaged_registered_and_found_by_every_uri(store, packaged, tm
     single = first["set"].isin(CLASSES)
     assert (first.loc[~single, "refer"]).all()  # an empty or two-class set is always referred
 
+    # what the MLflow UI shows of it: its signature (the columns it reads, the columns it answers
+    # with, its one param) and an input example, which it answers
+    model = mlflow.pyfunc.load_model(packaged)
+    signature = model.metadata.signature
+    assert signature.inputs.input_names() == ["image", "path", "subject"]
+    assert signature.outputs.input_names() == list(first.columns)
+    assert [param.name for param in signature.params.params] == ["tta"]
+    example = model.input_example
+    assert list(example.columns) == ["image"] and len(example) == 1
+    answered = model.predict(example)
+    assert answered.loc[0, "error"] == "" and "out of distribution" in answered.loc[0, "refer_reason"]  # a black pixel
+
 
 def test_the_packaged_model_predicts_what_the_run_logged(store, packaged):
     """Before temperature scaling the model's probabilities are the run's own test predictions."""
@@ -156,9 +168,18 @@ def test_a_served_model_reads_files_only_under_the_folder_it_was_allowed(store, 
 
 def test_an_ensemble_packages_its_members_and_reports_their_votes(store, ensemble_run, registered, tmp_path):
     """Packaged without registering, it prints its run's page; packaged again with overwrite=true
-    (and registered), it answers with each weighted member's vote."""
+    (and registered), it answers with each weighted member's vote. Asked a coverage and a miss rate
+    that its validation subjects cannot support, it gets no sets and no protected miss rate, and
+    packaging says what each needs."""
     assert registered["unregistered"] == f"runs:/{ensemble_run}/model"
-    assert f"#/experiments/{store['experiment_id']}/runs/{ensemble_run}" in registered["printed"]
+    printed = registered["printed"]
+    assert f"#/experiments/{store['experiment_id']}/runs/{ensemble_run}" in printed
+    assert "prediction sets: 95% coverage needs 20 validation subjects per class or more; hem has 3, all has 3: " \
+           "lower the coverage, or validate on more subjects" in printed
+    assert "protected miss rate: none: a miss rate of 5% needs 19 validation subjects of all, there are 3: " \
+           "raise referral.max_miss_rate or validate on more subjects" in printed
+    rule = mlflow.pyfunc.load_model(registered["unregistered"]).unwrap_python_model().spec.decision
+    assert rule.sets is None and rule.protect is None
     client = store["client"]
     rows = mlflow.pyfunc.load_model(registered["ensemble"]).predict(pd.DataFrame({"path": sample_images(store, 2)}))
     votes = [c for c in rows.columns if c.startswith("member_")]
