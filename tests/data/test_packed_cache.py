@@ -1,6 +1,7 @@
 """The packed cache (`data.cache_dir`): one memory-mapped uint8 array per (dataset, split,
 preprocessing), the same images as decoding gives, never stale, written atomically and once."""
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def test_the_packed_array_holds_what_decoding_gives(cells, tmp_path, roi_crop):
     assert packed.path.name.startswith(f"cells-train-32px{'-roi' if roi_crop else ''}-")
 
 
-def test_a_changed_image_or_setting_never_hits_a_stale_array(cells, tmp_path):
+def test_a_changed_image_or_setting_never_hits_a_stale_array(cells, tmp_path, caplog):
+    """A new array is written; the older one of the same split is named in the log, and kept."""
     cache = tmp_path / "cache"
     first = packed_images(cache, "cells-train", cells, SPEC, False)
     written = first.path.stat().st_mtime_ns
@@ -65,8 +67,11 @@ def test_a_changed_image_or_setting_never_hits_a_stale_array(cells, tmp_path):
     assert first.path.stat().st_mtime_ns == written
 
     cv2.imwrite(cells[3], np.full((40, 40, 3), 200, np.uint8))  # the user replaces one image
-    changed = packed_images(cache, "cells-train", cells, SPEC, False)
+    with caplog.at_level(logging.INFO, logger=packed_cache.__name__):
+        changed = packed_images(cache, "cells-train", cells, SPEC, False)
     assert changed.path != first.path and np.array_equal(changed[3], np.full((32, 32, 3), 200, np.uint8))
+    assert "also holds 1 packed array(s) of cells-train-32px that no longer match" in caplog.text
+    assert first.path.name in caplog.text and "delete them to free the space" in caplog.text and first.path.is_file()
     bigger = packed_images(cache, "cells-train", cells, InputSpec(48, SPEC.mean, SPEC.std), False)
     fewer = packed_images(cache, "cells-train", cells[:-1], SPEC, False)
     assert len({first.path, changed.path, bigger.path, fewer.path}) == 4
