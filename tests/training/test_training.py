@@ -1,6 +1,7 @@
 """The training task end to end on synthetic data: what it logs to MLflow, that it learns, how it fails."""
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -181,9 +182,18 @@ def test_wrong_layout_for_the_dataset_is_refused(train_cfg, cnmc_root):
         train(train_cfg("dataset=aria", f"dataset.root={cnmc_root}"))
 
 
-def test_real_dataset_configs_train_on_their_layouts(train_cfg, mlflow_client, cnmc_root, aria_root):
-    train(train_cfg("dataset=cnmc", f"dataset.root={cnmc_root}"))
-    assert only_run(mlflow_client, "cnmc").data.tags["classes"] == "hem,all"
+def test_real_dataset_configs_train_on_their_layouts(train_cfg, mlflow_client, cnmc_root, aria_root, tmp_path):
+    """The C-NMC copy holds one image that cannot be read: skip_unreadable_images=true leaves it out
+    and the run lists it, with the reason, in data/unreadable_images.txt."""
+    root = Path(shutil.copytree(cnmc_root, tmp_path / "cnmc"))
+    broken = next((root / "training_data" / "fold_0" / "all").glob("*.bmp"))
+    broken.write_bytes(b"")
+    train(train_cfg("dataset=cnmc", f"dataset.root={root}", "dataset.skip_unreadable_images=true"))
+    run = only_run(mlflow_client, "cnmc")
+    assert run.data.tags["classes"] == "hem,all"
+    listed = mlflow_client.download_artifacts(run.info.run_id, "data/unreadable_images.txt", str(tmp_path / "dl"))
+    ((path, reason),) = [line.split("\t") for line in Path(listed).read_text().splitlines()]
+    assert path == str(broken) and "empty" in reason
     train(train_cfg("dataset=aria", f"dataset.root={aria_root}", "dataset.variant=Segmented"))
     assert only_run(mlflow_client, "aria").data.tags["classes"] == "Benign,Early,Pre,Pro"
 
