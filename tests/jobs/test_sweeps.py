@@ -13,6 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from allcls.config.entry import CONF_DIR
 from allcls.predictions import read_table
 from allcls.training.cli import main
 
@@ -43,6 +44,19 @@ def test_user_mistake_ends_with_one_line_and_no_traceback(tmp_path, monkeypatch,
     assert result.returncode == 2
     assert "error: dataset.root is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_config_group_with_its_options_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    """`train.py --help`: each config group of conf/ (Hydra's own aside) with every option it has, then
+    the config; exit 0, and no store, data or job folder is made."""
+    result = run_entry(main, "--help", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert result.returncode == 0 and "== Config ==" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = dict(line.split(": ", 1) for line in groups.splitlines() if ": " in line)
+    shipped = {folder.name: ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+               for folder in CONF_DIR.iterdir() if folder.is_dir() and folder.name != "hydra"}
+    assert listed == {name: options for name, options in shipped.items() if options}
+    assert "backbone" in listed and "dataset" in listed and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("typed", "says"), [
