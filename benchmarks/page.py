@@ -11,24 +11,24 @@ demo-ensemble@champion is the page's default there):
   - for scale, new sessions of an empty Streamlit page (a title and an upload box) on the same machine.
 
 The cells are synthetic C-NMC cells drawn at C-NMC's 450 x 450 px (allcls.data.synthetic), one
-leukemic subject's. Medians over `--repeats` sessions; each upload is a new set of files (the page
+leukemic subject's. Medians over `--repeats` sessions (the first page over `--fresh-servers`
+servers, each started for it), with the spread; each upload is a new set of files (the page
 reuses the answers of a set it has seen). `--screenshots docs` saves the two modes as the docs
-show them.
+show them. Every server and browser it starts is stopped by its process id.
 
-    python benchmarks/page.py [--store sqlite:///mlruns/mlflow.db] [--repeats 5] [--screenshots docs]
+    python benchmarks/page.py [--store sqlite:///mlruns/mlflow.db] [--repeats 5] [--fresh-servers 3]
+        [--screenshots docs]
+    python benchmarks/page.py --tiny     # what `make test` runs: its own tiny model, in a temporary folder
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +41,8 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 SIZE = 450
+
+from results import median_spread, record  # noqa: E402  (this folder's results file)
 
 
 def cells(folder: Path, count: int, seed: int) -> list[Path]:
@@ -136,6 +138,15 @@ def session(driver, url: str, new_tab: bool = True) -> float:
     return time.perf_counter() - start
 
 
+def first_page(url: str) -> float:
+    """Seconds of a fresh server's first page (the model loaded), in a browser of its own."""
+    driver = browser()
+    try:
+        return session(driver, url, new_tab=False)
+    finally:
+        driver.quit()
+
+
 def measure(url: str, work: Path, repeats: int, screenshots: Path | None) -> dict[str, list[float]]:
     figures: dict[str, list[float]] = {name: [] for name in (
         "first page", "new session (new tab)", "new session (new browser)", "one image with its map",
@@ -210,43 +221,108 @@ def serving(command: list[str], port: int, work: Path, env: dict):
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
                 break
             except OSError:
+                if server.poll() is not None:
+                    raise SystemExit(f"{' '.join(command[:2])} stopped before it served the page") from None
                 time.sleep(0.5)
         yield
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+# --tiny's model: custom_cnn at 32 px, one epoch on a small synthetic C-NMC dataset, packaged and registered.
+TINY_TRAIN = ["dataset=synthetic", "dataset.reader.image_size=32", "dataset.reader.subjects_per_class=3",
+              "dataset.reader.cells_per_subject=4", "dataset.reader.test_subjects_per_class=1",
+              "backbone=custom_cnn", "backbone.input_size=32", "trainer.max_epochs=1", "data.num_workers=0",
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def tiny_store(folder: Path) -> str:
+    """A store in `folder` with one registered model (tiny-cells@champion), made by the commands a
+    user types (run in this process: benchmarks/commands.py); its URI."""
+    from commands import entry
+    from mlflow import MlflowClient
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{folder}/mlruns/mlflow.db"
+    entry("allcls-train", *TINY_TRAIN, cwd=folder)
+    client = MlflowClient(store)
+    run = client.search_runs([client.get_experiment_by_name("synthetic-cnmc").experiment_id], "tags.stage = 'train'")[0]
+    entry("allcls-package", f"run_id={run.info.run_id}", "experiment_name=synthetic-cnmc", "bootstrap=10",
+          "coverage=0.8", "ood.probes=false", "register_as=tiny-cells", "alias=champion", cwd=folder)
+    return store
+
+
+LABELS = {  # each figure's row in the table, and its goal (s)
+    "first page": ("first page of a fresh server (the model loaded)", None),
+    "new session (new tab)": ("new session, new tab", 1.0),
+    "new session (new browser)": ("new session, new browser (nothing cached)", 1.0),
+    "one image with its map": ("one image with its map (single cells)", 2.0),
+    "ten images, patient mode": ("ten images, patient mode (decision, gallery with ten maps, report)", 6.0),
+    "empty page, new tab": ("empty Streamlit page, new tab", None),
+    "empty page, new browser": ("empty Streamlit page, new browser", None),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default=f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fresh-servers", type=int, default=3, help="servers started for the first page's figure")
     parser.add_argument("--screenshots", type=Path, default=None, help="folder for page-patient.jpg, page-cells.jpg")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a tiny model of its own (custom_cnn, 32 px), one session, one server, screenshots "
+                             "into the temporary folder")
     args = parser.parse_args()
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         raise SystemExit("Needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver).")
-    from mlflow import MlflowClient
-
-    if not MlflowClient(args.store).search_registered_models(max_results=1):
-        raise SystemExit(f"No registered model in {args.store}: run `make demo` first, or pass --store.")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": args.store, "TQDM_DISABLE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    app = [str(Path(sys.executable).parent / "allcls-app"), "--server.port", str(port), "--server.headless", "true"]
     with tempfile.TemporaryDirectory(prefix="allcls-page-") as folder:
         work = Path(folder)
-        with serving(app, port, work, env):
-            figures = measure(f"http://127.0.0.1:{port}", work, args.repeats, args.screenshots)
+        if args.tiny:
+            args.repeats, args.fresh_servers, args.screenshots = 1, 1, work / "screenshots"
+            args.screenshots.mkdir()
+            args.store = tiny_store(work / "store")
+        from mlflow import MlflowClient
+
+        from allcls.serving.page.sidebar import PREFERRED_MODEL
+
+        names = [m.name for m in sorted(MlflowClient(args.store).search_registered_models(),
+                                        key=lambda m: -m.last_updated_timestamp)]
+        if not names:
+            raise SystemExit(f"No registered model in {args.store}: run `make demo` first, or pass --store.")
+        model = PREFERRED_MODEL if PREFERRED_MODEL in names else names[0]  # the page's default (sidebar.py)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": args.store, "TQDM_DISABLE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+        def app() -> tuple[list[str], str]:
+            port = free_port()
+            return ([str(Path(sys.executable).parent / "allcls-app"), "--server.port", str(port),
+                     "--server.headless", "true"], f"http://127.0.0.1:{port}")
+
+        command, url = app()
+        with serving(command, int(url.rsplit(":", 1)[1]), work, env):
+            figures = measure(url, work, args.repeats, args.screenshots)
+        for _ in range(args.fresh_servers - 1):  # the first page again, each time of a server of its own
+            command, url = app()
+            with serving(command, int(url.rsplit(":", 1)[1]), work, env):
+                figures["first page"].append(first_page(url))
         figures.update(floor(work, env, args.repeats))
-    goals = {"new session (new tab)": 1.0, "new session (new browser)": 1.0, "one image with its map": 2.0,
-             "ten images, patient mode": 6.0}
     chromium = subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"The diagnosis page in {chromium}, {SIZE} px cells, {args.repeats} sessions; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"{'':32} {'median s':>9} {'max s':>7} {'goal s':>7}")
-    for name, values in figures.items():
-        goal = f"{goals[name]:.1f}" if name in goals else ""
-        print(f"{name:32} {statistics.median(values):9.2f} {max(values):7.2f} {goal:>7}")
-    print(json.dumps({name: [round(v, 3) for v in values] for name, values in figures.items()}))
+    found = {name: median_spread(values) for name, values in figures.items()}
+    header = ["", "median s", "min s", "max s", "goal s"]
+    rows = [[LABELS[name][0], f"{f['median']:.2f}", f"{f['min']:.2f}", f"{f['max']:.2f}",
+             "" if LABELS[name][1] is None else f"{LABELS[name][1]:.1f}"] for name, f in found.items()]
+    setting = {"store": "(its own tiny model)" if args.tiny else args.store, "model": model,
+               "repeats": args.repeats, "fresh_servers": args.fresh_servers, "cell_size": SIZE, "browser": chromium,
+               "screenshots": None if args.tiny or args.screenshots is None else str(args.screenshots)}
+    record("page", {"seconds": found, "runs": {name: [round(v, 3) for v in values] for name, values in figures.items()},
+                    "goals_s": {name: goal for name, (_, goal) in LABELS.items() if goal is not None}},
+           setting, {"main": [header, *rows]})
+    print(f"The diagnosis page in {chromium}, {SIZE} px cells, {args.repeats} sessions")
+    print("\n".join(" | ".join(row) for row in [header, *rows]))
 
 
 if __name__ == "__main__":
