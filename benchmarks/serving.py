@@ -33,6 +33,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from commands import entry  # noqa: E402  (this folder's: the commands run in this process)
 from results import median_spread, record  # noqa: E402  (this folder's results file)
 
 TRAIN = ["backbone=mobilenetv2", "trainer.max_epochs=1", "data.num_workers=0", "trainer.enable_progress_bar=false",
@@ -47,30 +48,6 @@ def run(*command: str, cwd: Path) -> str:
     if result.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result.stdout
-
-
-ENTRIES = {"allcls-train": "allcls.training.cli:main", "allcls-ensemble": "allcls.ensemble.cli:main",
-           "allcls-package": "allcls.serving.cli:package"}
-
-
-def entry(program: str, *args: str) -> None:
-    """The console script `program`'s main run in this process with `args` as its command line: what
-    the command runs, without paying a process and its imports each time."""
-    import importlib
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    module, name = ENTRIES[program].split(":")
-    main = getattr(importlib.import_module(module), name)
-    sys.argv = [program, *args]
-    GlobalHydra.instance().clear()
-    started = time.perf_counter()
-    try:
-        main()
-    except SystemExit as end:
-        if end.code:
-            raise SystemExit(f"{program} {' '.join(args)} failed ({end.code})") from None
-    print(f"  {program} ... {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
 
 def data_overrides(args) -> list[str]:
