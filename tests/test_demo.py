@@ -72,5 +72,5 @@ def the_sweep_is_one_tracked_run_with_its_jobs_nested(client, experiment_id: str
     assert "backbone=mobilenetv2,efficientnet_lite0" in sweep.data.tags["mlflow.note.content"]
     best = max(jobs, key=lambda r: r.data.metrics["val/f1_weighted_best"])
     assert sweep.data.metrics["val/f1_weighted_best"] == best.data.metrics["val/f1_weighted_best"]
-    assert sweep.data.tags["best_run_id"] == best.info.run_id
+    assert sweep.data.tags["best_run_id"] == best.info.run_id and sweep.data.tags["best_run_name"] == best.info.run_name
     assert f"#/experiments/{experiment_id}/runs/{sweep.info.run_id}" in printed
