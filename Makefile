@@ -78,8 +78,9 @@ test-fast: $(INSTALLED)
 docs: $(INSTALLED)
 	$(BIN)/python -m mkdocs serve
 
-# Speed and accuracy benchmarks (their figures are in docs/benchmarks.md); the real-data one needs ../shared/data/aria,
-# the page's the demo's registered model (make demo first).
+# Speed and accuracy benchmarks: each records its figures in benchmarks/results.json, from which publish.py writes
+# the docs' tables. The page's and the referral's need the demo's registered model (make demo first), the
+# referral's the shared samples of both datasets (../shared/data/aria, ../shared/data/cnmc).
 benchmarks: $(INSTALLED) postgres browser
 	$(BIN)/python benchmarks/input_pipeline.py
 	$(BIN)/python benchmarks/ensemble_search.py
@@ -89,3 +90,5 @@ benchmarks: $(INSTALLED) postgres browser
 	$(BIN)/python benchmarks/orchestration.py
 	$(BIN)/python benchmarks/parallel_writers.py
 	$(BIN)/python benchmarks/page.py --screenshots docs
+	$(BIN)/python benchmarks/referral.py --aria ../shared/data/aria --cnmc ../shared/data/cnmc --demo-store mlruns
+	$(BIN)/python benchmarks/publish.py
