@@ -91,4 +91,6 @@ benchmarks: $(INSTALLED) postgres browser
 	$(BIN)/python benchmarks/parallel_writers.py
 	$(BIN)/python benchmarks/page.py --screenshots docs
 	$(BIN)/python benchmarks/referral.py --aria ../shared/data/aria --cnmc ../shared/data/cnmc --demo-store mlruns
+	if [ -d ../shared/data/aria ]; then $(BIN)/python benchmarks/aria_transfer.py --root ../shared/data/aria \
+		--seeds 0 1 2; else echo "No ../shared/data/aria: the real-data comparison is not run"; fi
 	$(BIN)/python benchmarks/publish.py
