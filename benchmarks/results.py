@@ -51,13 +51,14 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The commit measured, `+changes` when the code had uncommitted changes (the docs' Markdown,
-    which a run does not read, does not count)."""
+    """The commit measured, `+changes` when the code had uncommitted changes (the docs' Markdown and
+    this results file, which a run does not read, do not count)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True,
                               check=False).stdout.strip()
     head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!*.md") else "")
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!*.md",
+                                    ":!benchmarks/results.json") else "")
 
 
 def median_spread(values: Sequence[float]) -> dict[str, Any]:
