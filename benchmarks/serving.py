@@ -253,7 +253,7 @@ def main() -> None:
         rounds: dict[str, list[dict]] = {kind: [] for kind in sides}
         for repeat in range(args.rounds):
             for kind, (_, source) in sides.items():
-                loading, predicting, whole = throughput(kind, source, folder, work / f"{kind}.csv", work)
+                loading, predicting, whole = throughput(kind, source, folder, work / f"{kind}-{repeat + 1}.csv", work)
                 rounds[kind].append({"loading_s": loading, "predicting_s": predicting, "whole_s": whole,
                                      "images_per_s": args.images / predicting,
                                      "images_per_s_from_load": args.images / (loading + predicting)})
