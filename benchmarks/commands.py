@@ -43,3 +43,25 @@ def entry(program: str, *args: str, cwd: Path | None = None) -> float:
     seconds = time.perf_counter() - started
     print(f"  {program} {' '.join(args[:2])} ... {seconds:.0f} s", file=sys.stderr, flush=True)
     return seconds
+
+
+# --tiny's model: custom_cnn at 32 px, one epoch on a small synthetic C-NMC dataset, packaged and registered.
+TINY_TRAIN = ["dataset=synthetic", "dataset.reader.image_size=32", "dataset.reader.subjects_per_class=3",
+              "dataset.reader.cells_per_subject=4", "dataset.reader.test_subjects_per_class=1",
+              "backbone=custom_cnn", "backbone.input_size=32", "trainer.max_epochs=1", "data.num_workers=0",
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def tiny_store(folder: Path) -> str:
+    """A store in `folder` with one registered model (tiny-cells@champion), made by the commands a
+    user types (run in this process: benchmarks/commands.py); its URI."""
+    from mlflow import MlflowClient
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{folder}/mlruns/mlflow.db"
+    entry("allcls-train", *TINY_TRAIN, cwd=folder)
+    client = MlflowClient(store)
+    run = client.search_runs([client.get_experiment_by_name("synthetic-cnmc").experiment_id], "tags.stage = 'train'")[0]
+    entry("allcls-package", f"run_id={run.info.run_id}", "experiment_name=synthetic-cnmc", "bootstrap=10",
+          "coverage=0.8", "ood.probes=false", "register_as=tiny-cells", "alias=champion", cwd=folder)
+    return store

@@ -24,16 +24,12 @@ show them. Every server and browser it starts is stopped by its process id.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
@@ -42,6 +38,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 SIZE = 450
 
+from page_server import free_port, serving  # noqa: E402  (this folder's)
 from results import median_spread, record  # noqa: E402  (this folder's results file)
 
 
@@ -55,12 +52,6 @@ def cells(folder: Path, count: int, seed: int) -> list[Path]:
     files = sorted((folder / "training_data").glob("fold_*/all/UID_*.bmp"))
     subject = files[0].name.split("_")[1]
     return [f for f in files if f.name.split("_")[1] == subject][:count]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def browser():
@@ -210,53 +201,6 @@ def floor(work: Path, env: dict, repeats: int) -> dict[str, list[float]]:
     return figures
 
 
-@contextlib.contextmanager
-def serving(command: list[str], port: int, work: Path, env: dict):
-    """A Streamlit server, waited for, and stopped by its process group whatever happens."""
-    server = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit(f"{' '.join(command[:2])} stopped before it served the page") from None
-                time.sleep(0.5)
-        yield
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
-# --tiny's model: custom_cnn at 32 px, one epoch on a small synthetic C-NMC dataset, packaged and registered.
-TINY_TRAIN = ["dataset=synthetic", "dataset.reader.image_size=32", "dataset.reader.subjects_per_class=3",
-              "dataset.reader.cells_per_subject=4", "dataset.reader.test_subjects_per_class=1",
-              "backbone=custom_cnn", "backbone.input_size=32", "trainer.max_epochs=1", "data.num_workers=0",
-              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-
-
-def tiny_store(folder: Path) -> str:
-    """A store in `folder` with one registered model (tiny-cells@champion), made by the commands a
-    user types (run in this process: benchmarks/commands.py); its URI."""
-    from commands import entry
-    from mlflow import MlflowClient
-
-    folder.mkdir(parents=True, exist_ok=True)
-    store = f"sqlite:///{folder}/mlruns/mlflow.db"
-    entry("allcls-train", *TINY_TRAIN, cwd=folder)
-    client = MlflowClient(store)
-    run = client.search_runs([client.get_experiment_by_name("synthetic-cnmc").experiment_id], "tags.stage = 'train'")[0]
-    entry("allcls-package", f"run_id={run.info.run_id}", "experiment_name=synthetic-cnmc", "bootstrap=10",
-          "coverage=0.8", "ood.probes=false", "register_as=tiny-cells", "alias=champion", cwd=folder)
-    return store
-
-
 LABELS = {  # each figure's row in the table, and its goal (s)
     "first page": ("first page of a fresh server (the model loaded)", None),
     "new session (new tab)": ("new session, new tab", 1.0),
@@ -285,6 +229,7 @@ def main() -> None:
         if args.tiny:
             args.repeats, args.fresh_servers, args.screenshots = 1, 1, work / "screenshots"
             args.screenshots.mkdir()
+            from commands import tiny_store
             args.store = tiny_store(work / "store")
         from mlflow import MlflowClient
 
