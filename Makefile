@@ -93,4 +93,7 @@ benchmarks: $(INSTALLED) postgres browser
 	$(BIN)/python benchmarks/referral.py --aria ../shared/data/aria --cnmc ../shared/data/cnmc --demo-store mlruns
 	if [ -d ../shared/data/aria ]; then $(BIN)/python benchmarks/aria_transfer.py --root ../shared/data/aria \
 		--seeds 0 1 2; else echo "No ../shared/data/aria: the real-data comparison is not run"; fi
+	if [ -d ../shared/data/aria ] && [ -d ../shared/data/cnmc ]; then $(BIN)/python benchmarks/studies.py \
+		--aria ../shared/data/aria --cnmc ../shared/data/cnmc; else echo "No shared samples: the studies' runs are not made"; fi
+	$(BIN)/python benchmarks/suite.py
 	$(BIN)/python benchmarks/publish.py
