@@ -73,6 +73,7 @@ PACKAGE: dict[str, Rule] = {
     "ood.max_rejected": RATE,
     "ood.train_cells": at_least(2),
     "bootstrap": at_least(0),
+    "quantize_max_drop": (lambda v: _number(v) and 0 <= v < 1, "a share between 0 and 1, e.g. 0.005"),
 }
 PREDICT: dict[str, Rule] = {
     "coverage": COVERAGE,

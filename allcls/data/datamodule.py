@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default
 from allcls.data import imbalance as balancing
 from allcls.data.batch_transforms import BatchAugmentation, lacks_batch_form
 from allcls.data.images import read_image
+from allcls.data.normalisation import Normalisation
 from allcls.data.packed_cache import PackedImages, packed_images
 from allcls.data.preparation import PreparedDataset
-from allcls.data.preprocessing import InputSpec, Normalisation, preprocess
+from allcls.data.preprocessing import InputSpec, preprocess
 from allcls.data.readers import Sample
 from allcls.data.splits import SPLITS
 from allcls.data.transforms import build_transform, seed_pipeline

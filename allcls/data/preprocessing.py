@@ -1,7 +1,8 @@
 """The deterministic preprocessing every image goes through, for training and inference alike:
 [crop to the cell] -> resize to the backbone's input size (uint8, what loaders, the packed cache
-and the served model carry) -> normalised float input on the device. No albumentations here: the
-served model and the page load this without the training stack."""
+and the served model carry) -> normalised float input on the device (allcls.data.normalisation, or
+inside an exported ONNX graph). Neither albumentations nor torch here: the served model and the page
+load this without the training stack, and a model served by ONNX Runtime without torch."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -79,25 +79,3 @@ def preprocess(image: np.ndarray, spec: InputSpec, roi_crop: bool) -> np.ndarray
         image = crop_to_foreground(image)
     return resize_antialiased(image, spec.size)
 
-
-class Normalisation:
-    """uint8 images (N, H, W, C), as loaders carry them, -> the network's float input (N, C, H, W),
-    scaled to 0..1 and normalised with the backbone's mean and std, on the images' device."""
-
-    def __init__(self, spec: InputSpec):
-        std = np.asarray(spec.std, np.float64)
-        self.scale = torch.tensor(1 / (255 * std), dtype=torch.float32).view(1, 3, 1, 1)
-        self.shift = torch.tensor(-np.asarray(spec.mean) / std, dtype=torch.float32).view(1, 3, 1, 1)
-
-    @staticmethod
-    def channels_first(images: torch.Tensor) -> torch.Tensor:
-        """A uint8 NHWC batch as a new NCHW one: what augmentations rearrange in place. Contiguous
-        planes: the per-channel arithmetic below then runs at memory speed on a CPU too (on a
-        channels-last view it was 2-4x slower); a channels-last model asks for its layout itself."""
-        return images.permute(0, 3, 1, 2).contiguous()
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """`images`: a uint8 NCHW batch (`channels_first`)."""
-        if self.scale.device != images.device:
-            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
-        return images.float().mul_(self.scale).add_(self.shift)

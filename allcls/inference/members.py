@@ -4,9 +4,15 @@ packaging, batch prediction and the page all describe members with this one type
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from allcls.data.preprocessing import InputSpec
+import numpy as np
+
+from allcls.data.images import read_image
+from allcls.data.preprocessing import InputSpec, preprocess
+
+Image = str | np.ndarray  # a file's path, or an H x W x 3 uint8 RGB array already decoded
 
 
 @dataclass(frozen=True)
@@ -27,3 +33,10 @@ class Member:
     weight: float
     backbone: str
     preprocessing: Preprocessing
+
+
+def prepared(image: Image, preprocessings: Sequence[Preprocessing]) -> tuple[np.ndarray, ...]:
+    """An image decoded once (unless it already is), then cropped and resized for each of the
+    distinct `preprocessings`: uint8 size x size x 3 arrays, what every runtime feeds its networks."""
+    decoded = read_image(image) if isinstance(image, str) else image
+    return tuple(preprocess(decoded, p.spec, p.roi_crop) for p in preprocessings)

@@ -18,22 +18,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
+from allcls.errors import AllclsError
 from allcls.inference import conformal, patients
 from allcls.inference.decision import OOD, UNREADABLE, Decisions, combined
 from allcls.inference.members import Member
 from allcls.inference.ood import OodGate
-from allcls.inference.predictor import Outputs, Predictor
+from allcls.inference.outputs import Networks, Outputs
 from allcls.inference.spec import ModelSpec
 from allcls.inference.views import PLAIN
-from allcls.models.backbones import network_from_checkpoint
+
+if TYPE_CHECKING:
+    from allcls.inference.predictor import Predictor
 
 ROW_COLUMNS = ("label", "set", "refer", "refer_reason", "ood_score")
+RUNTIMES = ("torch", "onnx")  # what runs the members: torch, or ONNX Runtime on their exported graphs
 
 
 @dataclass(frozen=True)
@@ -48,19 +53,41 @@ class Answer:
 
 
 class Model:
-    def __init__(self, spec: ModelSpec, predictor: Predictor, gate: OodGate | None = None):
-        self.spec, self.predictor, self.gate = spec, predictor, gate
+    """`predictor` answers (torch's or ONNX Runtime's); `explainer`, the torch networks, draws
+    Grad-CAM maps (None where it was not asked for, or torch is not installed)."""
+
+    def __init__(self, spec: ModelSpec, predictor: Networks, gate: OodGate | None = None,
+                 explainer: Predictor | None = None):
+        self.spec, self.predictor, self.gate, self.explainer = spec, predictor, gate, explainer
+
+    @property
+    def runtime(self) -> str:
+        """Which runtime answers: torch or onnx."""
+        return self.predictor.runtime
 
     @classmethod
-    def load(cls, spec: ModelSpec, checkpoints: Sequence[str | Path], device: torch.device | str | None = None,
-             gate: str | Path | None = None) -> Model:
-        """The model of `spec` with member i's network read from `checkpoints[i]` (on the GPU when
-        there is one, unless `device` says otherwise), and its gate's statistics from `gate`."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        networks = [network_from_checkpoint(path, map_location=device) for path in checkpoints]
-        predictor = Predictor(spec.members, networks, spec.classes, spec.rule, device,
-                              batch_size=64 if device.type == "cuda" else 16)
-        return cls(spec, predictor, OodGate.load(gate) if gate is not None else None)
+    def load(cls, spec: ModelSpec, checkpoints: Sequence[str | Path], device: str | None = None,
+             gate: str | Path | None = None, runtime: str = "torch", graphs: Sequence[str | Path] = (),
+             explain: bool = False) -> Model:
+        """The model of `spec` with its gate's statistics from `gate`, answering with `runtime`:
+        torch, member i's network read from `checkpoints[i]` (on the GPU when there is one, unless
+        `device` says otherwise), or ONNX Runtime, member i's graph from `graphs[i]`
+        (allcls.inference.onnx_runtime), torch then imported only to `explain` (Grad-CAM needs the
+        networks' gradients) and only where it is installed."""
+        if runtime not in RUNTIMES:
+            raise AllclsError(f"runtime={runtime!r} is not one of {list(RUNTIMES)}.")
+        ood = OodGate.load(gate) if gate is not None else None
+        if runtime == "torch":
+            networks = torch_predictor(spec, checkpoints, device)
+            return cls(spec, networks, ood, networks)
+        if len(graphs) != len(spec.members):
+            raise AllclsError("This packaged model has no ONNX graphs (it was packaged with export=none, or by "
+                              "allcls before 0.6): use runtime=torch, or package its run again (allcls-package "
+                              "run_id=<run> overwrite=true).")
+        from allcls.inference.onnx_runtime import OnnxPredictor  # onnxruntime: only for this runtime
+
+        explainer = torch_predictor(spec, checkpoints, device) if explain and find_spec("torch") else None
+        return cls(spec, OnnxPredictor(spec.members, graphs, spec.classes, spec.rule), ood, explainer)
 
     def output_columns(self) -> list[str]:
         return output_columns(self.spec.classes, self.spec.members)
@@ -143,6 +170,19 @@ class Model:
                 table[column] = [_majority(rows.loc[np.array(patient_of) == p, column]) for p in grouped.ids]
         table["error"] = ["no readable image" if r == 0 else "" for r in grouped.readable]
         return table
+
+
+def torch_predictor(spec: ModelSpec, checkpoints: Sequence[str | Path], device: str | None = None) -> Predictor:
+    """The members' torch networks, read from their checkpoints, as a Predictor."""
+    # Imported here, not above: a model answering with ONNX Runtime never imports torch.
+    import torch
+
+    from allcls.inference.predictor import Predictor
+    from allcls.models.backbones import network_from_checkpoint
+
+    on = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    networks = [network_from_checkpoint(path, map_location=on) for path in checkpoints]
+    return Predictor(spec.members, networks, spec.classes, spec.rule, on, batch_size=64 if on.type == "cuda" else 16)
 
 
 def output_columns(classes: Sequence[str], members: Sequence[Member]) -> list[str]:

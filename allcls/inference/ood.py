@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 
@@ -38,15 +36,21 @@ SCORES = ("input", "features", "energy")  # the raw scores of each member, in th
 GRID, BINS = 4, 8  # the input summary: colour means on a GRID x GRID layout, BINS-bin histograms per channel
 
 
-def summarise_inputs(images: torch.Tensor) -> np.ndarray:
+def summarise_inputs(images: np.ndarray) -> np.ndarray:
     """What a member is shown, summarised (N, 78): from its uint8 input images (N, H, W, 3), each
-    channel's mean and spread, its means on a 4 x 4 grid, and its 8-bin histogram."""
-    x = images.float().div(255).permute(0, 3, 1, 2)  # (N, 3, H, W)
-    flat = x.flatten(2)
-    grid = F.adaptive_avg_pool2d(x, GRID).flatten(1)
-    bins = (flat * BINS).long().clamp(0, BINS - 1)
-    histogram = F.one_hot(bins, BINS).float().mean(dim=2).flatten(1)  # (N, 3 * BINS)
-    return torch.cat([flat.mean(2), flat.std(2), grid, histogram], dim=1).double().cpu().numpy()
+    channel's mean and spread, its means on a 4 x 4 grid (as torch's adaptive average pooling
+    divides the image), and its 8-bin histogram. In numpy, for both runtimes (torch's and ONNX
+    Runtime's), in float32 as the gate's statistics were fitted."""
+    x = np.moveaxis(np.asarray(images), 3, 1).astype(np.float32) / np.float32(255)  # (N, 3, H, W)
+    n, channels, height, width = x.shape
+    flat = x.reshape(n, channels, -1)
+    rows = [(i * height // GRID, -(-(i + 1) * height // GRID)) for i in range(GRID)]
+    columns = [(j * width // GRID, -(-(j + 1) * width // GRID)) for j in range(GRID)]
+    grid = np.stack([x[:, :, top:bottom, left:right].mean(axis=(2, 3)) for top, bottom in rows
+                     for left, right in columns], axis=2).reshape(n, -1)  # (N, 3 * 16), channel-major
+    bins = np.clip((flat * BINS).astype(np.int64), 0, BINS - 1)
+    histogram = np.stack([(bins == b).mean(axis=2) for b in range(BINS)], axis=2).reshape(n, -1)  # (N, 3 * BINS)
+    return np.concatenate([flat.mean(axis=2), flat.std(axis=2, ddof=1), grid, histogram], axis=1).astype(np.float64)
 
 
 @dataclass(frozen=True)

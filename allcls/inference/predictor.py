@@ -10,22 +10,19 @@ loaders carry too, normalised there as training normalises it (allcls.data.prepr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from allcls.data.images import read_image
-from allcls.data.preprocessing import Normalisation, preprocess
-from allcls.inference.combining import Rule, combine
-from allcls.inference.members import Member, Preprocessing
+from allcls.data.normalisation import Normalisation
+from allcls.inference.combining import Rule
+from allcls.inference.members import Image, Member, Preprocessing, prepared
 from allcls.inference.ood import summarise_inputs
+from allcls.inference.outputs import Networks, Outputs
 from allcls.inference.views import PLAIN, check_views, view_probabilities
 from allcls.progress import progress
-
-Image = str | np.ndarray  # a file's path, or an H x W x 3 uint8 RGB array already decoded
 
 
 class _Inputs(Dataset):
@@ -40,22 +37,7 @@ class _Inputs(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        image = self.images[index]
-        decoded = read_image(image) if isinstance(image, str) else image
-        return tuple(torch.from_numpy(preprocess(decoded, p.spec, p.roi_crop)) for p in self.preprocessings)
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """What the members make of a batch of images: probabilities of every view (views, members,
-    images, classes); and, where asked for, what the out-of-distribution gate reads of each member:
-    the summary of its input (allcls.inference.ood.summarise_inputs), its pooled features (images,
-    features) and its logits (images, classes) of the image as it is."""
-
-    per_view: np.ndarray
-    features: list[np.ndarray]
-    logits: list[np.ndarray]
-    inputs: list[np.ndarray]
+        return tuple(torch.from_numpy(array) for array in prepared(self.images[index], self.preprocessings))
 
 
 def _features_and_logits(network: nn.Module, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -67,13 +49,15 @@ def _features_and_logits(network: nn.Module, inputs: torch.Tensor) -> tuple[np.n
     return pooled.flatten(1).double().cpu().numpy(), logits.double().cpu().numpy()
 
 
-class Predictor:
+class Predictor(Networks):
     """Class probabilities of images from one network or a weighted ensemble of networks.
 
     `members[i]` describes `networks[i]`. The members are combined with their weights (normalised
     to sum to 1) by `rule` (allcls.inference.combining), after each member's probabilities are
     averaged over the test-time augmentation views.
     """
+
+    runtime = "torch"
 
     def __init__(self, members: Sequence[Member], networks: Sequence[nn.Module], classes: Sequence[str],
                  rule: Rule = "arithmetic", device: torch.device | str = "cpu", batch_size: int = 64,
@@ -96,28 +80,6 @@ class Predictor:
             # torch's overloads of Module.to leave out (device, memory_format=...), which it accepts
             network.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    @property
-    def weights(self) -> np.ndarray:
-        weights = np.array([m.weight for m in self.members], dtype=np.float64)
-        return weights / weights.sum()
-
-    def predict(self, images: Sequence[Image], views: Sequence[str] = PLAIN, desc: str = "Predicting") -> np.ndarray:
-        """Probabilities (images, classes), rows summing to 1, of image files (paths) or decoded
-        H x W x 3 uint8 RGB arrays, in their order, averaged over the test-time augmentation views."""
-        return self.combine_views(list(self.view_probabilities(images, views, desc)))
-
-    def combine_views(self, per_view: Sequence[np.ndarray]) -> np.ndarray:
-        """The ensemble's probabilities (images, classes) from each view's member probabilities
-        (members, images, classes): each member averaged over the views, then the members combined."""
-        mean = np.asarray(sum(per_view) / len(per_view))  # (sum() of arrays is typed as array or 0)
-        return combine(mean, self.weights, self.rule)
-
-    def view_probabilities(self, images: Sequence[Image], views: Sequence[str] = PLAIN, desc: str = "Predicting",
-                           show_progress: bool = True) -> np.ndarray:
-        """Every member's probabilities of every view (views, members, images, classes), from one
-        pass over the images."""
-        return self.outputs(images, views, desc, show_progress, features=False).per_view
-
     @torch.inference_mode()
     def outputs(self, images: Sequence[Image], views: Sequence[str] = PLAIN, desc: str = "Predicting",
                 show_progress: bool = True, features: bool = True) -> Outputs:
@@ -137,7 +99,7 @@ class Predictor:
                     resized = self.resized(batch, member)
                     inputs = self.network_input(resized, member.preprocessing)
                     if features:
-                        shown[m].append(summarise_inputs(resized))
+                        shown[m].append(summarise_inputs(resized.numpy()))
                     for v, view in enumerate(views):
                         if features and view == "identity":
                             own, head = _features_and_logits(network, inputs)

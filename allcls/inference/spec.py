@@ -34,12 +34,27 @@ class ModelSpec:
     # `class_meaning` {class: what it is}, `synthetic`, `splits` {split: [cells, subjects]}, `split`.
     # Empty for models packaged before allcls 0.4.
     about: dict[str, Any] = field(default_factory=dict)
+    # The members as ONNX graphs (allcls.inference.onnx_export), empty where not exported: `format`,
+    # `opset`, how the graphs agree with the torch networks on the validation cells
+    # (`max_abs_difference` of a probability, `label_agreement`, `cells`), and the `runtime` the
+    # model answers with unless asked otherwise.
+    export: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     @staticmethod
     def checkpoint_key(index: int) -> str:
         """The artifact key of member `index`'s checkpoint."""
         return f"member_{index}"
+
+    @staticmethod
+    def graph_key(index: int) -> str:
+        """The artifact key of member `index`'s ONNX graph."""
+        return f"onnx_{index}"
+
+    @property
+    def runtime(self) -> str:
+        """What the model answers with unless asked otherwise: torch, or onnx where it was exported so."""
+        return str(self.export.get("runtime", "torch"))
 
     @property
     def temperature(self) -> float | None:

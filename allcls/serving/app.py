@@ -55,7 +55,7 @@ def on_torch_thread(function, *args):
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def cached_model(model_uri: str, uri: str) -> Model:
     """One model per registered version (`model_uri` names the version) and server process."""
-    return on_torch_thread(lambda: registry.load(store(uri), model_uri).model)
+    return on_torch_thread(lambda: registry.load(store(uri), model_uri, explain=True).model)
 
 
 # Resources, not data: the answers and maps are read, never changed, by the page; Streamlit's data
@@ -102,6 +102,10 @@ def page() -> None:
 
     def explain(indices: Sequence[int]) -> dict[int, Explanation]:
         if not gradcam or not indices:
+            return {}
+        if model.explainer is None:  # answering with ONNX Runtime on a server without torch
+            st.info("Where the model looked (Grad-CAM) needs the networks' gradients, which need torch: this "
+                    "server answers with ONNX Runtime and has no torch installed. Install torch to see the maps.")
             return {}
         return cached_maps(model, batch, choice.uri, key, tta, tuple(indices))
 

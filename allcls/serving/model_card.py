@@ -60,6 +60,7 @@ def markdown(facts: CardFacts) -> str:
         crop = ", crop to the cell" if member.preprocessing.roi_crop else ""
         lines.append(f"| {member.name} | {member.backbone} | {member.weight:.3f} | "
                      f"{member.preprocessing.spec.size} px{crop} |")
+    lines += ["", f"Runtime: {runtime_note(spec)}."]
     lines += ["", "## Test metrics", "With 95% bootstrap intervals resampling whole subjects (cells of one patient "
               "are correlated).", "", "| metric | value | 95% interval |", "|---|---|---|"]
     table = facts.test_metrics.set_index("metric")
@@ -117,3 +118,13 @@ def markdown(facts: CardFacts) -> str:
     if "image" in facts.split:
         lines.append("- The split put cells of one patient on both sides: the test metrics are inflated.")
     return "\n".join(lines) + "\n"
+
+
+def runtime_note(spec: ModelSpec) -> str:
+    """What answers for the model by default, and how its ONNX graphs agree with the networks."""
+    export = spec.export
+    if not export.get("format"):
+        return "torch (no ONNX graphs: packaged with export=none)"
+    return (f"{spec.runtime} by default; ONNX graphs (opset {export['opset']}) agree with the torch networks on "
+            f"{export['label_agreement']:.1%} of {export['cells']} validation cells' labels, probabilities within "
+            f"{export['max_abs_difference']:.1g} (runtime=torch|onnx chooses)")

@@ -33,7 +33,8 @@ from allcls.metrics.bootstrap import metric_table
 from allcls.metrics.names import HEADLINE
 from allcls.metrics.vectorised import expected_calibration_error, log_loss
 from allcls.predictions import probabilities_of
-from allcls.serving.model_card import CardFacts, markdown
+from allcls.serving.export import Exported, export_graphs
+from allcls.serving.model_card import CardFacts, markdown, runtime_note
 from allcls.serving.provenance import about
 from allcls.serving.settings import PackageSettings
 from allcls.tracking import registry
@@ -72,7 +73,7 @@ def package(cfg: DictConfig) -> str:
                                       output_columns(source.classes, source.members), settings.force_alias)
         name = settings.register_as or source.name
         spec, artifacts, facts = build(tracker, source, settings.rule, name, workdir, settings.dataset_root,
-                                       settings.bootstrap)
+                                       settings.bootstrap, export=settings.export, runtime=settings.runtime)
         assert facts is not None  # asked for (card=True)
         saved = workdir / MODEL_PATH
         save_model(spec, artifacts, saved)
@@ -95,11 +96,13 @@ def package(cfg: DictConfig) -> str:
 
 
 def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: str, workdir: Path,
-          dataset_root: str | None = None, bootstrap: int = 1000, card: bool = True
-          ) -> tuple[ModelSpec, dict[str, str], CardFacts | None]:
+          dataset_root: str | None = None, bootstrap: int = 1000, card: bool = True, export: str = "none",
+          runtime: str = "torch") -> tuple[ModelSpec, dict[str, str], CardFacts | None]:
     """The model's spec, its artifact files and the facts of its card (`name`: the model's). The
     decision rule is fitted on the run's own data, predicted through the networks as the served
-    model predicts it (allcls.evaluation.safeguards); the card's test metrics are the run's logged ones."""
+    model predicts it (allcls.evaluation.safeguards); the card's test metrics are the run's logged ones.
+    With `export=onnx`, each member is also an ONNX graph checked against its network on the
+    validation cells (allcls.serving.export), and the model answers with `runtime` by default."""
     test_logged = source.logged_table(tracker, "test", workdir)
     if source.logged_table(tracker, "val", workdir) is None or test_logged is None:
         raise AllclsError(f"Run {source.run_id} has no predictions/val.parquet or test.parquet: package a training "
@@ -120,6 +123,9 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
         log.warning(warning)
     artifacts = {ModelSpec.checkpoint_key(index): str(source.checkpoint(index, tracker, workdir, "nothing to package"))
                  for index in range(len(source.members))}
+    exported = export_graphs(predictor, target.samples("val").paths, workdir, runtime) if export == "onnx" \
+        else Exported()
+    artifacts.update(exported.artifacts)
     if fitted.gate is not None:
         artifacts[OOD_KEY] = str(fitted.gate.save(workdir / "ood.npz"))
     tags = source.tags
@@ -130,7 +136,8 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
                        "classes": ",".join(source.classes), "split_hash": tags.get("split_hash", "")},
                       {row.metric: [float(row.value), float(row.ci_low), float(row.ci_high)]
                        for row in scores.itertuples() if row.metric in HEADLINE},
-                      about(source.trained_on, source.manifest, source.classes, split_type(source, test_logged)))
+                      about(source.trained_on, source.manifest, source.classes, split_type(source, test_logged)),
+                      exported.spec)
     spec_file = workdir / SPEC_FILE
     spec_file.write_text(model.to_json())
     artifacts["spec"] = str(spec_file)
@@ -144,7 +151,7 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
         curves[f"with T = {calibration['temperature'][0]:.2f}"] = calibrated(test.raw, calibration["temperature"][0])
     facts = CardFacts(name, model, split_type(source, test_logged), scores,
                       (len(test_logged), int(test_logged["subject"].nunique())), calibration, measured, probes,
-                      fitted.warnings, curves, test.labels)
+                      [*fitted.warnings, *exported.warnings], curves, test.labels)
     return model, artifacts, facts
 
 
@@ -153,7 +160,7 @@ def summary(spec: ModelSpec, facts: CardFacts) -> str:
     rule = spec.decision
     lines = [f"  temperature: {rule.temperature_note}", f"  prediction sets: {rule.sets_note}",
              f"  protected miss rate: {rule.protect_note}", f"  out-of-distribution gate: {rule.ood_note}",
-             f"  patients: {rule.patient_note}"]
+             f"  patients: {rule.patient_note}", f"  runtime: {runtime_note(spec)}"]
     lines += [f"  on test: {line}" for line in facts.decisions.lines()]
     if facts.probes is not None:
         far = facts.probes[facts.probes["name"] == "all far probes"]
@@ -197,8 +204,10 @@ def save_model(spec: ModelSpec, artifacts: dict[str, str], folder: Path) -> None
         outputs += [(spec.member_column(m), "string") for m in spec.members]
     outputs.append(("error", "string"))
     inputs = [("image", "string"), ("path", "string"), ("subject", "string")]  # subject: one more row per patient
-    registry.save(folder, PYFUNC_FILE, artifacts, inputs=inputs, outputs=outputs,
-                  params={"tta": False}, input_example=pd.DataFrame({"image": [EXAMPLE_IMAGE]}))
+    # runtime: what answers (torch | onnx); explain: also load the torch networks for Grad-CAM (the page)
+    registry.save(folder, PYFUNC_FILE, artifacts, inputs=inputs, outputs=outputs, params={"tta": False},
+                  input_example=pd.DataFrame({"image": [EXAMPLE_IMAGE]}),
+                  config={"runtime": spec.runtime, "explain": False})
 
 
 def register(tracker: Tracker, run_id: str, logged: LoggedModel, name: str, alias: str | None, spec: ModelSpec,

@@ -170,24 +170,28 @@ def load(settings: PredictSettings, workdir: Path) -> Model:
     if "://" not in uri and ":/" not in uri and not Path(uri).expanduser().is_dir():  # a run id
         tracker.get_run(uri, "give a run id of this store, or a model URI (models:/<name>@<alias>)")
         if not tracker.has_artifact(uri, f"{MODEL_PATH}/MLmodel"):
-            return package_here(tracker, uri, settings.coverage, workdir, settings.dataset_root)
+            return package_here(tracker, uri, settings.coverage, workdir, settings.dataset_root, settings.runtime)
         uri = f"runs:/{uri}/{MODEL_PATH}"
     try:
-        return registry.load(tracker, uri).model
+        return registry.load(tracker, uri, settings.runtime).model
     except registry.ModelUnavailable as error:
         raise AllclsError(f"Cannot load model {settings.model}: {error.reason}. Give a registered "
                           "model (models:/<name>@<alias> or /<version>), runs:/<run id>/model, or a run id.") from None
 
 
-def package_here(tracker: Tracker, run_id: str, coverage: float, workdir: Path, dataset_root: str | None = None
-                 ) -> Model:
-    """A run packaged in memory for this prediction (nothing is logged into the run)."""
+def package_here(tracker: Tracker, run_id: str, coverage: float, workdir: Path, dataset_root: str | None = None,
+                 runtime: str | None = None) -> Model:
+    """A run packaged in memory for this prediction (nothing is logged into the run); exported to
+    ONNX only when `runtime=onnx` asks for it."""
     log.info("Run %s holds no packaged model: packaging it here for this prediction (not logged).", run_id)
     source = resolve_source(tracker, run_id, None, workdir)
     spec, artifacts, _ = build(tracker, source, RuleSettings(coverage), source.name, workdir, dataset_root,
-                               bootstrap=0, card=False)
-    return Model.load(spec, [artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))],
-                      gate=artifacts.get(OOD_KEY))
+                               bootstrap=0, card=False, export="onnx" if runtime == "onnx" else "none",
+                               runtime=runtime or "torch")
+    members = range(len(spec.members))
+    return Model.load(spec, [artifacts[spec.checkpoint_key(i)] for i in members], gate=artifacts.get(OOD_KEY),
+                      runtime=spec.runtime, graphs=[artifacts[spec.graph_key(i)] for i in members
+                                                    if spec.graph_key(i) in artifacts])
 
 
 def report(output: Path, readable: int, skipped: list[tuple[str, str]]) -> None:

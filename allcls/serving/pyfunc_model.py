@@ -26,7 +26,7 @@ from mlflow.pyfunc import PythonModel, scoring_server
 
 from allcls.errors import AllclsError
 from allcls.inference.model import Model
-from allcls.inference.predictor import Predictor
+from allcls.inference.outputs import Networks
 from allcls.inference.spec import OOD_KEY, ModelSpec
 from allcls.inference.views import views_for
 from allcls.serving.model_inputs import RequestError, allowed_folder, read_rows
@@ -35,6 +35,7 @@ from allcls.tracking import audit
 # Set by MLflow's scoring server (`mlflow models serve`, the images `mlflow models build-docker` builds)
 # in the process it serves from: there, requests come over HTTP.
 SERVER_VARIABLE = getattr(scoring_server, "_SERVER_MODEL_PATH", "__pyfunc_model_path__")
+RUNTIME_VARIABLE = "ALLCLS_RUNTIME"  # torch | onnx: what a served model answers with, whatever it was packaged with
 
 
 class PackagedModel(PythonModel):
@@ -55,7 +56,11 @@ class PackagedModel(PythonModel):
                               "model cannot be used. Package its run again (allcls-package run_id=<run> "
                               "overwrite=true).") from None
         checkpoints = [context.artifacts[spec.checkpoint_key(i)] for i in range(len(spec.members))]
-        self.model = Model.load(spec, checkpoints, gate=context.artifacts.get(OOD_KEY))
+        graphs = [context.artifacts[spec.graph_key(i)] for i in range(len(spec.members))
+                  if spec.graph_key(i) in context.artifacts]
+        config = getattr(context, "model_config", None) or {}
+        self.model = Model.load(spec, checkpoints, gate=context.artifacts.get(OOD_KEY),
+                                runtime=runtime_of(spec, config), graphs=graphs, explain=bool(config.get("explain")))
         self.served = SERVER_VARIABLE in os.environ
         self.files_under = allowed_folder(self.served)
         # A served model records every answer (allcls.tracking.audit); in Python, whoever calls it decides.
@@ -66,7 +71,7 @@ class PackagedModel(PythonModel):
         return self.model.spec
 
     @property
-    def predictor(self) -> Predictor:
+    def predictor(self) -> Networks:
         return self.model.predictor
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -83,6 +88,13 @@ class PackagedModel(PythonModel):
         # JSON has no NaN: a server answers null where a value is missing (an unreadable image's label
         # and probabilities), which every JSON parser reads; in Python the columns keep their dtypes.
         return rows.astype(object).where(rows.notna(), None) if self.served else rows
+
+
+def runtime_of(spec: ModelSpec, model_config: dict[str, Any]) -> str:
+    """Which runtime answers: $ALLCLS_RUNTIME (a server's choice), else `runtime` in the model config
+    (mlflow.pyfunc.load_model(..., model_config={"runtime": "torch"})), else the packaged default.
+    `explain` in the model config also loads the torch networks for Grad-CAM where torch is installed."""
+    return os.environ.get(RUNTIME_VARIABLE) or model_config.get("runtime") or spec.runtime
 
 
 def with_patients(model: Model, rows: pd.DataFrame, subjects: pd.Series) -> pd.DataFrame:

@@ -29,6 +29,10 @@ class PackageSettings:
     referral: ReferralSettings = field(default_factory=ReferralSettings)
     ood: OodSettings = field(default_factory=OodSettings)
     dataset_root: str | None = None  # where the run's dataset is on this machine, if not where it was trained
+    export: Literal["onnx", "none"] = "onnx"  # each member's network also as an ONNX graph
+    runtime: Literal["onnx", "torch"] = "onnx"  # what the model answers with unless asked otherwise
+    quantize: Literal["none", "int8"] = "none"  # int8: the graphs quantised, calibrated on validation
+    quantize_max_drop: float = 0.005  # refused if test balanced accuracy drops by more than this
     overwrite: bool = False  # replace a model the run already holds (a registered version keeps its own copy)
     force_alias: bool = False  # move `alias` to a model that answers with other columns than the one it names
     bootstrap: int = 1000
@@ -43,6 +47,9 @@ class PackageSettings:
                 raise AllclsError(f"alias={settings.alias} names a registered model's alias: give register_as=<name> "
                                   "too.")
             registry.check_alias(settings.alias)
+        if settings.export == "none" and (settings.runtime == "onnx" or settings.quantize != "none"):
+            raise AllclsError("export=none leaves no ONNX graphs to answer with or quantise: pass runtime=torch "
+                              "(and quantize=none), or export=onnx.")
         return settings
 
     @property
@@ -62,6 +69,7 @@ class PredictSettings:
     coverage: float = 0.95  # the referral rule when a run is packaged on the fly
     dataset_root: str | None = None  # where that run's dataset is now, if it moved (its rule is fitted on it)
     group_by: Literal["subject", "folder"] | None = None  # one decision per patient, beside the cells
+    runtime: Literal["onnx", "torch"] | None = None  # None: the one the model was packaged to answer with
 
     @classmethod
     def of(cls, cfg: DictConfig) -> PredictSettings:

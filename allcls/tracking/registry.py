@@ -39,15 +39,18 @@ class RegisteredModel:
 
 
 def save(folder: Path, code_file: Path, artifacts: Mapping[str, str], inputs: Sequence[tuple[str, str]],
-         outputs: Sequence[tuple[str, str]], params: Mapping[str, bool], input_example: pd.DataFrame) -> None:
+         outputs: Sequence[tuple[str, str]], params: Mapping[str, bool], input_example: pd.DataFrame,
+         config: Mapping[str, Any]) -> None:
     """A pyfunc model folder built from `code_file` (MLflow's models-from-code: nothing is pickled),
-    with its files, its input and output columns as (name, type) and its params with defaults."""
+    with its files, its input and output columns as (name, type), its params with defaults, and its
+    model config (what `mlflow.pyfunc.load_model(..., model_config=...)` may change when loading)."""
     signature = ModelSignature(inputs=Schema([ColSpec(kind, name, required=False) for name, kind in inputs]),
                                outputs=Schema([ColSpec(kind, name) for name, kind in outputs]),
                                params=ParamSchema([ParamSpec(name, "boolean", default)
                                                    for name, default in params.items()]))
     mlflow.pyfunc.save_model(str(folder), python_model=str(code_file), artifacts=dict(artifacts),
-                             signature=signature, input_example=input_example, pip_requirements=served_requirements())
+                             signature=signature, input_example=input_example, pip_requirements=served_requirements(),
+                             model_config=dict(config))
 
 
 SERVED_MODULES = ("allcls", "mlflow", "torch", "timm", "numpy", "pandas", "PIL", "scipy", "sklearn", "cv2")
@@ -186,12 +189,15 @@ class ModelUnavailable(AllclsError):
         self.reason = reason
 
 
-def load(tracker: Tracker, uri: str) -> Any:
-    """The python model (`unwrap_python_model`) behind a model URI of this store, or a local folder;
-    ModelUnavailable when there is none there."""
+def load(tracker: Tracker, uri: str, runtime: str | None = None, explain: bool = False) -> Any:
+    """The python model (`unwrap_python_model`) behind a model URI of this store, or a local folder,
+    answering with `runtime` (torch or onnx; None: the one it was packaged to answer with), with the
+    torch networks for Grad-CAM too if `explain`; ModelUnavailable when there is none there."""
+    config = {key: value for key, value in (("runtime", runtime), ("explain", explain)) if value} or None
     try:
         with tempfile.TemporaryDirectory(prefix="allcls-model-") as folder:
-            return mlflow.pyfunc.load_model(str(_local_copy(tracker, uri, Path(folder)))).unwrap_python_model()
+            return mlflow.pyfunc.load_model(str(_local_copy(tracker, uri, Path(folder))),
+                                            model_config=config).unwrap_python_model()
     except ModelUnavailable:
         raise
     except MlflowException as error:

@@ -11,8 +11,9 @@ from scipy.stats import chi2_contingency
 
 from allcls.data.batch_transforms import SYMMETRIES, BatchAugmentation
 from allcls.data.datamodule import CellDataModule, choose_pipeline
+from allcls.data.normalisation import Normalisation
 from allcls.data.preparation import prepare_dataset
-from allcls.data.preprocessing import InputSpec, Normalisation
+from allcls.data.preprocessing import InputSpec
 from allcls.data.readers import CNMCReader
 from allcls.data.splits import SplitSpec
 from allcls.data.transforms import build_transform

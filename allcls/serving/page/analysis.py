@@ -177,9 +177,11 @@ def patient(model: Model, rows: pd.DataFrame) -> pd.Series:
 
 
 def explanations(model: Model, batch: Batch, indices: Sequence[int]) -> dict[int, Explanation]:
-    """The maps of the cells at `indices` (readable ones), each for its label, in one pass per member."""
+    """The maps of the cells at `indices` (readable ones), each for its label, in one pass per member of
+    the torch networks (`model.explainer`: Grad-CAM needs their gradients, whichever runtime answers)."""
     shown = [i for i in indices if batch.images[i] is not None]
     targets = [model.spec.classes.index(str(batch.rows["label"].iloc[i])) for i in shown]
     images = [batch.images[i] for i in shown]
-    return dict(zip(shown, explain_images(model.predictor, [i for i in images if i is not None], targets),
+    assert model.explainer is not None, "the page asks for maps only where the torch networks are loaded"
+    return dict(zip(shown, explain_images(model.explainer, [i for i in images if i is not None], targets),
                     strict=True))
