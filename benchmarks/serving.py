@@ -5,12 +5,14 @@ Trains three small MobileNetV2 runs (one epoch on synthetic cells drawn at C-NMC
 combines them into an equal-weight ensemble, and packages one run and the ensemble as the page
 and `predict` use them. Then, side by side in one run:
   - the page: decoding one uploaded 450 px BMP and analysing it (allcls.serving.page.analysis: calibrated
-    probabilities, prediction set, votes), for the single model and the 3-member ensemble, with
-    and without Grad-CAM; median, spread and 90th percentile over --repeats, after a warm-up;
-  - `allcls-predict` over a folder of C-NMC-sized BMPs, and the plain loop (the checkpoint into a
-    timm model, then PIL and torchvision transforms image by image), each in its own process,
-    each timed from loading the model to the CSV written; the two take turns for --rounds
-    rounds, each figure the median of the rounds with the spread, their ratio taken round by round.
+    probabilities, prediction set, votes), for the single model and the 3-member ensemble, answered
+    by ONNX Runtime and by torch, with and without Grad-CAM (torch's networks either way); median,
+    spread and 90th percentile over --repeats, after a warm-up;
+  - `allcls-predict` over a folder of C-NMC-sized BMPs with runtime=torch and with runtime=onnx, and
+    the plain loop (the checkpoint into a timm model, then PIL and torchvision transforms image by
+    image), each in its own process, each timed from loading the model to the CSV written; the three
+    take turns for --rounds rounds, each figure the median of the rounds with the spread, the ratios
+    to the plain loop taken round by round.
 
     python benchmarks/serving.py [--images 500] [--repeats 20] [--rounds 3] [--members 3] [--image-size 450]
     python benchmarks/serving.py --tiny     # what `make test` runs: 64 px cells, 32 px input, 2 members
@@ -116,22 +118,23 @@ def page_latency(models: dict, image: Path, repeats: int, members: int) -> dict[
             explanations(model, batch, [0])
 
     for name, label in (("single", "MobileNetV2"), ("ensemble", f"{members}-member MobileNetV2 ensemble")):
-        model = registry.load(tracker, models[name]).model
-        for gradcam in (False, True):
-            for _ in range(2):  # warm-up
-                answer(model, gradcam)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                answer(model, gradcam)
-                times.append(1000 * (time.perf_counter() - start))
-            found[f"{label}, {'with' if gradcam else 'without'} Grad-CAM"] = {
-                "ms": median_spread(times), "p90_ms": statistics.quantiles(times, n=10)[-1], "repeats_ms": times}
+        for runtime in ("onnx", "torch"):  # Grad-CAM: the torch networks' either way
+            model = registry.load(tracker, models[name], runtime=runtime, explain=True).model
+            for gradcam in (False, True):
+                for _ in range(2):  # warm-up
+                    answer(model, gradcam)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    answer(model, gradcam)
+                    times.append(1000 * (time.perf_counter() - start))
+                found[f"{label}, {runtime}, {'with' if gradcam else 'without'} Grad-CAM"] = {
+                    "ms": median_spread(times), "p90_ms": statistics.quantiles(times, n=10)[-1], "repeats_ms": times}
     return found
 
 
-def allcls_predict(model: str, folder: Path, output: Path) -> tuple[float, float]:
-    """(seconds to the model loaded, seconds predicting) of `allcls-predict`, imports done."""
+def allcls_predict(model: str, folder: Path, output: Path, runtime: str) -> tuple[float, float]:
+    """(seconds to the model loaded, seconds predicting) of `allcls-predict runtime=<runtime>`, imports done."""
     from allcls.serving import cli, predict
     from allcls.tracking import registry
 
@@ -144,7 +147,7 @@ def allcls_predict(model: str, folder: Path, output: Path) -> tuple[float, float
         return loaded
 
     predict.registry.load = load_and_note  # type: ignore[attr-defined]
-    sys.argv = ["allcls-predict", f"model={model}", f"input={folder}", f"output={output}"]
+    sys.argv = ["allcls-predict", f"model={model}", f"input={folder}", f"output={output}", f"runtime={runtime}"]
     start = time.perf_counter()
     try:
         cli.predict()
@@ -192,8 +195,10 @@ def plain_loop(checkpoint: str, folder: Path, output: Path) -> tuple[float, floa
 
 def child(kind: str, source: str, folder: Path, output: Path) -> None:
     """One side of the throughput comparison, in this (fresh) process; prints its seconds as JSON."""
-    side = allcls_predict if kind == "predict" else plain_loop
-    loading, predicting = side(source, folder, output)
+    if kind.startswith("predict-"):  # predict-torch, predict-onnx
+        loading, predicting = allcls_predict(source, folder, output, kind.removeprefix("predict-"))
+    else:
+        loading, predicting = plain_loop(source, folder, output)
     print(json.dumps({"loading": loading, "predicting": predicting}))
 
 
@@ -249,7 +254,8 @@ def main() -> None:
         folder = cell_folder(work, args.images)
         page = page_latency(models, next(folder.iterdir()), args.repeats, args.members)
         sides = {"plain": ("plain loop: checkpoint, then PIL image by image", models["checkpoint"]),
-                 "predict": ("`allcls-predict` (then `python -m allcls.predict`)", models["single"])}
+                 "predict-torch": ("`allcls-predict runtime=torch`", models["single"]),
+                 "predict-onnx": ("`allcls-predict runtime=onnx` (ONNX Runtime)", models["single"])}
         rounds: dict[str, list[dict]] = {kind: [] for kind in sides}
         for repeat in range(args.rounds):
             for kind, (_, source) in sides.items():
@@ -259,17 +265,21 @@ def main() -> None:
                                      "images_per_s_from_load": args.images / (loading + predicting)})
                 print(f"round {repeat + 1}, {kind}: {rounds[kind][-1]}", flush=True)
     batch = {kind: {key: median_spread([r[key] for r in runs]) for key in runs[0]} for kind, runs in rounds.items()}
-    ratio = {key: median_spread([p[key] / q[key] for p, q in zip(rounds["predict"], rounds["plain"], strict=True)])
-             for key in ("images_per_s", "images_per_s_from_load")}
+    ratio = {f"{kind} / plain": {key: median_spread([p[key] / q[key] for p, q in zip(rounds[kind], rounds["plain"],
+                                                                                     strict=True)])
+                                 for key in ("images_per_s", "images_per_s_from_load")}
+             for kind in ("predict-torch", "predict-onnx")}
     size = args.input_size or 224
     page_table = [["model", "median ms (min-max)", "90th percentile ms"],
                   *[[label, spread(f["ms"], 0), f"{f['p90_ms']:.0f}"] for label, f in page.items()]]
     batch_table = [["command", "model load, s", "images/s, first image to CSV", "whole command, s"],
                    *[[label, spread(batch[kind]["loading_s"]), spread(batch[kind]["images_per_s"]),
                       spread(batch[kind]["whole_s"])] for kind, (label, _) in sides.items()]]
-    ratio_table = [["allcls-predict / plain loop", "images/s while predicting", "from the model's load to the CSV"],
-                   ["ratio, round by round", spread(ratio["images_per_s"], 2) + "x",
-                    spread(ratio["images_per_s_from_load"], 2) + "x"]]
+    ratio_table = [["against the plain loop, round by round", "images/s while predicting",
+                    "from the model's load to the CSV"],
+                   *[[f"{sides[kind][0]}", spread(ratio[f'{kind} / plain']["images_per_s"], 2) + "x",
+                      spread(ratio[f'{kind} / plain']["images_per_s_from_load"], 2) + "x"]
+                     for kind in ("predict-torch", "predict-onnx")]]
     setting = {"images": args.images, "image_size": args.image_size, "input_size": size, "repeats": args.repeats,
                "rounds": args.rounds, "members": args.members, "subjects_per_class": args.subjects_per_class,
                "cells_per_subject": args.cells_per_subject, "test_subjects_per_class": args.test_subjects_per_class,
