@@ -16,7 +16,7 @@ from allcls.inference.calibration import calibrated
 from allcls.inference.conformal import Interval
 from allcls.inference.decision import REASONS, Decisions
 from allcls.inference.ood import OodGate
-from allcls.inference.predictor import Predictor
+from allcls.inference.outputs import Networks
 from allcls.metrics.bootstrap import bootstrap_multiplicities, metric_table, resampling_groups
 
 
@@ -135,7 +135,7 @@ class ProbeMeasure:
     rejected: float  # share of the probes the gate rejects
 
 
-def measure_probes(predictor: Predictor, gate: OodGate, own_scores: np.ndarray, own_paths: Sequence[str],
+def measure_probes(predictor: Networks, gate: OodGate, own_scores: np.ndarray, own_paths: Sequence[str],
                    classes: Sequence[str], seed: int) -> list[ProbeMeasure]:
     """The gate on every probe set (allcls.evaluation.probes) against the split's own cells."""
     from sklearn.metrics import roc_auc_score
@@ -152,7 +152,7 @@ def measure_probes(predictor: Predictor, gate: OodGate, own_scores: np.ndarray, 
     return measures
 
 
-def probe_figures(predictor: Predictor, fitted: FittedRule, split: SplitOutputs, seed: int) -> pd.DataFrame | None:
+def probe_figures(predictor: Networks, fitted: FittedRule, split: SplitOutputs, seed: int) -> pd.DataFrame | None:
     """The gate of `fitted` on every probe set against the split's own cells (`probe_table`); None
     without a gate."""
     gate = fitted.gate

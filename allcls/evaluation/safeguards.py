@@ -20,7 +20,7 @@ from allcls.inference import conformal, patients
 from allcls.inference.calibration import calibrated, choose_temperature
 from allcls.inference.decision import DecisionRule, ProtectRule, SetRule, combined
 from allcls.inference.ood import OodGate
-from allcls.inference.predictor import Predictor
+from allcls.inference.outputs import Networks
 from allcls.predictions import probabilities_of
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def table_outputs(table: pd.DataFrame) -> SplitOutputs:
     return SplitOutputs(samples, probabilities_of(table), None, [], [], [])
 
 
-def split_outputs(predictor: Predictor, samples: EvaluationSet, features: bool, desc: str) -> SplitOutputs:
+def split_outputs(predictor: Networks, samples: EvaluationSet, features: bool, desc: str) -> SplitOutputs:
     outputs = predictor.outputs(samples.paths, desc=desc, features=features)
     raw, vote = combined(outputs.per_view, predictor.weights, predictor.rule, None)
     return SplitOutputs(samples, raw, vote, outputs.features, outputs.logits, outputs.inputs)

@@ -1,6 +1,6 @@
 """Packaging's export step: each member's network as an ONNX graph (allcls.inference.onnx_export),
-checked against the torch networks on the run's validation cells, and the runtime the packaged
-model answers with by default.
+checked against the torch networks on the run's validation cells, quantised to int8 where asked
+(allcls.serving.quantize), and the runtime the packaged model answers with by default.
 
 Graphs that disagree with their networks (a label changed on more than `MIN_AGREEMENT`'s share of
 the validation cells, or a probability off by more than `MAX_DIFFERENCE`) are kept for whoever
@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from allcls.inference.onnx_export import OPSET, agreement, export_member
+from allcls.inference.onnx_runtime import OnnxPredictor
+from allcls.inference.outputs import Networks
 from allcls.inference.predictor import Predictor
 from allcls.inference.spec import ModelSpec
+from allcls.serving.quantize import quantize_graphs
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +30,32 @@ MIN_AGREEMENT = 0.995  # share of validation cells on which every member's label
 
 @dataclass(frozen=True)
 class Exported:
-    """The graphs as artifacts (`onnx_<i>`), the spec's `export` entry, and warnings for the card."""
+    """The graphs as artifacts (`onnx_<i>`), the spec's `export` entry, and warnings for the card;
+    `quantized`: the int8 graphs' runtime, which then answers for the model (its rule is fitted on it)."""
 
     artifacts: dict[str, str] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    quantized: Networks | None = None
 
 
-def export_graphs(predictor: Predictor, validation: Sequence[str], workdir: Path, runtime: str) -> Exported:
+def export_graphs(predictor: Predictor, validation: Sequence[str], workdir: Path, runtime: str,
+                  quantize: str = "none", seed: int = 0) -> Exported:
     """Every member of `predictor` as a checked ONNX graph in `workdir`, compared with its torch
-    network on the `validation` images; `runtime`: the default asked for (onnx or torch)."""
+    network on the `validation` images; `runtime`: the default asked for (onnx or torch); with
+    `quantize=int8`, the graphs quantised (calibrated on `validation`) replace them, and answer."""
     graphs = [export_member(network, member, workdir / f"member_{index}.onnx")
               for index, (network, member) in enumerate(zip(predictor.networks, predictor.members, strict=True))]
     checked = agreement(predictor, graphs, validation)
+    if quantize == "int8":
+        graphs = quantize_graphs(graphs, predictor.members, validation, workdir, seed)
+        int8 = agreement(predictor, graphs, validation)
+        artifacts = {ModelSpec.graph_key(index): str(graph) for index, graph in enumerate(graphs)}
+        spec = {"format": "onnx", "opset": OPSET, **checked, "quantized": "int8",
+                "int8_label_agreement": int8["label_agreement"],
+                "int8_max_abs_difference": int8["max_abs_difference"], "runtime": "onnx"}
+        answering = OnnxPredictor(predictor.members, graphs, predictor.classes, predictor.rule)
+        return Exported(artifacts, spec, [], answering)
     warnings = []
     if checked["label_agreement"] < MIN_AGREEMENT or checked["max_abs_difference"] > MAX_DIFFERENCE:
         warnings.append(f"The ONNX graphs disagree with the torch networks on the validation cells (labels agree on "

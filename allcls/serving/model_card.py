@@ -125,6 +125,13 @@ def runtime_note(spec: ModelSpec) -> str:
     export = spec.export
     if not export.get("format"):
         return "torch (no ONNX graphs: packaged with export=none)"
-    return (f"{spec.runtime} by default; ONNX graphs (opset {export['opset']}) agree with the torch networks on "
+    note = (f"{spec.runtime} by default; ONNX graphs (opset {export['opset']}) agree with the torch networks on "
             f"{export['label_agreement']:.1%} of {export['cells']} validation cells' labels, probabilities within "
             f"{export['max_abs_difference']:.1g} (runtime=torch|onnx chooses)")
+    if export.get("quantized") == "int8":
+        accuracy = export["int8_on_test"]["balanced_accuracy"]
+        agree = export["int8_label_agreement"]
+        note += (f"; the graphs are quantised to int8 (labels agree with torch's on {agree:.1%} of the validation "
+                 f"cells; test balanced accuracy {accuracy['fp32'][0]:.3f} -> {accuracy['int8'][0]:.3f}, and the "
+                 "test metrics below are the int8 graphs')")
+    return note

@@ -36,6 +36,7 @@ from allcls.predictions import probabilities_of
 from allcls.serving.export import Exported, export_graphs
 from allcls.serving.model_card import CardFacts, markdown, runtime_note
 from allcls.serving.provenance import about
+from allcls.serving.quantize import check_drop, compared
 from allcls.serving.settings import PackageSettings
 from allcls.tracking import registry
 from allcls.tracking import schema as run_schema
@@ -73,7 +74,8 @@ def package(cfg: DictConfig) -> str:
                                       output_columns(source.classes, source.members), settings.force_alias)
         name = settings.register_as or source.name
         spec, artifacts, facts = build(tracker, source, settings.rule, name, workdir, settings.dataset_root,
-                                       settings.bootstrap, export=settings.export, runtime=settings.runtime)
+                                       settings.bootstrap, export=settings.export, runtime=settings.runtime,
+                                       quantize=(settings.quantize, settings.quantize_max_drop))
         assert facts is not None  # asked for (card=True)
         saved = workdir / MODEL_PATH
         save_model(spec, artifacts, saved)
@@ -97,12 +99,15 @@ def package(cfg: DictConfig) -> str:
 
 def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: str, workdir: Path,
           dataset_root: str | None = None, bootstrap: int = 1000, card: bool = True, export: str = "none",
-          runtime: str = "torch") -> tuple[ModelSpec, dict[str, str], CardFacts | None]:
+          runtime: str = "torch", quantize: tuple[str, float] = ("none", 0.0)
+          ) -> tuple[ModelSpec, dict[str, str], CardFacts | None]:
     """The model's spec, its artifact files and the facts of its card (`name`: the model's). The
     decision rule is fitted on the run's own data, predicted through the networks as the served
     model predicts it (allcls.evaluation.safeguards); the card's test metrics are the run's logged ones.
     With `export=onnx`, each member is also an ONNX graph checked against its network on the
-    validation cells (allcls.serving.export), and the model answers with `runtime` by default."""
+    validation cells (allcls.serving.export), and the model answers with `runtime` by default; with
+    `quantize=("int8", max_drop)` the graphs are int8, answer, and are refused when test balanced
+    accuracy drops by more than max_drop (allcls.serving.quantize)."""
     test_logged = source.logged_table(tracker, "test", workdir)
     if source.logged_table(tracker, "val", workdir) is None or test_logged is None:
         raise AllclsError(f"Run {source.run_id} has no predictions/val.parquet or test.parquet: package a training "
@@ -110,11 +115,15 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
     target = OwnData(source, dataset_root)
     try:
         predictor = predictor_for(source, target, tracker, workdir)
-        validation = split_outputs(predictor, target.samples("val"), settings.ood.enabled, "Predicting validation")
-        train = split_outputs(predictor, train_sample(target.samples("train"), settings.ood.train_cells, settings.seed),
-                              True, "Features of training cells") if settings.ood.enabled else None
-        test = split_outputs(predictor, target.samples("test"), settings.ood.enabled, "Predicting test") \
-            if card else None
+        exported = export_graphs(predictor, target.samples("val").paths, workdir, runtime, quantize[0],
+                                 settings.seed) if export == "onnx" else Exported()
+        answering = exported.quantized or predictor  # the rule is fitted on what answers
+        validation = split_outputs(answering, target.samples("val"), settings.ood.enabled, "Predicting validation")
+        train = split_outputs(answering, train_sample(target.samples("train"), settings.ood.train_cells,
+                                                      settings.seed), True, "Features of training cells") \
+            if settings.ood.enabled else None
+        test = split_outputs(answering, target.samples("test"), settings.ood.enabled, "Predicting test") \
+            if card or exported.quantized else None
     except AllclsError as error:
         raise AllclsError(f"{error} (packaging fits the referral rule and the out-of-distribution gate on the run's "
                           "own images: pass dataset_root=<where they are now>)") from None
@@ -123,14 +132,18 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
         log.warning(warning)
     artifacts = {ModelSpec.checkpoint_key(index): str(source.checkpoint(index, tracker, workdir, "nothing to package"))
                  for index in range(len(source.members))}
-    exported = export_graphs(predictor, target.samples("val").paths, workdir, runtime) if export == "onnx" \
-        else Exported()
     artifacts.update(exported.artifacts)
     if fitted.gate is not None:
         artifacts[OOD_KEY] = str(fitted.gate.save(workdir / "ood.npz"))
     tags = source.tags
     scores = metric_table(probabilities_of(test_logged), test_logged["label"].to_numpy(),
                           test_logged["subject"].tolist(), source.classes, bootstrap, settings.seed)
+    if exported.quantized is not None:  # the card's test metrics are then the int8 graphs' own
+        assert test is not None
+        int8 = metric_table(test.raw, test.labels, test.samples.subjects, source.classes, bootstrap, settings.seed)
+        exported.spec["int8_on_test"] = compared(scores, int8)
+        check_drop(exported.spec["int8_on_test"], quantize[1])
+        scores = int8
     model = ModelSpec(source.classes, source.rule, source.members, fitted.rule,
                       {"run_id": source.run_id or "", "kind": source.kind, "dataset": tags.get("dataset", ""),
                        "classes": ",".join(source.classes), "split_hash": tags.get("split_hash", "")},
@@ -141,10 +154,11 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
     spec_file = workdir / SPEC_FILE
     spec_file.write_text(model.to_json())
     artifacts["spec"] = str(spec_file)
-    if test is None:
+    if not card:
         return model, artifacts, None
+    assert test is not None
     _, measured = measure(test, fitted, source.classes, bootstrap, settings.seed)
-    probes = probe_figures(predictor, fitted, test, settings.seed) if settings.ood.probes else None
+    probes = probe_figures(answering, fitted, test, settings.seed) if settings.ood.probes else None
     calibration = calibration_facts(validation, test, fitted.rule.temperature)
     curves = {"without T": test.raw}
     if calibration:

@@ -50,6 +50,9 @@ class PackageSettings:
         if settings.export == "none" and (settings.runtime == "onnx" or settings.quantize != "none"):
             raise AllclsError("export=none leaves no ONNX graphs to answer with or quantise: pass runtime=torch "
                               "(and quantize=none), or export=onnx.")
+        if settings.quantize == "int8" and settings.runtime == "torch":
+            raise AllclsError("quantize=int8 makes the ONNX graphs int8, which only ONNX Runtime runs: drop "
+                              "runtime=torch.")
         return settings
 
     @property
