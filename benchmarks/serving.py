@@ -87,8 +87,16 @@ def prepared(work: Path, args) -> dict:
         entry("allcls-package", f"run_id={run_id}", "experiment_name=synthetic-cnmc", "bootstrap=10", "coverage=0.8")
     ensemble = client.search_runs([experiment], "tags.stage = 'ensemble'")[0]
     checkpoint = client.download_artifacts(single.info.run_id, "checkpoints/best.ckpt", str(work / "plain"))
+    # The same run packaged with int8 graphs, in a copy of the store (a run holds one packaged model).
+    # quantize_max_drop=1: measured and reported here, never refused.
+    shutil.copytree(work / "mlruns", work / "int8" / "mlruns")
+    entry("allcls-package", f"run_id={single.info.run_id}", "experiment_name=synthetic-cnmc", "bootstrap=200",
+          "coverage=0.8", "overwrite=true", "quantize=int8", "quantize_max_drop=0.999", cwd=work / "int8")
+    int8_model = Path(MlflowClient(f"sqlite:///{work}/int8/mlruns/mlflow.db").download_artifacts(
+        single.info.run_id, "model", str(work / "int8" / "model")))
+    export = json.loads(next(int8_model.rglob("allcls_model.json")).read_text())["export"]
     return {"store": store, "single": f"runs:/{single.info.run_id}/model",
-            "ensemble": f"runs:/{ensemble.info.run_id}/model", "checkpoint": checkpoint}
+            "ensemble": f"runs:/{ensemble.info.run_id}/model", "checkpoint": checkpoint, "int8": export}
 
 
 def cell_folder(work: Path, count: int) -> Path:
@@ -195,8 +203,8 @@ def plain_loop(checkpoint: str, folder: Path, output: Path) -> tuple[float, floa
 
 def child(kind: str, source: str, folder: Path, output: Path) -> None:
     """One side of the throughput comparison, in this (fresh) process; prints its seconds as JSON."""
-    if kind.startswith("predict-"):  # predict-torch, predict-onnx
-        loading, predicting = allcls_predict(source, folder, output, kind.removeprefix("predict-"))
+    if kind.startswith("predict-"):  # predict-torch, predict-onnx, predict-int8 (ONNX Runtime on the int8 graphs)
+        loading, predicting = allcls_predict(source, folder, output, "torch" if kind == "predict-torch" else "onnx")
     else:
         loading, predicting = plain_loop(source, folder, output)
     print(json.dumps({"loading": loading, "predicting": predicting}))
@@ -207,9 +215,25 @@ def throughput(kind: str, source: str, folder: Path, output: Path, work: Path) -
     start and imports) for one side."""
     start = time.perf_counter()
     printed = run(__file__, "--child", kind, "--source", source, "--folder", str(folder), "--output", str(output),
-                  cwd=work)
+                  cwd=work / "int8" if kind == "predict-int8" else work)  # its store: the copy with int8 graphs
     seconds = json.loads(printed.strip().splitlines()[-1])
     return seconds["loading"], seconds["predicting"], time.perf_counter() - start
+
+
+def int8_figures(export: dict, fp32_csv: Path, int8_csv: Path) -> dict:
+    """What int8 cost: packaging's test metrics before and after (with intervals) and its label
+    agreement with torch on validation, and the share of the benchmark's images whose label the
+    int8 graphs give as the fp32 graphs do (the last round's two CSVs)."""
+    import pandas as pd
+
+    fp32, int8 = pd.read_csv(fp32_csv), pd.read_csv(int8_csv)
+    return {"on_test": export["int8_on_test"], "validation_label_agreement": export["int8_label_agreement"],
+            "images_label_agreement": float((fp32["label"] == int8["label"]).mean()), "images": len(fp32)}
+
+
+def interval(figures: list[float]) -> str:
+    value, low, high = figures
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def spread(values: dict, digits: int = 1) -> str:
@@ -255,7 +279,8 @@ def main() -> None:
         page = page_latency(models, next(folder.iterdir()), args.repeats, args.members)
         sides = {"plain": ("plain loop: checkpoint, then PIL image by image", models["checkpoint"]),
                  "predict-torch": ("`allcls-predict runtime=torch`", models["single"]),
-                 "predict-onnx": ("`allcls-predict runtime=onnx` (ONNX Runtime)", models["single"])}
+                 "predict-onnx": ("`allcls-predict runtime=onnx` (ONNX Runtime)", models["single"]),
+                 "predict-int8": ("`allcls-predict`, packaged with `quantize=int8`", models["single"])}
         rounds: dict[str, list[dict]] = {kind: [] for kind in sides}
         for repeat in range(args.rounds):
             for kind, (_, source) in sides.items():
@@ -264,11 +289,13 @@ def main() -> None:
                                      "images_per_s": args.images / predicting,
                                      "images_per_s_from_load": args.images / (loading + predicting)})
                 print(f"round {repeat + 1}, {kind}: {rounds[kind][-1]}", flush=True)
+        int8 = int8_figures(models["int8"], work / f"predict-onnx-{args.rounds}.csv",
+                            work / f"predict-int8-{args.rounds}.csv")
     batch = {kind: {key: median_spread([r[key] for r in runs]) for key in runs[0]} for kind, runs in rounds.items()}
     ratio = {f"{kind} / plain": {key: median_spread([p[key] / q[key] for p, q in zip(rounds[kind], rounds["plain"],
                                                                                      strict=True)])
                                  for key in ("images_per_s", "images_per_s_from_load")}
-             for kind in ("predict-torch", "predict-onnx")}
+             for kind in ("predict-torch", "predict-onnx", "predict-int8")}
     size = args.input_size or 224
     page_table = [["model", "median ms (min-max)", "90th percentile ms"],
                   *[[label, spread(f["ms"], 0), f"{f['p90_ms']:.0f}"] for label, f in page.items()]]
@@ -279,13 +306,19 @@ def main() -> None:
                     "from the model's load to the CSV"],
                    *[[f"{sides[kind][0]}", spread(ratio[f'{kind} / plain']["images_per_s"], 2) + "x",
                       spread(ratio[f'{kind} / plain']["images_per_s_from_load"], 2) + "x"]
-                     for kind in ("predict-torch", "predict-onnx")]]
+                     for kind in ("predict-torch", "predict-onnx", "predict-int8")]]
     setting = {"images": args.images, "image_size": args.image_size, "input_size": size, "repeats": args.repeats,
                "rounds": args.rounds, "members": args.members, "subjects_per_class": args.subjects_per_class,
                "cells_per_subject": args.cells_per_subject, "test_subjects_per_class": args.test_subjects_per_class,
                "torch": torch.__version__}
-    tables = {"main": page_table, "batch": batch_table, "batch_ratio": ratio_table}
-    record("serving", {"page": page, "batch": batch, "batch_ratio": ratio, "rounds": rounds,
+    int8_table = [["int8 against fp32", "fp32", "int8"],
+                  *[[f"test {metric} (packaging's measure)", interval(f["fp32"]), interval(f["int8"])]
+                    for metric, f in int8["on_test"].items()],
+                  ["labels as torch's, validation cells", "", f"{int8['validation_label_agreement']:.1%}"],
+                  [f"labels as the fp32 graphs', the {int8['images']} images above", "",
+                   f"{int8['images_label_agreement']:.1%}"]]
+    tables = {"main": page_table, "batch": batch_table, "batch_ratio": ratio_table, "int8": int8_table}
+    record("serving", {"page": page, "batch": batch, "batch_ratio": ratio, "rounds": rounds, "int8": int8,
                        "preparing_s": preparing}, setting, tables)
     for table in tables.values():
         print("\n".join(" | ".join(row) for row in table) + "\n")
