@@ -67,17 +67,18 @@ def median_spread(values: Sequence[float]) -> dict[str, Any]:
 
 
 def record(benchmark: str, figures: Mapping[str, Any], setting: Mapping[str, Any],
-           tables: Mapping[str, Sequence[Sequence[Any]]]) -> Path:
+           tables: Mapping[str, Sequence[Sequence[Any]]], measured: str | None = None) -> Path:
     """Keep `figures` (JSON-able) as `benchmark`'s results, replacing its previous ones, with the
     setting it ran with, the command line, the machine, the commit and the date; `tables`: the
-    tables the docs show (a header row, then rows), by name (`main` first), which publish.py writes."""
+    tables the docs show (a header row, then rows), by name (`main` first), which publish.py writes;
+    `measured`: the commit measured, where it is not this checkout's (a clone's)."""
     path = results_file()
     results = json.loads(path.read_text()) if path.is_file() else {}
     results[benchmark] = {
         "command": "python " + shlex.join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "setting": dict(setting),
         "machine": machine(),
-        "commit": commit(),
+        "commit": measured or commit(),
         "date": datetime.date.today().isoformat(),
         "figures": figures,
         "tables": {name: [list(map(str, row)) for row in table] for name, table in tables.items()},

@@ -60,6 +60,8 @@ def main() -> int:
                    else ["make", "test"])
         # (the clone's own .venv for make test: not this one's)
         env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=clone, capture_output=True, text=True,
+                              check=True).stdout.strip()  # what is measured: the clone's commit
         start = time.time()
         done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True, check=False)
         seconds = time.time() - start
@@ -75,7 +77,8 @@ def main() -> int:
            {"main": [["what", "tests", "workers", "time"],
                      [f"`{' '.join(command)}` in a clean clone" + ("" if args.tiny else " (install included)"),
                       "", "", minutes[0]],
-                     ["the suite itself (pytest)", figures["passed"], figures["workers"], minutes[1]]]})
+                     ["the suite itself (pytest)", figures["passed"], figures["workers"], minutes[1]]]},
+           measured=head)
     return 0
 
 
