@@ -1,5 +1,6 @@
-"""The page's server for benchmarks/page.py: a free port, and an `allcls-app` (or any Streamlit
-script) served until the block ends, stopped by its process group whatever happens."""
+"""Servers for the benchmarks: a free port, and a server (the page's `allcls-app`, any Streamlit
+script, `mlflow models serve`) served until the block ends, stopped by its process group whatever
+happens."""
 
 from __future__ import annotations
 
@@ -20,18 +21,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(command: list[str], port: int, work: Path, env: dict):
-    """A Streamlit server, waited for, and stopped by its process group whatever happens."""
+def serving(command: list[str], port: int, work: Path, env: dict, health: str = "/_stcore/health"):
+    """A server, waited for until `health` answers (default: Streamlit's), and stopped by its process
+    group whatever happens."""
     server = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
         for _ in range(240):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2)
                 break
             except OSError:
                 if server.poll() is not None:
-                    raise SystemExit(f"{' '.join(command[:2])} stopped before it served the page") from None
+                    raise SystemExit(f"{' '.join(command[:4])} stopped before it answered") from None
                 time.sleep(0.5)
         yield
     finally:

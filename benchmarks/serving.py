@@ -1,5 +1,6 @@
-"""Serving speed: the diagnosis page's latency for one image, and batch prediction's throughput
-against a plain loop that loads the checkpoint and predicts image by image with PIL.
+"""Serving speed: the diagnosis page's latency for one image, batch prediction's throughput against
+a plain loop that loads the checkpoint and predicts image by image with PIL, and a served model's
+latency: torch against ONNX Runtime (fp32, and int8 graphs) throughout.
 
 Trains three small MobileNetV2 runs (one epoch on synthetic cells drawn at C-NMC's 450 x 450 px),
 combines them into an equal-weight ensemble, and packages one run and the ensemble as the page
@@ -8,11 +9,14 @@ and `predict` use them. Then, side by side in one run:
     probabilities, prediction set, votes), for the single model and the 3-member ensemble, answered
     by ONNX Runtime and by torch, with and without Grad-CAM (torch's networks either way); median,
     spread and 90th percentile over --repeats, after a warm-up;
-  - `allcls-predict` over a folder of C-NMC-sized BMPs with runtime=torch and with runtime=onnx, and
-    the plain loop (the checkpoint into a timm model, then PIL and torchvision transforms image by
-    image), each in its own process, each timed from loading the model to the CSV written; the three
-    take turns for --rounds rounds, each figure the median of the rounds with the spread, the ratios
-    to the plain loop taken round by round.
+  - `allcls-predict` over a folder of C-NMC-sized BMPs with runtime=torch, with runtime=onnx and on
+    the same run packaged with quantize=int8 (in a copy of the store), and the plain loop (the
+    checkpoint into a timm model, then PIL and torchvision transforms image by image), each in its own
+    process, each timed from loading the model to the CSV written; the four take turns for --rounds
+    rounds, each figure the median of the rounds with the spread, the ratios to the plain loop taken
+    round by round; with what int8 cost (packaging's test metrics, label agreement);
+  - the single model behind `mlflow models serve` answering with each runtime: one client's p50 and
+    p95 latency and requests a second, for 1 image and for 32 images a request (--repeats requests).
 
     python benchmarks/serving.py [--images 500] [--repeats 20] [--rounds 3] [--members 3] [--image-size 450]
     python benchmarks/serving.py --tiny     # what `make test` runs: 64 px cells, 32 px input, 2 members
@@ -38,6 +42,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from batch_sides import allcls_predict, plain_loop  # noqa: E402  (this folder's: each side's own process)
 from commands import entry  # noqa: E402  (this folder's: the commands run in this process)
 from results import median_spread, record  # noqa: E402  (this folder's results file)
+from served_model import served_speed  # noqa: E402  (this folder's: mlflow models serve, timed)
 
 TRAIN = ["backbone=mobilenetv2", "trainer.max_epochs=1", "data.num_workers=0", "trainer.enable_progress_bar=false",
          "trainer.enable_model_summary=false"]
@@ -194,7 +199,7 @@ def main() -> None:
     parser.add_argument("--test-subjects-per-class", type=int, default=2)
     parser.add_argument("--tiny", action="store_true",
                         help="2 members at 32 px input on 64 px cells (3+1 subjects per class of 2 cells), "
-                             "8 images, 3 repeats, one round")
+                             "8 images, 3 repeats, one round, one server (ONNX Runtime)")
     for hidden in ("--child", "--source", "--folder", "--output"):  # one side of the comparison
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # the models, in a child process
@@ -218,6 +223,9 @@ def main() -> None:
         print(f"({args.members} MobileNetV2 runs trained, ensembled and packaged in {preparing:.0f} s)", flush=True)
         folder = cell_folder(work, args.images)
         page = page_latency(models, next(folder.iterdir()), args.repeats, args.members)
+        runtimes = ("onnx",) if args.tiny else ("onnx", "torch")  # --tiny: one server start, not two
+        served = {runtime: served_speed(models["store"], models["single"], runtime, sorted(folder.iterdir()),
+                                        args.repeats, work) for runtime in runtimes}
         sides = {"plain": ("plain loop: checkpoint, then PIL image by image", models["checkpoint"]),
                  "predict-torch": ("`allcls-predict runtime=torch`", models["single"]),
                  "predict-onnx": ("`allcls-predict runtime=onnx` (ONNX Runtime)", models["single"]),
@@ -258,9 +266,14 @@ def main() -> None:
                   ["labels as torch's, validation cells", "", f"{int8['validation_label_agreement']:.1%}"],
                   [f"labels as the fp32 graphs', the {int8['images']} images above", "",
                    f"{int8['images_label_agreement']:.1%}"]]
-    tables = {"main": page_table, "batch": batch_table, "batch_ratio": ratio_table, "int8": int8_table}
+    served_table = [["`mlflow models serve`, one client", "p50 ms", "p95 ms", "requests/s", "images/s"],
+                    *[[f"{runtime}, {label} a request", f"{f['p50_ms']:.0f}", f"{f['p95_ms']:.0f}",
+                       f"{f['requests_per_s']:.1f}", f"{f['images_per_s']:.0f}"]
+                      for runtime, by_size in served.items() for label, f in by_size.items()]]
+    tables = {"main": page_table, "batch": batch_table, "batch_ratio": ratio_table, "int8": int8_table,
+              "served": served_table}
     record("serving", {"page": page, "batch": batch, "batch_ratio": ratio, "rounds": rounds, "int8": int8,
-                       "preparing_s": preparing}, setting, tables)
+                       "served": served, "preparing_s": preparing}, setting, tables)
     for table in tables.values():
         print("\n".join(" | ".join(row) for row in table) + "\n")
 
