@@ -22,10 +22,8 @@ import numpy as np
 from allcls.errors import AllclsError
 from allcls.inference.combining import Rule
 from allcls.inference.members import Image, Member, prepared
-from allcls.inference.ood import summarise_inputs
-from allcls.inference.outputs import Networks, Outputs
-from allcls.inference.views import ARRAY_VIEWS, PLAIN, check_views
-from allcls.progress import progress
+from allcls.inference.outputs import Networks
+from allcls.inference.views import ARRAY_VIEWS
 
 INPUT, FEATURES, LOGITS = "images", "features", "logits"  # the graphs' names (allcls.inference.onnx_export)
 
@@ -85,37 +83,18 @@ class OnnxPredictor(Networks):
                 pending = reader.submit(batch, following) if following is not None else None
                 yield current
 
-    def outputs(self, images: Sequence[Image], views: Sequence[str] = PLAIN, desc: str = "Predicting",
-                show_progress: bool = True, features: bool = True) -> Outputs:
-        """Every member's probabilities of every view (views, members, images, classes) and, with
-        `features`, what the out-of-distribution gate reads of each (as the torch predictor's)."""
-        views = check_views(views)
-        chunks: list[list[list[np.ndarray]]] = [[[] for _ in self.members] for _ in views]
-        pooled: list[list[np.ndarray]] = [[] for _ in self.members]
-        logits: list[list[np.ndarray]] = [[] for _ in self.members]
-        shown: list[list[np.ndarray]] = [[] for _ in self.members]
-        label = f"{desc}: {len(images)} images x {len(self.members)} model(s) x {len(views)} view(s)"
-        with progress(desc=label, total=len(images), unit="image", show=show_progress) as bar:
-            for batch in self.batches(images):
-                for m, (member, graph) in enumerate(zip(self.members, self.sessions, strict=True)):
-                    resized = batch[self.preprocessings.index(member.preprocessing)]
-                    if features:
-                        shown[m].append(summarise_inputs(resized))
-                    for v, view in enumerate(views):
-                        seen = np.ascontiguousarray(ARRAY_VIEWS[view](resized))
-                        own, head = graph.run([FEATURES, LOGITS], {INPUT: seen})
-                        chunks[v][m].append(softmax(head))
-                        if features and view == "identity":
-                            pooled[m].append(own.astype(np.float64))
-                            logits[m].append(head.astype(np.float64))
-                    if features and "identity" not in views:
-                        own, head = graph.run([FEATURES, LOGITS], {INPUT: resized})
-                        pooled[m].append(own.astype(np.float64))
-                        logits[m].append(head.astype(np.float64))
-                bar.update(len(batch[0]))
-        empty = np.zeros((0, len(self.classes)))
-        per_view = np.array([[np.concatenate(chunk) if chunk else empty for chunk in view] for view in chunks])
+    def member_outputs(self, member: int, resized: np.ndarray, views: Sequence[str], features: bool
+                       ) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray | None]:
+        graph = self.sessions[member]
+        probabilities, own, head = [], None, None
+        for view in views:
+            pooled, logits = graph.run([FEATURES, LOGITS], {INPUT: np.ascontiguousarray(ARRAY_VIEWS[view](resized))})
+            probabilities.append(softmax(logits))
+            if view == "identity":
+                own, head = pooled, logits
+        if features and head is None:  # the image as it is was not among the views
+            own, head = graph.run([FEATURES, LOGITS], {INPUT: resized})
         if not features:
-            return Outputs(per_view, [], [], [])
-        join = lambda chunks: [np.concatenate(chunk) if chunk else np.zeros((0, 0)) for chunk in chunks]  # noqa: E731
-        return Outputs(per_view, join(pooled), join(logits), join(shown))
+            return probabilities, None, None
+        assert own is not None and head is not None  # run above
+        return probabilities, own.astype(np.float64), head.astype(np.float64)

@@ -9,7 +9,7 @@ loaders carry too, normalised there as training normalises it (allcls.data.prepr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -19,10 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from allcls.data.normalisation import Normalisation
 from allcls.inference.combining import Rule
 from allcls.inference.members import Image, Member, Preprocessing, prepared
-from allcls.inference.ood import summarise_inputs
-from allcls.inference.outputs import Networks, Outputs
-from allcls.inference.views import PLAIN, check_views, view_probabilities
-from allcls.progress import progress
+from allcls.inference.outputs import Networks
+from allcls.inference.views import PLAIN, view_probabilities
 
 
 class _Inputs(Dataset):
@@ -80,45 +78,20 @@ class Predictor(Networks):
             # torch's overloads of Module.to leave out (device, memory_format=...), which it accepts
             network.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    @torch.inference_mode()
-    def outputs(self, images: Sequence[Image], views: Sequence[str] = PLAIN, desc: str = "Predicting",
-                show_progress: bool = True, features: bool = True) -> Outputs:
-        """Every member's probabilities of every view and, with `features`, its pooled features
-        and logits of the image as it is (what the out-of-distribution gate reads), from one pass."""
-        views = check_views(views)
+    def batches(self, images: Sequence[Image]) -> Iterable[Sequence[torch.Tensor]]:
         self.ready()
-        members = len(self.members)
-        chunks: list[list[list[np.ndarray]]] = [[[] for _ in self.members] for _ in views]
-        pooled: list[list[np.ndarray]] = [[] for _ in self.members]
-        logits: list[list[np.ndarray]] = [[] for _ in self.members]
-        shown: list[list[np.ndarray]] = [[] for _ in self.members]
-        label = f"{desc}: {len(images)} images x {members} model(s) x {len(views)} view(s)"
-        with progress(desc=label, total=len(images), unit="image", show=show_progress) as bar:
-            for batch in self.loader(images):
-                for m, (member, network) in enumerate(zip(self.members, self.networks, strict=True)):
-                    resized = self.resized(batch, member)
-                    inputs = self.network_input(resized, member.preprocessing)
-                    if features:
-                        shown[m].append(summarise_inputs(resized.numpy()))
-                    for v, view in enumerate(views):
-                        if features and view == "identity":
-                            own, head = _features_and_logits(network, inputs)
-                            pooled[m].append(own)
-                            logits[m].append(head)
-                            chunks[v][m].append(torch.from_numpy(head).softmax(dim=1).numpy())
-                        else:
-                            chunks[v][m].append(view_probabilities(network, inputs, [view]).cpu().numpy())
-                    if features and "identity" not in views:
-                        own, head = _features_and_logits(network, inputs)
-                        pooled[m].append(own)
-                        logits[m].append(head)
-                bar.update(len(batch[0]))
-        empty = np.zeros((0, len(self.classes)))
-        per_view = np.array([[np.concatenate(chunk) if chunk else empty for chunk in view] for view in chunks])
-        if not features:
-            return Outputs(per_view, [], [], [])
-        join = lambda chunks: [np.concatenate(chunk) if chunk else np.zeros((0, 0)) for chunk in chunks]  # noqa: E731
-        return Outputs(per_view, join(pooled), join(logits), join(shown))
+        return self.loader(images)
+
+    @torch.inference_mode()
+    def member_outputs(self, member: int, resized: torch.Tensor, views: Sequence[str], features: bool
+                       ) -> tuple[list[np.ndarray], np.ndarray | None, np.ndarray | None]:
+        network = self.networks[member]
+        inputs = self.network_input(resized, self.members[member].preprocessing)
+        own, head = _features_and_logits(network, inputs) if features else (None, None)
+        # The image as it is: its probabilities from the logits just computed, where there are some.
+        probabilities = [torch.from_numpy(head).softmax(dim=1).numpy() if head is not None and view == "identity"
+                         else view_probabilities(network, inputs, [view]).cpu().numpy() for view in views]
+        return probabilities, own, head
 
     def features(self, images: Sequence[Image], desc: str = "Features") -> list[np.ndarray]:
         """Each member's features of the images (what its classifier head sees), one (images,
@@ -128,10 +101,6 @@ class Predictor(Networks):
     def ready(self) -> None:
         for network in self.networks:
             network.eval()
-
-    def resized(self, batch: Sequence[torch.Tensor], member: Member) -> torch.Tensor:
-        """The uint8 images (N, H, W, 3) of a loader's batch that `member` sees."""
-        return batch[self.preprocessings.index(member.preprocessing)]
 
     def network_input(self, resized: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
         """The network's input from uint8 images (N, H, W, 3): moved to the device, normalised
