@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -169,3 +171,16 @@ def served(command: list[str], ready_url: str, log: Path, timeout: float = 180, 
                 except subprocess.TimeoutExpired:
                     os.killpg(server.pid, signal.SIGKILL)
                     server.wait()
+
+
+@pytest.fixture(autouse=True)
+def models_uris_read_the_store(store):
+    """For a test module that imports it: `models:/` and `runs:/` URIs are looked up in MLflow's
+    global store, here the session's store (reset after every test)."""
+    mlflow.set_tracking_uri(f"sqlite:///{store['root']}/mlruns/mlflow.db")
+
+
+def sample_images(store, count: int = 3) -> list[str]:
+    """The first `count` cells of the session store's synthetic C-NMC preliminary-test folder."""
+    folder = next(Path(store["root"], "data", "synthetic").glob("cnmc-*"))
+    return sorted(str(p) for p in (folder / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.bmp"))[:count]

@@ -27,7 +27,13 @@ from allcls.serving.pyfunc_model import SERVER_VARIABLE
 from allcls.tracking import registry
 from allcls.tracking.tracker import Tracker
 
-from helpers import compose_config, free_port, served
+from helpers import (
+    compose_config,
+    free_port,
+    models_uris_read_the_store,  # noqa: F401  (autouse: MLflow's store is the session's)
+    sample_images,
+    served,
+)
 
 CLASSES = ["hem", "all"]
 
@@ -41,17 +47,6 @@ def package_cfg(store, tmp_path, *overrides):
 def packaged(registered) -> str:
     """The first member run, packaged and registered as `cells` with alias `champion` (conftest)."""
     return registered["cells"]
-
-
-@pytest.fixture(autouse=True)
-def _models_uris_read_the_store(store):
-    """`models:/` URIs are looked up in MLflow's global store (reset after every test)."""
-    mlflow.set_tracking_uri(f"sqlite:///{store['root']}/mlruns/mlflow.db")
-
-
-def sample_images(store, count=3) -> list[str]:
-    folder = next(Path(store["root"], "data", "synthetic").glob("cnmc-*"))
-    return sorted(str(p) for p in (folder / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.bmp"))[:count]
 
 
 def test_a_run_is_packaged_registered_and_found_by_every_uri(store, packaged, tmp_path):

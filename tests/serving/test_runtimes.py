@@ -19,21 +19,14 @@ from allcls.serving.quantize import check_drop
 from allcls.tracking import registry
 from allcls.tracking.tracker import Tracker
 
-from helpers import compose_config
+from helpers import (
+    compose_config,
+    models_uris_read_the_store,  # noqa: F401  (autouse: MLflow's store is the session's)
+    sample_images,
+)
 
 CLASSES = ["hem", "all"]
 NOT_HERE = ("torch", "torchvision", "lightning", "pytorch_lightning", "timm")
-
-
-@pytest.fixture(autouse=True)
-def _models_uris_read_the_store(store):
-    """`models:/` and `runs:/` URIs are looked up in MLflow's global store (reset after every test)."""
-    mlflow.set_tracking_uri(f"sqlite:///{store['root']}/mlruns/mlflow.db")
-
-
-def sample_images(store, count=4) -> list[str]:
-    folder = next(Path(store["root"], "data", "synthetic").glob("cnmc-*"))
-    return sorted(str(p) for p in (folder / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.bmp"))[:count]
 
 
 @pytest.mark.parametrize("name", ["cells", "ensemble"])
@@ -45,7 +38,7 @@ def test_onnx_runtime_answers_as_torch_does(store, registered, name):
     export = by_default.spec.export
     assert export["format"] == "onnx" and export["label_agreement"] == 1.0 and export["max_abs_difference"] < 1e-4
     assert export["cells"] == int(store["client"].get_run(store["members"][0]).data.params["n_val"])
-    frame = pd.DataFrame({"path": sample_images(store)})
+    frame = pd.DataFrame({"path": sample_images(store, 4)})
     for tta in (False, True):
         onnx_rows = by_default.predict(None, frame, {"tta": tta})
         torch_rows = with_torch.predict(None, frame, {"tta": tta})
@@ -128,7 +121,7 @@ def test_int8_is_measured_on_test_answers_and_is_refused_past_its_setting(store,
     card = (folder / "model_card.md").read_text()
     before, after = on_test["balanced_accuracy"]["fp32"][0], on_test["balanced_accuracy"]["int8"][0]
     assert "quantised to int8" in card and f"test balanced accuracy {before:.3f} -> {after:.3f}" in card
-    rows = model.predict(None, pd.DataFrame({"path": sample_images(store)}))
+    rows = model.predict(None, pd.DataFrame({"path": sample_images(store, 4)}))
     assert rows["label"].isin(CLASSES).all()
 
     # On the suite's barely trained members int8 may cost nothing (then the refusal is the next test's);
