@@ -39,6 +39,7 @@ class SplitOutputs:
     features: list[np.ndarray]
     logits: list[np.ndarray]
     inputs: list[np.ndarray]
+    members: np.ndarray | None = None  # each member's probabilities (members, N, C); None from a logged table
 
     @property
     def labels(self) -> np.ndarray:
@@ -60,7 +61,8 @@ def table_outputs(table: pd.DataFrame) -> SplitOutputs:
 def split_outputs(predictor: Networks, samples: EvaluationSet, features: bool, desc: str) -> SplitOutputs:
     outputs = predictor.outputs(samples.paths, desc=desc, features=features)
     raw, vote = combined(outputs.per_view, predictor.weights, predictor.rule, None)
-    return SplitOutputs(samples, raw, vote, outputs.features, outputs.logits, outputs.inputs)
+    return SplitOutputs(samples, raw, vote, outputs.features, outputs.logits, outputs.inputs,
+                        outputs.per_view.mean(axis=0))
 
 
 def train_sample(samples: EvaluationSet, limit: int, seed: int) -> EvaluationSet:

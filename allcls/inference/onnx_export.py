@@ -27,7 +27,6 @@ from allcls.data.normalisation import Normalisation
 from allcls.errors import AllclsError
 from allcls.inference.members import Image, Member
 from allcls.inference.onnx_runtime import FEATURES, INPUT, LOGITS, OnnxPredictor
-from allcls.inference.predictor import Predictor
 
 OPSET = 18  # what ONNX Runtime 1.2x runs on every CPU
 
@@ -79,13 +78,12 @@ def export_member(network: nn.Module, member: Member, path: Path) -> Path:
     return path
 
 
-def agreement(torch_predictor: Predictor, graphs: Sequence[Path], images: Sequence[Image]) -> dict[str, float]:
-    """How far the graphs' answers are from the torch networks' on `images` (files or decoded cells): the
-    largest absolute difference of any member's probability, and the share of images on which every
-    member's label agrees; with the number of images."""
-    onnx_predictor = OnnxPredictor(torch_predictor.members, graphs, torch_predictor.classes, torch_predictor.rule)
-    expected = torch_predictor.outputs(images, desc="Checking the ONNX graphs (torch)", features=False).per_view[0]
-    got = onnx_predictor.outputs(images, desc="Checking the ONNX graphs (ONNX Runtime)", features=False).per_view[0]
+def agreement(expected: np.ndarray, graphs: OnnxPredictor, images: Sequence[Image]) -> dict[str, float]:
+    """How far the graphs' answers on `images` (files or decoded cells) are from the torch networks'
+    (`expected`: each member's probabilities, members x images x classes): the largest absolute
+    difference of any member's probability, and the share of images on which every member's label
+    agrees; with the number of images."""
+    got = graphs.outputs(images, desc="Checking the ONNX graphs", features=False).per_view[0]
     same = (expected.argmax(axis=2) == got.argmax(axis=2)).all(axis=0)
     return {"max_abs_difference": float(np.abs(expected - got).max()) if len(images) else 0.0,
             "label_agreement": float(same.mean()) if len(images) else 1.0, "cells": len(images)}

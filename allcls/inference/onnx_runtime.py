@@ -64,6 +64,7 @@ class OnnxPredictor(Networks):
         self.classes = list(classes)
         self.rule = rule
         self.batch_size = batch_size
+        self.graphs = [Path(graph) for graph in graphs]
         self.sessions = [session(graph, threads) for graph in graphs]
         self.preprocessings = list(dict.fromkeys(m.preprocessing for m in self.members))
 

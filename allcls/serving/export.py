@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from allcls.evaluation.safeguards import SplitOutputs
 from allcls.inference.onnx_export import OPSET, agreement, export_member
 from allcls.inference.onnx_runtime import OnnxPredictor
 from allcls.inference.outputs import Networks
@@ -39,22 +40,28 @@ class Exported:
     quantized: Networks | None = None
 
 
-def export_graphs(predictor: Predictor, validation: Sequence[str], workdir: Path, runtime: str,
+def export_graphs(predictor: Predictor, validation: SplitOutputs, workdir: Path, runtime: str,
                   quantize: str = "none", seed: int = 0) -> Exported:
     """Every member of `predictor` as a checked ONNX graph in `workdir`, compared with its torch
-    network on the `validation` images; `runtime`: the default asked for (onnx or torch); with
-    `quantize=int8`, the graphs quantised (calibrated on `validation`) replace them, and answer."""
+    network on the validation cells (`validation`: the torch networks' answers on them); `runtime`:
+    the default asked for (onnx or torch); with `quantize=int8`, the graphs quantised (calibrated on
+    the validation cells) replace them, and answer."""
     graphs = [export_member(network, member, workdir / f"member_{index}.onnx")
               for index, (network, member) in enumerate(zip(predictor.networks, predictor.members, strict=True))]
-    checked = agreement(predictor, graphs, validation)
+    cells, expected = validation.samples.paths, validation.members
+    assert expected is not None  # predicted here, not read from a table
+
+    def runtime_of(graphs: Sequence[Path]) -> OnnxPredictor:
+        return OnnxPredictor(predictor.members, graphs, predictor.classes, predictor.rule)
+
+    checked = agreement(expected, runtime_of(graphs), cells)
     if quantize == "int8":
-        graphs = quantize_graphs(graphs, predictor.members, validation, workdir, seed)
-        int8 = agreement(predictor, graphs, validation)
-        artifacts = {ModelSpec.graph_key(index): str(graph) for index, graph in enumerate(graphs)}
+        answering = runtime_of(quantize_graphs(graphs, predictor.members, cells, workdir, seed))
+        int8 = agreement(expected, answering, cells)
+        artifacts = {ModelSpec.graph_key(index): str(graph) for index, graph in enumerate(answering.graphs)}
         spec = {"format": "onnx", "opset": OPSET, **checked, "quantized": "int8",
                 "int8_label_agreement": int8["label_agreement"],
                 "int8_max_abs_difference": int8["max_abs_difference"], "runtime": "onnx"}
-        answering = OnnxPredictor(predictor.members, graphs, predictor.classes, predictor.rule)
         return Exported(artifacts, spec, [], answering)
     warnings = []
     if checked["label_agreement"] < MIN_AGREEMENT or checked["max_abs_difference"] > MAX_DIFFERENCE:

@@ -115,10 +115,13 @@ def build(tracker: Tracker, source: ModelSource, settings: RuleSettings, name: s
     target = OwnData(source, dataset_root)
     try:
         predictor = predictor_for(source, target, tracker, workdir)
-        exported = export_graphs(predictor, target.samples("val").paths, workdir, runtime, quantize[0],
-                                 settings.seed) if export == "onnx" else Exported()
+        validation = split_outputs(predictor, target.samples("val"), settings.ood.enabled, "Predicting validation")
+        exported = export_graphs(predictor, validation, workdir, runtime, quantize[0], settings.seed) \
+            if export == "onnx" else Exported()
         answering = exported.quantized or predictor  # the rule is fitted on what answers
-        validation = split_outputs(answering, target.samples("val"), settings.ood.enabled, "Predicting validation")
+        if exported.quantized is not None:
+            validation = split_outputs(answering, target.samples("val"), settings.ood.enabled,
+                                       "Predicting validation (int8)")
         train = split_outputs(answering, train_sample(target.samples("train"), settings.ood.train_cells,
                                                       settings.seed), True, "Features of training cells") \
             if settings.ood.enabled else None
