@@ -30,21 +30,22 @@ from results import record  # noqa: E402  (this folder's results file)
 from allcls.data.synthetic import SyntheticSpec, materialise  # noqa: E402
 from allcls.models.weights import convert_file, packaged_weights  # noqa: E402
 
+QUIET = ["trainer.enable_progress_bar=false"]  # a benchmark's log, not a terminal
+
 
 def timed(command: list[str], work: Path) -> float:
     """Run one of the project's entry points in `work` (its store: work/mlruns); its seconds."""
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    subprocess.run([sys.executable, *command, "trainer.enable_progress_bar=false"] if command[0].endswith("train.py")
-                   else [sys.executable, *command], cwd=work, check=True)
+    subprocess.run([sys.executable, *command], cwd=work, check=True)
     return time.time() - start
 
 
 def tamim(root: Path, epochs: int, tiny: bool, work: Path) -> tuple[dict, list[list[str]]]:
     weights = convert_file(packaged_weights("mobilenetv2_100"), "mobilenetv2_100", work / "mobilenetv2_100_in1k.pth")
     overrides = ["debug=tiny"] if tiny else [f"backbone.weights={weights}", f"trainer.max_epochs={epochs}"]
-    seconds = timed([str(PROJECT / "train.py"), "-m", "experiment=tamim2025", f"dataset.root={root}", *overrides],
-                    work)
+    seconds = timed([str(PROJECT / "train.py"), "-m", "experiment=tamim2025", f"dataset.root={root}", *overrides,
+                     *QUIET], work)
     client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("aria")
     runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
@@ -56,8 +57,8 @@ def tamim(root: Path, epochs: int, tiny: bool, work: Path) -> tuple[dict, list[l
 
 
 def mondal(root: Path, tiny: bool, work: Path) -> tuple[dict, list[list[str]]]:
-    train = timed([str(PROJECT / "train.py"), "-m", "experiment=mondal2021", f"dataset.root={root}", "debug=tiny"],
-                  work)
+    train = timed([str(PROJECT / "train.py"), "-m", "experiment=mondal2021", f"dataset.root={root}", "debug=tiny",
+                   *QUIET], work)
     quick = ["nested_cv=false", "bootstrap=100"] if tiny else []  # --tiny: the comparison, not its intervals
     ensemble = timed([str(PROJECT / "ensemble.py"), "experiment_name=cnmc", "sweep_id=latest", *quick], work)
     client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
